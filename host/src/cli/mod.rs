@@ -1,0 +1,170 @@
+//! The `recast` command line: argument parsing and dispatch. Each subcommand lives in
+//! its own module.
+
+mod bench;
+mod plugin_build;
+mod plugin_check;
+mod plugin_inspect;
+mod plugin_new;
+mod templates;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::plugins::{PluginKind, PluginLimits};
+
+pub use plugin_build::{BuiltPlugin, build_plugins};
+
+/// Recast: upcycle dense transformers into Mixture-of-Experts models and keep training
+/// them, with every research decision a sandboxed WebAssembly plugin.
+#[derive(Parser, Debug)]
+#[command(name = "recast", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Scaffold, build, inspect and check plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Benchmarks, printed as ratios against a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Create a plugin crate that builds as is.
+    New {
+        /// Which kind of plugin.
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+        /// Crate name (also the folder name), e.g. `my-router`.
+        name: String,
+        /// Folder to create the crate in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the recast-sdk crate (default: the SDK next to this recast build).
+        #[arg(long, env = "RECAST_SDK")]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate (or a workspace of them) into WebAssembly components; prints
+    /// the path of each `.wasm` written, one per line, last.
+    Build {
+        /// Folder with the plugin's Cargo.toml (or a workspace's).
+        path: PathBuf,
+    },
+    /// Show a component's kind, name, version, contract version, sha256 and exports.
+    Inspect {
+        /// The component.
+        file: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the kind's conformance calls on synthetic inputs; exit 0 only if all pass.
+    Check {
+        /// The component.
+        file: PathBuf,
+        /// Parameters: a TOML file, or TOML text.
+        #[arg(long)]
+        params: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Cost of plugin calls: `spec` and `on-step` in µs, and a per-token `route` call
+    /// as a ratio to the same top-k done natively.
+    Plugins {
+        /// Router component to measure (default: build plugins/router/topk-softmax).
+        #[arg(long)]
+        router: Option<PathBuf>,
+        /// Tokens in the `route` micro-batch.
+        #[arg(long, default_value_t = 4096)]
+        tokens: u32,
+        /// Experts in the `route` micro-batch.
+        #[arg(long, default_value_t = 64)]
+        experts: u32,
+        /// Experts per token.
+        #[arg(long, default_value_t = 2)]
+        top_k: u32,
+        /// Timed repetitions of each measurement (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
+}
+
+/// Sandbox limits, as flags.
+#[derive(Args, Debug, Clone)]
+struct LimitArgs {
+    /// Fuel per call (0 = unlimited).
+    #[arg(long, default_value_t = PluginLimits::DEFAULT_FUEL)]
+    fuel: u64,
+    /// Wall-clock deadline per call, in milliseconds.
+    #[arg(long, default_value_t = PluginLimits::DEFAULT_DEADLINE.as_millis() as u64)]
+    deadline_ms: u64,
+    /// Memory cap per instance, in MiB.
+    #[arg(long, default_value_t = (PluginLimits::DEFAULT_MEMORY >> 20) as u64)]
+    memory_mib: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> PluginLimits {
+        PluginLimits {
+            fuel_per_call: (self.fuel > 0).then_some(self.fuel),
+            deadline: std::time::Duration::from_millis(self.deadline_ms),
+            memory_bytes: (self.memory_mib as usize).saturating_mul(1 << 20),
+        }
+    }
+}
+
+/// Parse the command line, run the command, and turn errors into a message and a
+/// non-zero exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,plugin=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Plugin(PluginCommand::New { kind, name, dir, sdk }) => plugin_new::run(kind, &name, &dir, sdk.as_deref()),
+        Command::Plugin(PluginCommand::Build { path }) => plugin_build::run(&path),
+        Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect::run(&file, json),
+        Command::Plugin(PluginCommand::Check { file, params, limits }) => plugin_check::run(&file, params.as_deref(), limits.limits()),
+        Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => {
+            bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1))
+        }
+    }
+}
+
+/// The source tree this binary was built from, to find the SDK and reference plugins.
+fn source_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}

@@ -1,0 +1,5 @@
+//! The `recast` binary.
+
+fn main() -> std::process::ExitCode {
+    recast::cli::main()
+}

@@ -1,0 +1,143 @@
+//! The router adapter: typed, validated calls into a routing-policy plugin.
+
+use super::component::PluginComponent;
+use super::engine::PluginEngine;
+use super::error::{OutputViolation, PluginError};
+use super::instance::PluginInstance;
+use super::kind::PluginKind;
+use super::limits::PluginLimits;
+use super::wit::router;
+pub use super::wit::router_types::{
+    Capacity, DropPolicy, LayerInfo, LogitNorm, RouteAssignment, RouterSpec, RouterUpdate, RoutingMode,
+    ScoreFunction, SelectionBias, TokenLogits, TopkOrder,
+};
+pub use super::wit::types::LayerStats;
+
+/// A routing-policy plugin. Every output is validated against the layer it is for.
+pub struct RouterPlugin {
+    instance: PluginInstance,
+    guest: router::Guest,
+}
+
+impl RouterPlugin {
+    /// Instantiate and configure a router.
+    pub fn new(engine: &PluginEngine, component: &PluginComponent, params: &str, seed: u64, limits: PluginLimits) -> Result<Self, PluginError> {
+        let mut instance = PluginInstance::new(engine, component, PluginKind::Router, params, seed, limits)?;
+        let guest = instance.exports(|pre, store, inst| router::GuestIndices::new(pre)?.load(store, inst))?;
+        Ok(RouterPlugin { instance, guest })
+    }
+
+    /// The lifecycle and bookkeeping shared by every kind.
+    pub fn instance(&mut self) -> &mut PluginInstance {
+        &mut self.instance
+    }
+
+    /// The routing spec for `layer`, validated.
+    pub fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, PluginError> {
+        let guest = &self.guest;
+        let sandbox = &mut self.instance.sandbox;
+        let spec = sandbox.call_fallible("spec", |store| guest.call_spec(store, layer))?;
+        validate_spec(&spec, layer, "spec").map_err(|v| sandbox.invalid("spec", v))?;
+        Ok(spec)
+    }
+
+    /// Updates after `step`, validated against `layers` (the MoE layers' infos).
+    pub fn on_step(&mut self, step: u64, stats: &[LayerStats], layers: &[LayerInfo]) -> Result<Vec<RouterUpdate>, PluginError> {
+        self.instance.set_step(Some(step));
+        let guest = &self.guest;
+        let sandbox = &mut self.instance.sandbox;
+        let updates = sandbox.call_fallible("on-step", |store| guest.call_on_step(store, step, stats))?;
+        validate_updates(&updates, layers).map_err(|v| sandbox.invalid("on-step", v))?;
+        Ok(updates)
+    }
+
+    /// Per-token routing of one micro-batch, validated.
+    pub fn route(&mut self, layer: &LayerInfo, logits: &TokenLogits) -> Result<RouteAssignment, PluginError> {
+        let guest = &self.guest;
+        let sandbox = &mut self.instance.sandbox;
+        let assignment = sandbox.call_fallible("route", |store| guest.call_route(store, layer, logits))?;
+        validate_assignment(&assignment, logits).map_err(|v| sandbox.invalid("route", v))?;
+        Ok(assignment)
+    }
+}
+
+/// Check a spec against the layer it will drive.
+pub fn validate_spec(spec: &RouterSpec, layer: &LayerInfo, field: &str) -> Result<(), OutputViolation> {
+    let f = |name: &'static str| {
+        let field = field.to_string();
+        move || format!("{field}.{name}")
+    };
+    if spec.mode == RoutingMode::TokenChoice {
+        OutputViolation::within(f("top-k"), spec.top_k as f64, 1.0, layer.num_experts as f64, &format!("1 ..= {} experts of layer {}", layer.num_experts, layer.layer))?;
+    }
+    OutputViolation::within(f("scaling"), spec.scaling as f64, f64::MIN_POSITIVE, f64::INFINITY, "> 0")?;
+    if let LogitNorm::Skywork(lambda) = spec.logit_norm {
+        OutputViolation::within(f("logit-norm.skywork"), lambda as f64, f64::MIN_POSITIVE, f64::INFINITY, "lambda > 0")?;
+    }
+    if let Some(capacity) = &spec.capacity {
+        OutputViolation::within(f("capacity.factor"), capacity.factor as f64, f64::MIN_POSITIVE, f64::INFINITY, "> 0")?;
+    }
+    if spec.mode == RoutingMode::ExpertChoice {
+        if spec.capacity.is_none() {
+            return Err(OutputViolation::Inconsistent { field: f("capacity")(), reason: "expert-choice routing needs a capacity factor".into() });
+        }
+        if spec.per_token_route {
+            return Err(OutputViolation::Inconsistent { field: f("per-token-route")(), reason: "per-token routing is token choice; it cannot be combined with expert-choice".into() });
+        }
+    }
+    if spec.shared_experts > layer.shared_experts {
+        return Err(OutputViolation::OutOfRange {
+            field: f("shared-experts")(),
+            value: spec.shared_experts as f64,
+            allowed: format!("<= {} shared experts in layer {}", layer.shared_experts, layer.layer),
+        });
+    }
+    if spec.shared_expert_gate && spec.shared_experts == 0 {
+        return Err(OutputViolation::Inconsistent { field: f("shared-expert-gate")(), reason: "a gate for shared experts, but no shared experts are used".into() });
+    }
+    Ok(())
+}
+
+/// Check `on-step` updates: known layers, one finite bias delta per expert, valid specs.
+pub fn validate_updates(updates: &[RouterUpdate], layers: &[LayerInfo]) -> Result<(), OutputViolation> {
+    for (i, update) in updates.iter().enumerate() {
+        let field = format!("updates[{i}]");
+        let layer = layers.iter().find(|l| l.layer == update.layer).ok_or_else(|| OutputViolation::Unknown {
+            field: format!("{field}.layer"),
+            what: "MoE layer",
+            name: update.layer.to_string(),
+        })?;
+        if let Some(delta) = &update.bias_delta {
+            OutputViolation::length(|| format!("{field}.bias-delta"), layer.num_experts as usize, delta.len())?;
+            for (e, &d) in delta.iter().enumerate() {
+                OutputViolation::finite(|| format!("{field}.bias-delta[{e}]"), d as f64)?;
+            }
+        }
+        if let Some(spec) = &update.spec {
+            validate_spec(spec, layer, &format!("{field}.spec"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Check a per-token assignment: lengths, expert indices in range and distinct per
+/// token, finite weights.
+pub fn validate_assignment(a: &RouteAssignment, logits: &TokenLogits) -> Result<(), OutputViolation> {
+    OutputViolation::within(|| "route.top-k".into(), a.top_k as f64, 1.0, logits.experts as f64, &format!("1 ..= {} experts", logits.experts))?;
+    let slots = logits.tokens as usize * a.top_k as usize;
+    OutputViolation::length(|| "route.experts".into(), slots, a.experts.len())?;
+    OutputViolation::length(|| "route.weights".into(), slots, a.weights.len())?;
+    for (t, chosen) in a.experts.chunks_exact(a.top_k as usize).enumerate() {
+        for (j, &e) in chosen.iter().enumerate() {
+            let slot = t * a.top_k as usize + j;
+            OutputViolation::index(|| format!("route.experts[{slot}] (token {t})"), e as u64, logits.experts as u64)?;
+            if chosen[..j].contains(&e) {
+                return Err(OutputViolation::Duplicate { field: format!("route.experts of token {t}"), index: e as u64 });
+            }
+        }
+    }
+    for (slot, &w) in a.weights.iter().enumerate() {
+        OutputViolation::finite(|| format!("route.weights[{slot}]"), w as f64)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Routing policies: the [`Router`] trait and [`export_router!`](crate::export_router).
+//!
+//! ```ignore
+//! use recast_sdk::router::*;
+//! #[derive(serde::Deserialize, Default)]
+//! #[serde(default)]
+//! struct Params { k: u32 }
+//! struct Top1;
+//! impl Plugin for Top1 {
+//!     type Config = Params;
+//!     fn new(_: Params, _: &Context) -> Result<Self, String> { Ok(Top1) }
+//! }
+//! impl Router for Top1 {
+//!     fn spec(&mut self, _layer: &LayerInfo) -> Result<RouterSpec, String> {
+//!         Ok(RouterSpec::softmax_topk(1))
+//!     }
+//! }
+//! recast_sdk::export_router!(Top1);
+//! ```
+
+pub use crate::bindings::router_world::recast::plugins::router_types::{
+    Capacity, DropPolicy, LayerInfo, LogitNorm, RouteAssignment, RouterSpec, RouterUpdate, RoutingMode,
+    ScoreFunction, SelectionBias, TokenLogits, TopkOrder,
+};
+pub use crate::plugin::{Context, Plugin};
+pub use crate::types::LayerStats;
+
+/// A routing policy. Only [`Router::spec`] is required.
+pub trait Router: Plugin {
+    /// The routing spec of one MoE layer, asked once per layer at start-up (and again
+    /// after a hot reload).
+    fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, String>;
+
+    /// React to the last step's per-layer stats: bias deltas for aux-loss-free balancing,
+    /// spec changes for schedules. The default changes nothing.
+    fn on_step(&mut self, step: u64, stats: &[LayerStats]) -> Result<Vec<RouterUpdate>, String> {
+        let _ = (step, stats);
+        Ok(Vec::new())
+    }
+
+    /// Route a micro-batch token by token; only called when the spec sets
+    /// `per_token_route`. The default refuses.
+    fn route(&mut self, layer: &LayerInfo, logits: &TokenLogits) -> Result<RouteAssignment, String> {
+        let _ = (layer, logits);
+        Err("this router does not implement per-token `route`".to_string())
+    }
+}
+
+impl RouterSpec {
+    /// Mixtral-style routing: softmax scores, top-k, renormalised, dropless, no shared
+    /// experts, no bias. Change fields from here.
+    pub fn softmax_topk(k: u32) -> Self {
+        RouterSpec {
+            score: ScoreFunction::Softmax,
+            logit_norm: LogitNorm::None,
+            top_k: k,
+            order: TopkOrder::SoftmaxThenTopk,
+            renormalize: true,
+            scaling: 1.0,
+            mode: RoutingMode::TokenChoice,
+            capacity: None,
+            shared_experts: 0,
+            shared_expert_gate: false,
+            selection_bias: SelectionBias::None,
+            per_token_route: false,
+        }
+    }
+}
+
+/// Export a type implementing [`Router`] as the component's router.
+#[macro_export]
+macro_rules! export_router {
+    ($ty:ty) => {
+        #[doc(hidden)]
+        pub struct __RecastRouterExport;
+        #[doc(hidden)]
+        static __RECAST_ROUTER: $crate::__private::Slot<$ty> = $crate::__private::Slot::new();
+        impl $crate::bindings::router_world::exports::recast::plugins::router::Guest for __RecastRouterExport {
+            $crate::__lifecycle_fns!(__RECAST_ROUTER, Router);
+            fn spec(layer: $crate::router::LayerInfo) -> Result<$crate::router::RouterSpec, String> {
+                __RECAST_ROUTER.with(|p| $crate::router::Router::spec(p, &layer))
+            }
+            fn on_step(
+                step: u64,
+                stats: Vec<$crate::types::LayerStats>,
+            ) -> Result<Vec<$crate::router::RouterUpdate>, String> {
+                __RECAST_ROUTER.with(|p| $crate::router::Router::on_step(p, step, &stats))
+            }
+            fn route(
+                layer: $crate::router::LayerInfo,
+                logits: $crate::router::TokenLogits,
+            ) -> Result<$crate::router::RouteAssignment, String> {
+                __RECAST_ROUTER.with(|p| $crate::router::Router::route(p, &layer, &logits))
+            }
+        }
+        $crate::bindings::router_world::export_router_world!(__RecastRouterExport with_types_in $crate::bindings::router_world);
+    };
+}
