@@ -35,9 +35,9 @@ pub(super) fn run(kind: PluginKind, name: &str, dir: &Path, sdk: Option<&Path>) 
     std::fs::write(root.join("src/lib.rs"), templates::lib_rs(kind))?;
     std::fs::write(root.join("README.md"), templates::readme(name, kind))?;
     std::fs::write(root.join("Cargo.toml"), templates::cargo_toml(name, kind, &sdk_str, false))?;
-    // Inside a workspace that lists it, the crate is a member; anywhere else it must be
-    // its own workspace root or cargo refuses to build it.
-    if !is_workspace_member(&root) {
+    // Inside a workspace that does not list it, cargo refuses the crate unless it is its
+    // own workspace root; elsewhere (standalone, or a listed member) it builds as is.
+    if !cargo_accepts(&root) {
         std::fs::write(root.join("Cargo.toml"), templates::cargo_toml(name, kind, &sdk_str, true))?;
     }
     eprintln!("created {kind} plugin `{name}` in {}", root.display());
@@ -46,7 +46,7 @@ pub(super) fn run(kind: PluginKind, name: &str, dir: &Path, sdk: Option<&Path>) 
     Ok(())
 }
 
-fn is_workspace_member(root: &Path) -> bool {
+fn cargo_accepts(root: &Path) -> bool {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     Command::new(cargo)
         .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"])

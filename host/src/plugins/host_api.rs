@@ -2,7 +2,8 @@
 //! cannot flood the run, and the per-instance store state behind them.
 
 use super::limits::MemoryCap;
-use super::wit::recast::plugins::{aux_schedule_types, host, init_scheme_types, router_types, sampler_types, types};
+use super::wit::recast::plugins::host;
+use super::wit::{aux_schedule_types, init_scheme_types, router_types, sampler_types, types};
 use super::wit::types::LogLevel;
 
 /// Longest log message kept, in bytes.

@@ -6,5 +6,5 @@ wasmtime::component::bindgen!({
     world: "recast:plugins/any-plugin",
 });
 
-pub use exports::recast::plugins::{aux_schedule, init_scheme, router, sampler};
-pub use recast::plugins::{aux_schedule_types, init_scheme_types, router_types, sampler_types, types};
+pub use self::exports::recast::plugins::{aux_schedule, init_scheme, router, sampler};
+pub use self::recast::plugins::{aux_schedule_types, init_scheme_types, router_types, sampler_types, types};
