@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 cargo build --release -p recast-host
 recast=target/release/recast
 
-"$recast" plugin build plugins
-for plugin in topk-softmax constant temperature sparse-upcycle; do
-    "$recast" plugin inspect "plugins/target/plugins/$plugin.wasm"
-    "$recast" plugin check "plugins/target/plugins/$plugin.wasm"
+for crate in plugins/router/* plugins/aux-schedule/* plugins/init-scheme/* plugins/sampler/*; do
+    wasm=$("$recast" plugin build "$crate" | tail -n 1)
+    "$recast" plugin inspect "$wasm"
+    "$recast" plugin check "$wasm"
 done
 "$recast" bench plugins --router plugins/target/plugins/topk-softmax.wasm

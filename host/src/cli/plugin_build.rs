@@ -127,7 +127,8 @@ fn componentize(module: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("wasm.tmp");
+    // A per-process name: two builds of the same plugin may run at once.
+    let tmp = path.with_extension(format!("wasm.{}.tmp", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }

@@ -5,8 +5,11 @@
 /// (best first) and their gates.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopKRouting {
+    /// Experts per token.
     pub top_k: usize,
+    /// Chosen expert per slot, best first within a token.
     pub experts: Vec<u32>,
+    /// Combine weight per slot.
     pub gates: Vec<f32>,
 }
 

@@ -18,7 +18,9 @@ const MAX_KEPT_LOGS: usize = 256;
 /// A line a plugin logged.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PluginLog {
+    /// Severity the plugin gave.
     pub level: LogLevel,
+    /// The message, cut to 4 KiB.
     pub message: String,
 }
 

@@ -17,11 +17,17 @@ use super::wit::types::PluginContext;
 /// Who an instance is, from its `info` and its component.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PluginMeta {
+    /// Name from `info`, e.g. `topk-softmax`.
     pub name: String,
+    /// The plugin's own version from `info`.
     pub version: String,
+    /// One line from `info` on what the plugin does.
     pub description: String,
+    /// Kind, agreed by exports and `info`.
     pub kind: PluginKind,
+    /// The `recast:plugins` version the component was built against.
     pub wit_version: String,
+    /// sha256 of the component.
     #[serde(serialize_with = "hex_digest")]
     pub digest: Digest,
 }

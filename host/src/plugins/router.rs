@@ -141,3 +141,67 @@ pub fn validate_assignment(a: &RouteAssignment, logits: &TokenLogits) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> LayerInfo {
+        LayerInfo { layer: 1, num_layers: 2, hidden: 8, num_experts: 4, expert_intermediate: vec![16; 4], shared_experts: 1, tokens_per_batch: 8 }
+    }
+
+    fn spec() -> RouterSpec {
+        RouterSpec {
+            score: ScoreFunction::Softmax,
+            logit_norm: LogitNorm::None,
+            top_k: 2,
+            order: TopkOrder::SoftmaxThenTopk,
+            renormalize: true,
+            scaling: 1.0,
+            mode: RoutingMode::TokenChoice,
+            capacity: None,
+            shared_experts: 0,
+            shared_expert_gate: false,
+            selection_bias: SelectionBias::None,
+            per_token_route: false,
+        }
+    }
+
+    #[test]
+    fn specs_are_checked_against_the_layer() {
+        assert!(validate_spec(&spec(), &layer(), "spec").is_ok());
+        let bad = [
+            RouterSpec { top_k: 0, ..spec() },
+            RouterSpec { top_k: 5, ..spec() },
+            RouterSpec { scaling: f32::INFINITY, ..spec() },
+            RouterSpec { logit_norm: LogitNorm::Skywork(0.0), ..spec() },
+            RouterSpec { mode: RoutingMode::ExpertChoice, ..spec() },
+            RouterSpec { shared_experts: 2, ..spec() },
+            RouterSpec { shared_expert_gate: true, ..spec() },
+        ];
+        for s in bad {
+            assert!(validate_spec(&s, &layer(), "spec").is_err(), "{s:?} accepted");
+        }
+    }
+
+    #[test]
+    fn updates_need_known_layers_and_one_finite_delta_per_expert() {
+        let ok = RouterUpdate { layer: 1, bias_delta: Some(vec![0.001, -0.001, 0.0, 0.0]), spec: None };
+        assert!(validate_updates(&[ok], &[layer()]).is_ok());
+        let unknown = RouterUpdate { layer: 0, bias_delta: None, spec: None };
+        assert!(matches!(validate_updates(&[unknown], &[layer()]), Err(OutputViolation::Unknown { .. })));
+        let short = RouterUpdate { layer: 1, bias_delta: Some(vec![0.0; 3]), spec: None };
+        assert!(matches!(validate_updates(&[short], &[layer()]), Err(OutputViolation::WrongLength { expected: 4, got: 3, .. })));
+        let nan = RouterUpdate { layer: 1, bias_delta: Some(vec![0.0, f32::NAN, 0.0, 0.0]), spec: None };
+        assert!(matches!(validate_updates(&[nan], &[layer()]), Err(OutputViolation::NotFinite { .. })));
+    }
+
+    #[test]
+    fn assignments_need_distinct_in_range_experts() {
+        let logits = TokenLogits { tokens: 2, experts: 4, values: vec![0.0; 8] };
+        let ok = RouteAssignment { top_k: 2, experts: vec![0, 3, 2, 1], weights: vec![0.5; 4] };
+        assert!(validate_assignment(&ok, &logits).is_ok());
+        let dup = RouteAssignment { top_k: 2, experts: vec![0, 0, 2, 1], weights: vec![0.5; 4] };
+        assert!(matches!(validate_assignment(&dup, &logits), Err(OutputViolation::Duplicate { .. })));
+    }
+}

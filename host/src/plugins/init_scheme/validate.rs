@@ -216,3 +216,64 @@ fn validate_distribution(d: &Distribution, field: &str, shapes: &Shapes<'_>) -> 
         Distribution::Matching(r) => shapes.get(r, &format!("{field}.matching")).map(|_| ()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::init_scheme::{CopyOp, GatherOp, MoeLayerShape, NormalParams, PermuteOp, RouterInitOp, ScaleOp, TensorInfo};
+
+    fn source() -> SourceModel {
+        SourceModel {
+            index: 0,
+            architecture: "llama".into(),
+            shape: ModelShape { layers: 1, hidden: 4, intermediate: 8, heads: 2, kv_heads: 1, head_dim: 2, vocab: 10, tied_embeddings: true },
+            tensors: vec![TensorInfo { name: "w".into(), shape: vec![8, 4] }],
+        }
+    }
+
+    fn plan(ops: Vec<InitOp>) -> InitPlan {
+        let moe = MoeLayerShape { layer: 0, experts: 2, expert_intermediate: 4, top_k: 1, shared_experts: 0, shared_intermediate: 0 };
+        InitPlan { target: TargetModel { shape: source().shape, moe_layers: vec![moe] }, ops }
+    }
+
+    fn gather(indices: Vec<u32>) -> InitOp {
+        InitOp::Gather(GatherOp { src: TensorRef { source: Some(0), name: "w".into() }, dst: "e0".into(), axis: 0, indices })
+    }
+
+    #[test]
+    fn a_valid_plan_reports_the_shapes_it_writes() {
+        let ops = vec![
+            gather(vec![0, 2, 4, 6]),
+            InitOp::Scale(ScaleOp { tensor: "e0".into(), axis: 0, indices: vec![], factors: vec![0.5] }),
+            InitOp::Permute(PermuteOp { tensor: "e0".into(), axis: 1, order: vec![3, 2, 1, 0] }),
+            InitOp::Copy(CopyOp { src: TensorRef { source: None, name: "e0".into() }, dst: "e1".into() }),
+            InitOp::InitRouter(RouterInitOp { dst: "r".into(), layer: 0, experts: 2, hidden: 4, method: RouterInit::Normal(0.02), seed: 1 }),
+        ];
+        let shapes = validate_plan(&plan(ops), &[source()]).unwrap();
+        assert_eq!(shapes["e0"], vec![4, 4]);
+        assert_eq!(shapes["e1"], vec![4, 4]);
+        assert_eq!(shapes["r"], vec![2, 4]);
+    }
+
+    #[test]
+    fn bad_plans_are_refused_with_the_op_and_field() {
+        let src = [source()];
+        let err = validate_plan(&plan(vec![gather(vec![0, 8])]), &src).unwrap_err();
+        assert_eq!(err, OutputViolation::IndexOutOfRange { field: "ops[0].indices[1]".into(), index: 8, bound: 8 });
+        let missing = InitOp::Copy(CopyOp { src: TensorRef { source: Some(0), name: "nope".into() }, dst: "x".into() });
+        assert!(matches!(validate_plan(&plan(vec![missing]), &src).unwrap_err(), OutputViolation::Unknown { .. }));
+        let not_perm = InitOp::Permute(PermuteOp { tensor: "e0".into(), axis: 0, order: vec![0, 0, 1, 2] });
+        assert!(matches!(validate_plan(&plan(vec![gather(vec![0, 1, 2, 3]), not_perm]), &src).unwrap_err(), OutputViolation::Duplicate { .. }));
+        let wrong_router = InitOp::InitRouter(RouterInitOp { dst: "r".into(), layer: 0, experts: 3, hidden: 4, method: RouterInit::Zeros, seed: 0 });
+        assert!(matches!(validate_plan(&plan(vec![wrong_router]), &src).unwrap_err(), OutputViolation::Inconsistent { .. }));
+        let nan = InitOp::Fill(crate::plugins::init_scheme::FillOp {
+            dst: "f".into(),
+            shape: vec![2, 2],
+            distribution: Distribution::Normal(NormalParams { mean: f32::NAN, std: 1.0 }),
+            seed: 0,
+        });
+        assert!(matches!(validate_plan(&plan(vec![nan]), &src).unwrap_err(), OutputViolation::NotFinite { .. }));
+        let scale_before_write = InitOp::Scale(ScaleOp { tensor: "e9".into(), axis: 0, indices: vec![], factors: vec![2.0] });
+        assert!(matches!(validate_plan(&plan(vec![scale_before_write]), &src).unwrap_err(), OutputViolation::Unknown { .. }));
+    }
+}
