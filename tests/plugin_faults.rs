@@ -134,7 +134,7 @@ fn a_faulted_instance_is_poisoned_not_reentered() {
 }
 
 #[test]
-fn wrong_version_and_wrong_kind_are_refused_at_load() {
+fn wrong_version_wrong_kind_and_forbidden_imports_are_refused_at_load() {
     let engine = PluginEngine::new().unwrap();
     let err = engine.load_file(support::plugin("future-router")).err().expect("a 1.0.0 component must be refused");
     match &err.cause {
@@ -144,7 +144,32 @@ fn wrong_version_and_wrong_kind_are_refused_at_load() {
     let component = engine.load_file(support::plugin("constant")).unwrap();
     let err = RouterPlugin::new(&engine, &component, "", 0, PluginLimits::default()).err().expect("an aux schedule is no router");
     assert!(matches!(err.cause, FaultCause::WrongKind { .. }), "{err}");
+    let err = engine.load_file(support::plugin("sneaky-router")).err().expect("a component importing wasi:random must be refused");
+    match &err.cause {
+        FaultCause::ForbiddenImport { import } => assert_eq!(import, "wasi:random/random@0.2.0"),
+        other => panic!("expected a forbidden import, got {other:?}"),
+    }
     let err = engine.load_bytes("garbage.wasm", b"\0asm\x01\0\0\0").err().expect("a core module is no component");
     assert_eq!(err.code(), "not-a-component");
     good_plugin_still_works(&engine);
+}
+
+#[test]
+fn logs_and_metrics_reach_the_host_bounded() {
+    let engine = PluginEngine::new().unwrap();
+    let component = engine.load_file(support::plugin("faulty-router")).unwrap();
+    let mut router = RouterPlugin::new(&engine, &component, "fault = \"none\"", 0, PluginLimits::default()).unwrap();
+    router.spec(&layer()).unwrap();
+    router.spec(&layer()).unwrap();
+    assert_eq!(router.instance().drain_metrics(), vec![("spec-calls".to_string(), 1.0), ("spec-calls".to_string(), 2.0)]);
+    let logs = router.instance().drain_logs();
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[0].message, "spec for layer 3");
+    assert!(router.instance().drain_metrics().is_empty(), "draining empties the buffer");
+
+    let mut flood = RouterPlugin::new(&engine, &component, "fault = \"log-flood\"", 0, PluginLimits::default()).unwrap();
+    flood.spec(&layer()).expect("a chatty plugin still works");
+    let logs = flood.instance().drain_logs();
+    assert!(logs.len() <= 256, "{} lines kept", logs.len());
+    assert!(logs.iter().all(|l| l.message.len() <= 4096 + 4), "long lines are cut");
 }
