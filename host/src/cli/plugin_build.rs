@@ -61,6 +61,7 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
     if virtual_workspace {
         cmd.arg("--workspace");
     }
+    cmd.arg("--config").arg(reproducible_rustflags());
     let mut child = cmd.spawn().context("cannot run cargo (is the Rust toolchain installed?)")?;
     let mut modules = Vec::new();
     if let Some(stdout) = child.stdout.take() {
@@ -97,6 +98,26 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
         built.push(BuiltPlugin { name, kind, refused, path: out, size_bytes: bytes.len() });
     }
     Ok(built)
+}
+
+/// Rust embeds the absolute paths of path and registry dependencies (panic locations);
+/// remapping them makes a plugin's sha256 the same on every machine and checkout, which
+/// pinning and bundles rely on. Workspace members are already compiled with relative
+/// paths. The flags are the same for every crate, so builds share compiled
+/// dependencies.
+fn reproducible_rustflags() -> String {
+    let mut remaps = Vec::new();
+    if let Ok(root) = super::source_root().canonicalize() {
+        remaps.push(format!("--remap-path-prefix={}=/recast", root.display()));
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    if let Some(home) = cargo_home.and_then(|h| h.canonicalize().ok()) {
+        remaps.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    let quoted: Vec<String> = remaps.iter().map(|r| format!("{r:?}")).collect();
+    format!("build.rustflags=[{}]", quoted.join(","))
 }
 
 /// `(package name, module path)` of a cdylib wasm artifact in one line of cargo's JSON.
