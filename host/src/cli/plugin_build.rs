@@ -61,7 +61,7 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
     if virtual_workspace {
         cmd.arg("--workspace");
     }
-    cmd.arg("--config").arg(reproducible_rustflags());
+    cmd.arg("--config").arg(path_remap_rustflags());
     let mut child = cmd.spawn().context("cannot run cargo (is the Rust toolchain installed?)")?;
     let mut modules = Vec::new();
     if let Some(stdout) = child.stdout.take() {
@@ -101,11 +101,11 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
 }
 
 /// Rust embeds the absolute paths of path and registry dependencies (panic locations);
-/// remapping them makes a plugin's sha256 the same on every machine and checkout, which
-/// pinning and bundles rely on. Workspace members are already compiled with relative
-/// paths. The flags are the same for every crate, so builds share compiled
-/// dependencies.
-fn reproducible_rustflags() -> String {
+/// remapping them keeps the build machine's directories out of shared components, so
+/// two builds from the same checkout path give the same sha256. (Checkouts at different
+/// paths still differ: cargo hashes these flags into symbol names.) The flags are the
+/// same for every crate, so builds share compiled dependencies.
+fn path_remap_rustflags() -> String {
     let mut remaps = Vec::new();
     if let Ok(root) = super::source_root().canonicalize() {
         remaps.push(format!("--remap-path-prefix={}=/recast", root.display()));

@@ -39,7 +39,7 @@ serde = {{ version = "1", features = ["derive"] }}
 opt-level = 3
 lto = true
 codegen-units = 1
-strip = "debuginfo"
+strip = "symbols"
 panic = "abort"
 "#,
         );
