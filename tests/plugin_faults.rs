@@ -17,12 +17,17 @@ fn logits() -> TokenLogits {
     TokenLogits { tokens: 16, experts: 8, values: (0..128).map(|i| (i % 7) as f32).collect() }
 }
 
+/// The faulty-router fixture, configured with `fault`.
+fn faulty(engine: &PluginEngine, fault: &str, limits: PluginLimits) -> Result<RouterPlugin, PluginError> {
+    let component = engine.load_file(support::plugin("faulty-router")).expect("load fixture");
+    RouterPlugin::new(engine, &component, &format!("fault = \"{fault}\""), 0, limits)
+}
+
 /// Load the faulty router with `fault`, call spec (and route where the spec asks), and
 /// return the first error.
 fn fault(engine: &PluginEngine, fault: &str, limits: PluginLimits) -> (PluginError, Duration) {
-    let component = engine.load_file(support::plugin("faulty-router")).expect("load fixture");
     let start = Instant::now();
-    let result = RouterPlugin::new(engine, &component, &format!("fault = \"{fault}\""), 1, limits).and_then(|mut router| {
+    let result = faulty(engine, fault, limits).and_then(|mut router| {
         router.instance().set_step(Some(41));
         let spec = router.spec(&layer())?;
         assert!(spec.per_token_route, "fixture {fault} should have failed in spec");
@@ -37,8 +42,7 @@ fn good_plugin_still_works(engine: &PluginEngine) {
     let component = engine.load_file(support::plugin("topk-softmax")).unwrap();
     let mut router = RouterPlugin::new(engine, &component, "top_k = 2", 0, PluginLimits::default()).unwrap();
     assert_eq!(router.spec(&layer()).unwrap().top_k, 2);
-    let component = engine.load_file(support::plugin("faulty-router")).unwrap();
-    let mut healthy = RouterPlugin::new(engine, &component, "fault = \"none\"", 0, PluginLimits::default()).unwrap();
+    let mut healthy = faulty(engine, "none", PluginLimits::default()).unwrap();
     assert_eq!(healthy.spec(&layer()).unwrap().top_k, 2);
 }
 
@@ -126,8 +130,7 @@ fn rejected_config_carries_the_plugins_message() {
 #[test]
 fn a_faulted_instance_is_poisoned_not_reentered() {
     let engine = PluginEngine::new().unwrap();
-    let component = engine.load_file(support::plugin("faulty-router")).unwrap();
-    let mut router = RouterPlugin::new(&engine, &component, "fault = \"trap\"", 0, PluginLimits::default()).unwrap();
+    let mut router = faulty(&engine, "trap", PluginLimits::default()).unwrap();
     assert_eq!(router.spec(&layer()).unwrap_err().code(), "trap");
     assert!(router.instance().is_poisoned());
     assert_eq!(router.spec(&layer()).unwrap_err().code(), "poisoned");
@@ -157,8 +160,7 @@ fn wrong_version_wrong_kind_and_forbidden_imports_are_refused_at_load() {
 #[test]
 fn logs_and_metrics_reach_the_host_bounded() {
     let engine = PluginEngine::new().unwrap();
-    let component = engine.load_file(support::plugin("faulty-router")).unwrap();
-    let mut router = RouterPlugin::new(&engine, &component, "fault = \"none\"", 0, PluginLimits::default()).unwrap();
+    let mut router = faulty(&engine, "none", PluginLimits::default()).unwrap();
     router.spec(&layer()).unwrap();
     router.spec(&layer()).unwrap();
     assert_eq!(router.instance().drain_metrics(), vec![("spec-calls".to_string(), 1.0), ("spec-calls".to_string(), 2.0)]);
@@ -167,7 +169,7 @@ fn logs_and_metrics_reach_the_host_bounded() {
     assert_eq!(logs[0].message, "spec for layer 3");
     assert!(router.instance().drain_metrics().is_empty(), "draining empties the buffer");
 
-    let mut flood = RouterPlugin::new(&engine, &component, "fault = \"log-flood\"", 0, PluginLimits::default()).unwrap();
+    let mut flood = faulty(&engine, "log-flood", PluginLimits::default()).unwrap();
     flood.spec(&layer()).expect("a chatty plugin still works");
     let logs = flood.instance().drain_logs();
     assert!(logs.len() <= 256, "{} lines kept", logs.len());
