@@ -4,9 +4,12 @@
 //! with every research decision — routing policy, auxiliary-loss schedule,
 //! initialisation scheme, data sampler — a sandboxed WebAssembly plugin.
 //!
-//! This crate is the native host: [`plugins`] is the sandboxed plugin runtime, [`moe`]
-//! the natively executed routing, and [`cli`] the `recast` command line.
+//! This crate is the native host: [`plugins`] is the sandboxed plugin runtime, [`model`]
+//! the decoder and its checkpoints, [`moe`] the MoE layer that executes a router's
+//! spec, and [`cli`] the `recast` command line.
 
+pub mod atomic_file;
 pub mod cli;
+pub mod model;
 pub mod moe;
 pub mod plugins;

@@ -2,6 +2,9 @@
 //! its own module.
 
 mod bench;
+mod bench_model;
+mod convert;
+mod forward;
 mod plugin_build;
 mod plugin_check;
 mod plugin_inspect;
@@ -37,6 +40,58 @@ enum Command {
     /// Benchmarks, printed as ratios against a reference measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a checkpoint on token ids and write its logits (`logits`, [T, vocab], f32) to
+    /// a safetensors file.
+    Forward {
+        /// Hugging Face checkpoint directory (config.json + safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Token ids: a comma list (1,2,3) or a file of ids separated by commas or spaces.
+        #[arg(long)]
+        tokens: String,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Route MoE layers with this router plugin instead of the checkpoint's routing.
+        #[arg(long)]
+        router: Option<PathBuf>,
+        /// The router plugin's parameters (TOML text).
+        #[arg(long, default_value = "")]
+        router_params: String,
+    },
+    /// Read a checkpoint and write it again with Recast's writer (element type, sharding).
+    Convert {
+        /// Checkpoint directory to read.
+        #[arg(long)]
+        model: PathBuf,
+        /// Directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Element type of the written weights.
+        #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+        dtype: DTypeArg,
+        /// Split the weights into shards of at most this size (e.g. 5GB, 200MB).
+        #[arg(long, value_parser = convert::parse_size)]
+        max_shard_size: Option<u64>,
+    },
+}
+
+/// Element types on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DTypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl DTypeArg {
+    fn dtype(self) -> candle_core::DType {
+        match self {
+            DTypeArg::F32 => candle_core::DType::F32,
+            DTypeArg::Bf16 => candle_core::DType::BF16,
+            DTypeArg::F16 => candle_core::DType::F16,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +157,63 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         repeats: usize,
     },
+    /// Forward+backward of one MoE layer (softmax top-k, SwiGLU experts, loss = sum of
+    /// outputs); last line `moe-layer fwd+bwd: X ms`.
+    MoeLayer {
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        #[arg(long, default_value_t = 512)]
+        hidden: usize,
+        #[arg(long, default_value_t = 8)]
+        experts: usize,
+        #[arg(long, default_value_t = 2)]
+        top_k: usize,
+        /// Intermediate width of each expert.
+        #[arg(long, default_value_t = 1408)]
+        ffn: usize,
+        #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+        dtype: DTypeArg,
+        #[command(flatten)]
+        threads: ThreadArgs,
+        /// Timed repetitions after two warm-ups (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
+    /// Forward+backward of a whole checkpoint on a batch of next-token prediction; last
+    /// line `model fwd+bwd: X ms`.
+    ModelStep {
+        /// Hugging Face checkpoint directory.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[command(flatten)]
+        threads: ThreadArgs,
+        /// Timed repetitions after two warm-ups (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+}
+
+/// CPU threads for tensor work.
+#[derive(Args, Debug, Clone)]
+struct ThreadArgs {
+    /// Threads for tensor work (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ThreadArgs {
+    /// Must run before any tensor work starts: candle reads `RAYON_NUM_THREADS`.
+    fn apply(&self) {
+        if let Some(n) = self.threads.filter(|&n| n > 0) {
+            // SAFETY: called while the process is still single-threaded (right after
+            // argument parsing, before any pool or plugin engine starts).
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        }
+    }
 }
 
 /// Sandbox limits, as flags.
@@ -161,6 +273,16 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => {
             bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1))
         }
+        Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, threads, repeats }) => {
+            threads.apply();
+            bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn, dtype: dtype.dtype() }, repeats)
+        }
+        Command::Bench(BenchCommand::ModelStep { model, batch, seq, threads, repeats }) => {
+            threads.apply();
+            bench_model::model_step(&model, batch, seq, repeats)
+        }
+        Command::Forward { model, tokens, out, router, router_params } => forward::run(&model, &tokens, &out, router.as_deref(), &router_params),
+        Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
     }
 }
 

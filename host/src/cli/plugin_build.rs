@@ -90,7 +90,7 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
         let out = out_dir.join(format!("{name}.wasm"));
         let bytes = componentize(&module).with_context(|| format!("turning {} into a component", module.display()))?;
         let loaded = engine.load_bytes(&out.display().to_string(), &bytes);
-        write_atomically(&out, &bytes)?;
+        crate::atomic_file::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
         let (kind, refused) = match loaded {
             Ok(component) => (Some(component.kind()), None),
             Err(e) => (None, Some(e.cause.to_string())),
@@ -145,13 +145,6 @@ fn componentize(module: &Path) -> anyhow::Result<Vec<u8>> {
         .module(&bytes)
         .and_then(|encoder| encoder.encode())
         .map_err(|e| anyhow::anyhow!("{e:#}"))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    // A per-process name: two builds of the same plugin may run at once.
-    let tmp = path.with_extension(format!("wasm.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }
 
 /// Install the wasm target with rustup when it is missing.

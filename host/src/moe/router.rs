@@ -1,5 +1,8 @@
 //! Native token-choice routing: softmax scores, top-k with ties to the lower expert
-//! index, optional renormalisation (METHODS.md §1.1).
+//! index, optional renormalisation (METHODS.md §1.1). A plain-slice reference, without
+//! tensors, for the per-token `route` escape hatch and its benchmark.
+
+use super::selection::top_k;
 
 /// Per-token top-k selection: for token `t`, slots `t*k .. t*k+k` hold its experts
 /// (best first) and their gates.
@@ -19,26 +22,21 @@ pub fn softmax_topk(logits: &[f32], experts: usize, k: usize, renormalize: bool)
     assert!(experts > 0 && (1..=experts).contains(&k) && logits.len() % experts == 0, "softmax_topk: bad shape");
     let tokens = logits.len() / experts;
     let mut out = TopKRouting { top_k: k, experts: Vec::with_capacity(tokens * k), gates: Vec::with_capacity(tokens * k) };
-    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
+    let mut probs = vec![0f32; experts];
+    let mut chosen = Vec::with_capacity(k);
     for row in logits.chunks_exact(experts) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &z| m.max(z));
         let mut sum = 0.0f32;
-        best.clear();
-        for (e, &z) in row.iter().enumerate() {
-            let p = (z - max).exp();
-            sum += p;
-            // Insert keeping `best` sorted by score, descending; equal scores keep the
-            // earlier (lower) expert first.
-            if best.len() < k || p > best[best.len() - 1].0 {
-                let at = best.iter().position(|&(q, _)| p > q).unwrap_or(best.len());
-                best.insert(at, (p, e as u32));
-                best.truncate(k);
-            }
+        for (p, &z) in probs.iter_mut().zip(row) {
+            *p = (z - max).exp();
+            sum += *p;
         }
-        let denom = if renormalize { best.iter().map(|&(p, _)| p).sum::<f32>() } else { sum };
-        for &(p, e) in &best {
+        chosen.clear();
+        top_k(&probs, k, &mut chosen);
+        let denom = if renormalize { chosen.iter().map(|&e| probs[e as usize]).sum::<f32>() } else { sum };
+        for &e in &chosen {
             out.experts.push(e);
-            out.gates.push(p / denom);
+            out.gates.push(probs[e as usize] / denom);
         }
     }
     out

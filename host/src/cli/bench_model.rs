@@ -1,0 +1,115 @@
+//! `recast bench moe-layer` and `recast bench model-step`: forward+backward timings of
+//! one MoE layer and of a whole model, in the form `scripts/bench_vs_torch.py` compares
+//! with PyTorch at the same shapes and thread count.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::model::checkpoint;
+use crate::model::config::MoeConfig;
+use crate::model::ffn::Ffn;
+use crate::model::loss::next_token_loss;
+use crate::model::transformer::Transformer;
+use crate::moe::layer::MoeLayer;
+use crate::moe::spec::checkpoint_default;
+
+/// Shapes of the `moe-layer` benchmark.
+pub(super) struct MoeLayerShape {
+    pub tokens: usize,
+    pub hidden: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub ffn: usize,
+    pub dtype: DType,
+}
+
+pub(super) fn moe_layer(shape: &MoeLayerShape, repeats: usize) -> anyhow::Result<()> {
+    let MoeLayerShape { tokens, hidden, experts, top_k, ffn, dtype } = *shape;
+    if top_k == 0 || top_k > experts {
+        bail!("--top-k must be between 1 and --experts ({experts})");
+    }
+    let dev = Device::Cpu;
+    let weight = |rows: usize, cols: usize, std: f64| -> anyhow::Result<Tensor> { Ok(Var::from_tensor(&Tensor::randn(0f32, std as f32, (rows, cols), &dev)?.to_dtype(dtype)?)?.as_tensor().clone()) };
+    let experts_ffn = (0..experts).map(|_| Ok(Ffn { gate: weight(ffn, hidden, 0.02)?, up: weight(ffn, hidden, 0.02)?, down: weight(hidden, ffn, 0.02)? })).collect::<anyhow::Result<Vec<_>>>()?;
+    let moe = MoeConfig {
+        num_experts: experts,
+        top_k,
+        expert_intermediate: vec![ffn; experts],
+        shared_expert_intermediate: vec![],
+        shared_expert_gate: false,
+        normalize_top_k: true,
+        moe_layers: vec![true],
+        router_aux_loss_coef: 0.0,
+    };
+    let layer = MoeLayer {
+        layer: 0,
+        router: weight(experts, hidden, 0.02)?,
+        experts: experts_ffn,
+        shared: vec![],
+        shared_gate: None,
+        spec: checkpoint_default(&moe),
+        selection_bias: vec![0.0; experts],
+        coefficients: Default::default(),
+    };
+    let x = weight(tokens, hidden, 1.0)?;
+    println!("moe-layer: T={tokens} d={hidden} E={experts} k={top_k} ffn={ffn} dtype={dtype:?} threads={}", candle_core::utils::get_num_threads());
+    let ms = median_ms(repeats, || {
+        let out = layer.forward(&x)?;
+        let grads = out.output.sum_all()?.backward()?;
+        Ok(grads.get(&x).is_some())
+    })?;
+    println!("moe-layer fwd+bwd: {ms:.1} ms");
+    Ok(())
+}
+
+pub(super) fn model_step(model: &Path, batch: usize, seq: usize, repeats: usize) -> anyhow::Result<()> {
+    let ckpt = checkpoint::read(model, DType::F32).with_context(|| format!("cannot read the model in {}", model.display()))?;
+    let params = ckpt.params.trainable()?;
+    let transformer = Transformer::new(&ckpt.config, &params, &model.display().to_string())?;
+    let tokens = pseudo_random_tokens(batch * seq, ckpt.config.vocab_size as u32, 0x5eed);
+    println!("model-step: {} params={} batch={batch} seq={seq} threads={}", ckpt.config.architecture.hf_class(), params.num_parameters(), candle_core::utils::get_num_threads());
+    let ms = median_ms(repeats, || {
+        let out = transformer.forward(&tokens, batch)?;
+        let loss = next_token_loss(&out.logits, &tokens, batch)?;
+        let grads = loss.backward()?;
+        Ok(grads.get(&transformer.embed).is_some())
+    })?;
+    println!("tokens/s: {:.0}", (batch * seq) as f64 / (ms / 1000.0));
+    println!("model fwd+bwd: {ms:.1} ms");
+    Ok(())
+}
+
+/// Two warm-up runs, then the median of `repeats` timed runs, in milliseconds. The
+/// closure returns whether the gradient it needed was produced.
+fn median_ms(repeats: usize, mut run: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<f64> {
+    for _ in 0..2 {
+        if !run()? {
+            bail!("the backward pass produced no gradient for the input");
+        }
+    }
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Deterministic token ids (SplitMix64), the same on every run.
+fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % vocab as u64) as u32
+        })
+        .collect()
+}

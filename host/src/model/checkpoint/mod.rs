@@ -1,0 +1,10 @@
+//! Hugging Face checkpoints in and out: `config.json` plus safetensors, single-file or
+//! sharded with `model.safetensors.index.json`. Reads are memory-mapped; writes are
+//! atomic per file.
+
+pub mod names;
+mod read;
+mod write;
+
+pub use read::{Checkpoint, read};
+pub use write::{WriteOptions, write, write_tensors};

@@ -1,0 +1,28 @@
+//! The SwiGLU feed-forward network: dense MLPs, routed experts and shared experts are
+//! all one of these, each with its own width.
+
+use candle_core::{Result, Tensor};
+
+use super::ops::linear;
+
+/// `FFN(x) = (silu(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ` with Hugging Face layouts
+/// (`gate`, `up`: `[width, d]`; `down`: `[d, width]`).
+#[derive(Clone)]
+pub struct Ffn {
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
+}
+
+impl Ffn {
+    /// `x`: `[n, d]` → `[n, d]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hidden = linear(x, &self.gate, None)?.silu()?.mul(&linear(x, &self.up, None)?)?;
+        linear(&hidden, &self.down, None)
+    }
+
+    /// The intermediate width.
+    pub fn width(&self) -> usize {
+        self.gate.dims()[0]
+    }
+}

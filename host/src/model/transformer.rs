@@ -1,0 +1,209 @@
+//! The decoder, top to bottom as in the architecture figure: embed → blocks (attention,
+//! then a dense or MoE MLP, each behind an RMSNorm and a residual) → norm → head.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::attention::{Attention, causal_mask};
+use super::config::ModelConfig;
+use super::error::ModelError;
+use super::ffn::Ffn;
+use super::ops::{linear, rms_norm};
+use super::params::{ParamReader, ParamStore};
+use super::rope::RopeTables;
+use crate::moe::layer::MoeLayer;
+use crate::moe::spec::{self, LayerStats};
+
+/// A layer's MLP.
+pub enum Mlp {
+    Dense(Ffn),
+    Moe(MoeLayer),
+}
+
+/// One transformer block.
+pub struct Block {
+    pub input_norm: Tensor,
+    pub attention: Attention,
+    pub post_attention_norm: Tensor,
+    pub mlp: Mlp,
+}
+
+/// A decoder whose tensors are views of a [`ParamStore`]: build it from a trainable
+/// store and gradients reach the store's tensors.
+pub struct Transformer {
+    pub config: ModelConfig,
+    pub embed: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: Tensor,
+    /// Output projection `[vocab, d]`; the embedding itself when tied.
+    pub head: Tensor,
+}
+
+/// What a forward pass produces.
+pub struct ForwardOutput {
+    /// `[batch * seq, vocab]`.
+    pub logits: Tensor,
+    /// Sum over MoE layers of their weighted auxiliary losses, if any is weighted.
+    pub aux_loss: Option<Tensor>,
+    /// One record per MoE layer, in layer order.
+    pub moe_stats: Vec<LayerStats>,
+}
+
+impl Transformer {
+    /// Build the model `config` describes from `params`; every tensor must be present
+    /// with the right shape and none may be left over. `looked_in` names the
+    /// checkpoint in errors.
+    pub fn new(config: &ModelConfig, params: &ParamStore, looked_in: &str) -> Result<Self, ModelError> {
+        config.validate().map_err(|reason| ModelError::Config { path: looked_in.into(), reason })?;
+        let mut r = ParamReader::new(params, looked_in);
+        let (d, v) = (config.hidden_size, config.vocab_size);
+        let embed = r.tensor("model.embed_tokens.weight", &[v, d])?;
+        let mut blocks = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            blocks.push(block(config, l, &mut r)?);
+        }
+        let norm = r.tensor("model.norm.weight", &[d])?;
+        let head = if config.tie_word_embeddings { embed.clone() } else { r.tensor("lm_head.weight", &[v, d])? };
+        r.finish(config.architecture.hf_class())?;
+        Ok(Self { config: config.clone(), embed, blocks, norm, head })
+    }
+
+    /// Logits for `tokens`, `batch` sequences of equal length laid end to end.
+    pub fn forward(&self, tokens: &[u32], batch: usize) -> Result<ForwardOutput, ModelError> {
+        let vocab = self.config.vocab_size;
+        if let Some((position, &id)) = tokens.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange { id, position, vocab });
+        }
+        let seq = tokens.len() / batch.max(1);
+        assert_eq!(seq * batch, tokens.len(), "tokens must split into `batch` equal sequences");
+        let device = self.embed.device();
+        let dtype = self.embed.dtype();
+        let ids = Tensor::from_slice(tokens, tokens.len(), device)?;
+        let mut h = self.embed.index_select(&ids, 0)?;
+
+        let rope = RopeTables::new(&self.config.rope, self.config.head_dim, seq, dtype, device)?;
+        let masks = Masks::new(&self.config.attention_window, seq, dtype, device)?;
+        let mut aux_loss: Option<Tensor> = None;
+        let mut moe_stats = Vec::new();
+        let eps = self.config.rms_norm_eps;
+        for (l, block) in self.blocks.iter().enumerate() {
+            let a = block.attention.forward(&rms_norm(&h, &block.input_norm, eps)?, batch, seq, &rope, masks.for_layer(l))?;
+            h = h.add(&a)?;
+            let x = rms_norm(&h, &block.post_attention_norm, eps)?;
+            let m = match &block.mlp {
+                Mlp::Dense(ffn) => ffn.forward(&x)?,
+                Mlp::Moe(moe) => {
+                    let out = moe.forward(&x)?;
+                    if let Some(loss) = out.aux_loss {
+                        aux_loss = Some(match aux_loss {
+                            Some(acc) => acc.add(&loss.to_dtype(acc.dtype())?)?,
+                            None => loss,
+                        });
+                    }
+                    moe_stats.push(out.stats);
+                    out.output
+                }
+            };
+            h = h.add(&m)?;
+        }
+        let logits = linear(&rms_norm(&h, &self.norm, eps)?, &self.head, None)?;
+        Ok(ForwardOutput { logits, aux_loss, moe_stats })
+    }
+
+    /// The MoE layers, for setting routing specs, biases and coefficients.
+    pub fn moe_layers_mut(&mut self) -> impl Iterator<Item = &mut MoeLayer> {
+        self.blocks.iter_mut().filter_map(|b| match &mut b.mlp {
+            Mlp::Moe(m) => Some(m),
+            Mlp::Dense(_) => None,
+        })
+    }
+
+    /// The MoE layers, in layer order.
+    pub fn moe_layers(&self) -> impl Iterator<Item = &MoeLayer> {
+        self.blocks.iter().filter_map(|b| match &b.mlp {
+            Mlp::Moe(m) => Some(m),
+            Mlp::Dense(_) => None,
+        })
+    }
+
+    /// Element type of the weights.
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+}
+
+/// Attention masks, one per distinct window.
+struct Masks {
+    by_window: Vec<(Option<usize>, Tensor)>,
+    layer_window: Vec<Option<usize>>,
+}
+
+impl Masks {
+    fn new(windows: &[Option<usize>], seq: usize, dtype: DType, device: &Device) -> candle_core::Result<Self> {
+        let mut by_window: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for &w in windows {
+            if !by_window.iter().any(|(x, _)| *x == w) {
+                by_window.push((w, causal_mask(seq, w, dtype, device)?));
+            }
+        }
+        Ok(Self { by_window, layer_window: windows.to_vec() })
+    }
+
+    fn for_layer(&self, layer: usize) -> &Tensor {
+        let w = self.layer_window[layer];
+        // Every layer's window was added in `new`.
+        &self.by_window.iter().find(|(x, _)| *x == w).expect("mask for every window").1
+    }
+}
+
+fn block(config: &ModelConfig, l: usize, r: &mut ParamReader) -> Result<Block, ModelError> {
+    let (d, h, kvh, hd) = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim);
+    let p = format!("model.layers.{l}");
+    let bias = |r: &mut ParamReader, on: bool, name: &str, n: usize| -> Result<Option<Tensor>, ModelError> { if on { r.tensor(name, &[n]).map(Some) } else { Ok(None) } };
+    let attention = Attention {
+        q: r.tensor(&format!("{p}.self_attn.q_proj.weight"), &[h * hd, d])?,
+        k: r.tensor(&format!("{p}.self_attn.k_proj.weight"), &[kvh * hd, d])?,
+        v: r.tensor(&format!("{p}.self_attn.v_proj.weight"), &[kvh * hd, d])?,
+        o: r.tensor(&format!("{p}.self_attn.o_proj.weight"), &[d, h * hd])?,
+        q_bias: bias(r, config.qkv_bias, &format!("{p}.self_attn.q_proj.bias"), h * hd)?,
+        k_bias: bias(r, config.qkv_bias, &format!("{p}.self_attn.k_proj.bias"), kvh * hd)?,
+        v_bias: bias(r, config.qkv_bias, &format!("{p}.self_attn.v_proj.bias"), kvh * hd)?,
+        o_bias: bias(r, config.o_bias, &format!("{p}.self_attn.o_proj.bias"), d)?,
+        num_heads: h,
+        num_kv_heads: kvh,
+        head_dim: hd,
+        window: config.attention_window[l],
+    };
+    let mlp = match &config.moe {
+        Some(moe) if config.is_moe_layer(l) => {
+            let e = moe.num_experts;
+            let experts = (0..e).map(|i| ffn(r, &format!("{p}.mlp.experts.{i}"), d, moe.expert_intermediate[i])).collect::<Result<Vec<_>, _>>()?;
+            let shared = moe.shared_expert_intermediate.iter().enumerate().map(|(i, &w)| ffn(r, &format!("{p}.mlp.shared_experts.{i}"), d, w)).collect::<Result<Vec<_>, _>>()?;
+            let shared_gate = if moe.shared_expert_gate { Some(r.tensor(&format!("{p}.mlp.shared_expert_gate.weight"), &[1, d])?) } else { None };
+            Mlp::Moe(MoeLayer {
+                layer: l,
+                router: r.tensor(&format!("{p}.mlp.gate.weight"), &[e, d])?,
+                experts,
+                shared,
+                shared_gate,
+                spec: spec::checkpoint_default(moe),
+                selection_bias: vec![0.0; e],
+                coefficients: Default::default(),
+            })
+        }
+        _ => Mlp::Dense(ffn(r, &format!("{p}.mlp"), d, config.intermediate_size)?),
+    };
+    Ok(Block {
+        input_norm: r.tensor(&format!("{p}.input_layernorm.weight"), &[d])?,
+        attention,
+        post_attention_norm: r.tensor(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+        mlp,
+    })
+}
+
+fn ffn(r: &mut ParamReader, prefix: &str, d: usize, width: usize) -> Result<Ffn, ModelError> {
+    Ok(Ffn {
+        gate: r.tensor(&format!("{prefix}.gate_proj.weight"), &[width, d])?,
+        up: r.tensor(&format!("{prefix}.up_proj.weight"), &[width, d])?,
+        down: r.tensor(&format!("{prefix}.down_proj.weight"), &[d, width])?,
+    })
+}

@@ -1,0 +1,122 @@
+//! The MoE layer: router → selection → dispatch to experts → weighted combine, plus
+//! shared experts, auxiliary losses and statistics. It executes whatever validated
+//! `router-spec` it holds; the router plugin changes that spec and the selection bias
+//! between steps.
+
+use candle_core::{D, DType, Result, Tensor};
+
+use super::dispatch::Dispatch;
+use super::gates::{expert_choice_gates, router_dtype, router_scores, token_choice_gates};
+use super::losses;
+use super::selection::{self, Selection, token_choice_capacity, top_k};
+use super::spec::{AuxCoefficients, DropPolicy, LayerStats, RouterSpec, RoutingMode, SelectionBias};
+use super::stats::layer_stats;
+use crate::model::ffn::Ffn;
+use crate::model::ops::{linear, sigmoid};
+
+/// One MoE layer's weights and routing state.
+pub struct MoeLayer {
+    /// Index of the transformer layer.
+    pub layer: usize,
+    /// Router weight `W_g`, `[E, d]`.
+    pub router: Tensor,
+    /// Routed experts (widths may differ).
+    pub experts: Vec<Ffn>,
+    /// Shared experts held by the checkpoint (the spec says how many run).
+    pub shared: Vec<Ffn>,
+    /// Learned gate on the shared experts' output, `[1, d]` (Qwen2-MoE).
+    pub shared_gate: Option<Tensor>,
+    /// The routing this layer executes.
+    pub spec: RouterSpec,
+    /// Per-expert selection bias (aux-loss-free balancing); used when the spec's
+    /// `selection-bias` is not `none`.
+    pub selection_bias: Vec<f32>,
+    /// Weights of the auxiliary losses for the current step.
+    pub coefficients: AuxCoefficients,
+}
+
+/// What one forward pass of an MoE layer produces.
+pub struct MoeOutput {
+    /// `[T, d]`.
+    pub output: Tensor,
+    /// `α · L_LB + β_z · L_z`, or `None` when both coefficients are 0.
+    pub aux_loss: Option<Tensor>,
+    /// Statistics for the plugins.
+    pub stats: LayerStats,
+}
+
+impl MoeLayer {
+    /// Route and run `x` (`[T, d]`).
+    pub fn forward(&self, x: &Tensor) -> Result<MoeOutput> {
+        let tokens = x.dim(0)?;
+        let experts = self.experts.len();
+        let z = linear(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
+        let scores = router_scores(&z, &self.spec)?;
+        let mut selection_scores = scores.scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if self.spec.selection_bias != SelectionBias::None {
+            for row in selection_scores.chunks_exact_mut(experts) {
+                for (s, b) in row.iter_mut().zip(&self.selection_bias) {
+                    *s += b;
+                }
+            }
+        }
+
+        let (selection, gates, k) = match self.spec.mode {
+            RoutingMode::TokenChoice => {
+                let k = self.spec.top_k as usize;
+                let mut chosen = Vec::with_capacity(tokens * k);
+                for row in selection_scores.chunks_exact(experts) {
+                    top_k(row, k, &mut chosen);
+                }
+                let gates = token_choice_gates(&scores, &chosen, &self.spec)?;
+                let capacity = self.spec.capacity.map(|c| (token_choice_capacity(c.factor, tokens, k, experts), c.drop_policy));
+                let gate_values = match capacity {
+                    Some((_, DropPolicy::Probs)) => gates.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                    _ => Vec::new(),
+                };
+                (selection::token_choice(&chosen, &gate_values, experts, k, capacity), gates, k)
+            }
+            RoutingMode::ExpertChoice => {
+                let factor = self.spec.capacity.map(|c| c.factor).ok_or_else(|| candle_core::Error::Msg(format!("layer {}: expert-choice routing needs a capacity factor", self.layer)))?;
+                let capacity = ((tokens as f64) * factor as f64 / experts as f64).floor() as usize;
+                (selection::expert_choice(&selection_scores, experts, capacity), expert_choice_gates(&scores, &self.spec)?, 0)
+            }
+        };
+
+        let mut output = Dispatch::new(&selection, x.device())?.run(x, &gates, &self.experts)?;
+        if let Some(shared) = self.shared_output(x)? {
+            output = output.add(&shared)?;
+        }
+        let (aux_loss, stats) = self.losses_and_stats(&scores.probs, &z, &selection, tokens, k)?;
+        Ok(MoeOutput { output, aux_loss, stats })
+    }
+
+    /// The shared experts' summed output, gated if the spec says so.
+    fn shared_output(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let n = (self.spec.shared_experts as usize).min(self.shared.len());
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut sum = self.shared[0].forward(x)?;
+        for expert in &self.shared[1..n] {
+            sum = sum.add(&expert.forward(x)?)?;
+        }
+        match (&self.shared_gate, self.spec.shared_expert_gate) {
+            (Some(gate), true) => Ok(Some(sum.broadcast_mul(&sigmoid(&linear(x, gate, None)?)?)?)),
+            (None, true) => Err(candle_core::Error::Msg(format!("layer {}: the spec gates the shared experts but the checkpoint has no `shared_expert_gate`", self.layer))),
+            _ => Ok(Some(sum)),
+        }
+    }
+
+    fn losses_and_stats(&self, probs: &Tensor, z: &Tensor, selection: &Selection, tokens: usize, k: usize) -> Result<(Option<Tensor>, LayerStats)> {
+        let lb = losses::load_balance(probs, &selection.load)?;
+        let zl = losses::z_loss(z)?;
+        let c = self.coefficients;
+        let aux_loss = if c.load_balance > 0.0 || c.z_loss > 0.0 { Some(((&lb * c.load_balance as f64)? + (&zl * c.z_loss as f64)?)?) } else { None };
+        let probs_values = probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let experts = probs.dim(D::Minus1)?;
+        let scalar = |t: &Tensor| -> Result<f32> { t.to_dtype(DType::F32)?.to_scalar::<f32>() };
+        let stats = layer_stats(self.layer, tokens, k, selection, &probs_values, experts, scalar(&lb)?, scalar(&zl)?);
+        Ok((aux_loss, stats))
+    }
+}
