@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use crate::model::checkpoint;
 use crate::model::config::MoeConfig;
 use crate::model::ffn::Ffn;
+use crate::model::init::SplitMix64;
 use crate::model::loss::next_token_loss;
 use crate::model::transformer::Transformer;
 use crate::moe::layer::MoeLayer;
@@ -100,16 +101,8 @@ fn median_ms(repeats: usize, mut run: impl FnMut() -> anyhow::Result<bool>) -> a
     Ok(times[times.len() / 2])
 }
 
-/// Deterministic token ids (SplitMix64), the same on every run.
+/// Deterministic token ids, the same on every run.
 fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % vocab as u64) as u32
-        })
-        .collect()
+    let mut rng = SplitMix64(seed);
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
 }

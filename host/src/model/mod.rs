@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod ffn;
 pub mod hf_config;
+pub mod init;
 pub mod loss;
 pub mod ops;
 pub mod params;

@@ -86,6 +86,14 @@ impl ParamStore {
     }
 }
 
+/// Where the layers being built get their tensors: read from a store (a checkpoint) or
+/// freshly initialised. One trait, so tensor names and shapes are spelled once, in the
+/// model's constructor.
+pub trait ParamSource {
+    /// The tensor `name` of shape `dims`.
+    fn tensor(&mut self, name: &str, dims: &[usize]) -> Result<Tensor, ModelError>;
+}
+
 /// Hands tensors to the layers being built, checks their shapes, and afterwards reports
 /// any tensor no layer asked for.
 pub struct ParamReader<'a> {
@@ -100,24 +108,6 @@ impl<'a> ParamReader<'a> {
         Self { store, used: BTreeSet::new(), looked_in: looked_in.into() }
     }
 
-    /// The tensor `name`, which must have shape `dims`.
-    pub fn tensor(&mut self, name: &str, dims: &[usize]) -> Result<Tensor, ModelError> {
-        let t = self.store.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), looked_in: self.looked_in.clone() })?;
-        if t.dims() != dims {
-            return Err(ModelError::ShapeMismatch { path: self.store.origin(name), name: name.to_string(), expected: dims.to_vec(), found: t.dims().to_vec() });
-        }
-        self.used.insert(name.to_string());
-        Ok(t.clone())
-    }
-
-    /// The tensor `name` if the store has it (optional weights such as a learned bias).
-    pub fn optional(&mut self, name: &str, dims: &[usize]) -> Result<Option<Tensor>, ModelError> {
-        if self.store.get(name).is_none() {
-            return Ok(None);
-        }
-        self.tensor(name, dims).map(Some)
-    }
-
     /// Fail if the store holds tensors nobody asked for: the checkpoint is of a
     /// different shape or family than its config says.
     pub fn finish(self, architecture: &str) -> Result<(), ModelError> {
@@ -128,5 +118,16 @@ impl<'a> ParamReader<'a> {
             names.push(format!("and {} more", unused.len() - 5));
         }
         Err(ModelError::UnexpectedTensors { path: self.store.origin(first), architecture: architecture.to_string(), names: names.join(", ") })
+    }
+}
+
+impl ParamSource for ParamReader<'_> {
+    fn tensor(&mut self, name: &str, dims: &[usize]) -> Result<Tensor, ModelError> {
+        let t = self.store.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), looked_in: self.looked_in.clone() })?;
+        if t.dims() != dims {
+            return Err(ModelError::ShapeMismatch { path: self.store.origin(name), name: name.to_string(), expected: dims.to_vec(), found: t.dims().to_vec() });
+        }
+        self.used.insert(name.to_string());
+        Ok(t.clone())
     }
 }

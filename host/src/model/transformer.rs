@@ -8,7 +8,7 @@ use super::config::ModelConfig;
 use super::error::ModelError;
 use super::ffn::Ffn;
 use super::ops::{linear, rms_norm};
-use super::params::{ParamReader, ParamStore};
+use super::params::{ParamReader, ParamSource, ParamStore};
 use super::rope::RopeTables;
 use crate::moe::layer::MoeLayer;
 use crate::moe::spec::{self, LayerStats};
@@ -54,16 +54,23 @@ impl Transformer {
     /// checkpoint in errors.
     pub fn new(config: &ModelConfig, params: &ParamStore, looked_in: &str) -> Result<Self, ModelError> {
         config.validate().map_err(|reason| ModelError::Config { path: looked_in.into(), reason })?;
-        let mut r = ParamReader::new(params, looked_in);
+        let mut reader = ParamReader::new(params, looked_in);
+        let model = Self::build(config, &mut reader)?;
+        reader.finish(config.architecture.hf_class())?;
+        Ok(model)
+    }
+
+    /// Build the model, taking each tensor from `src`: the one place tensor names and
+    /// shapes are spelled out.
+    pub fn build(config: &ModelConfig, src: &mut impl ParamSource) -> Result<Self, ModelError> {
         let (d, v) = (config.hidden_size, config.vocab_size);
-        let embed = r.tensor("model.embed_tokens.weight", &[v, d])?;
+        let embed = src.tensor("model.embed_tokens.weight", &[v, d])?;
         let mut blocks = Vec::with_capacity(config.num_layers);
         for l in 0..config.num_layers {
-            blocks.push(block(config, l, &mut r)?);
+            blocks.push(block(config, l, src)?);
         }
-        let norm = r.tensor("model.norm.weight", &[d])?;
-        let head = if config.tie_word_embeddings { embed.clone() } else { r.tensor("lm_head.weight", &[v, d])? };
-        r.finish(config.architecture.hf_class())?;
+        let norm = src.tensor("model.norm.weight", &[d])?;
+        let head = if config.tie_word_embeddings { embed.clone() } else { src.tensor("lm_head.weight", &[v, d])? };
         Ok(Self { config: config.clone(), embed, blocks, norm, head })
     }
 
@@ -155,10 +162,10 @@ impl Masks {
     }
 }
 
-fn block(config: &ModelConfig, l: usize, r: &mut ParamReader) -> Result<Block, ModelError> {
+fn block(config: &ModelConfig, l: usize, r: &mut impl ParamSource) -> Result<Block, ModelError> {
     let (d, h, kvh, hd) = (config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim);
     let p = format!("model.layers.{l}");
-    let bias = |r: &mut ParamReader, on: bool, name: &str, n: usize| -> Result<Option<Tensor>, ModelError> { if on { r.tensor(name, &[n]).map(Some) } else { Ok(None) } };
+    let bias = |r: &mut dyn ParamSource, on: bool, name: &str, n: usize| -> Result<Option<Tensor>, ModelError> { if on { r.tensor(name, &[n]).map(Some) } else { Ok(None) } };
     let attention = Attention {
         q: r.tensor(&format!("{p}.self_attn.q_proj.weight"), &[h * hd, d])?,
         k: r.tensor(&format!("{p}.self_attn.k_proj.weight"), &[kvh * hd, d])?,
@@ -200,7 +207,7 @@ fn block(config: &ModelConfig, l: usize, r: &mut ParamReader) -> Result<Block, M
     })
 }
 
-fn ffn(r: &mut ParamReader, prefix: &str, d: usize, width: usize) -> Result<Ffn, ModelError> {
+fn ffn(r: &mut impl ParamSource, prefix: &str, d: usize, width: usize) -> Result<Ffn, ModelError> {
     Ok(Ffn {
         gate: r.tensor(&format!("{prefix}.gate_proj.weight"), &[width, d])?,
         up: r.tensor(&format!("{prefix}.up_proj.weight"), &[width, d])?,
