@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor, Var};
 
+use super::checkpoint::names::to_hf;
+use super::config::Architecture;
 use super::error::ModelError;
 
 /// Named weight tensors, each remembering the file it came from (for error messages).
@@ -100,12 +102,18 @@ pub struct ParamReader<'a> {
     store: &'a ParamStore,
     used: BTreeSet<String>,
     looked_in: String,
+    architecture: Architecture,
 }
 
 impl<'a> ParamReader<'a> {
-    /// Read from `store`; `looked_in` names the checkpoint for "missing tensor" errors.
-    pub fn new(store: &'a ParamStore, looked_in: impl Into<String>) -> Self {
-        Self { store, used: BTreeSet::new(), looked_in: looked_in.into() }
+    /// Read from `store`; `looked_in` names the checkpoint for "missing tensor" errors,
+    /// and errors spell tensor names as `architecture`'s files do.
+    pub fn new(store: &'a ParamStore, looked_in: impl Into<String>, architecture: Architecture) -> Self {
+        Self { store, used: BTreeSet::new(), looked_in: looked_in.into(), architecture }
+    }
+
+    fn file_name(&self, name: &str) -> String {
+        to_hf(self.architecture, name)
     }
 
     /// Fail if the store holds tensors nobody asked for: the checkpoint is of a
@@ -113,7 +121,7 @@ impl<'a> ParamReader<'a> {
     pub fn finish(self, architecture: &str) -> Result<(), ModelError> {
         let unused: Vec<&String> = self.store.tensors.keys().filter(|n| !self.used.contains(*n)).collect();
         let Some(first) = unused.first() else { return Ok(()) };
-        let mut names: Vec<String> = unused.iter().take(5).map(|n| format!("`{n}`")).collect();
+        let mut names: Vec<String> = unused.iter().take(5).map(|n| format!("`{}`", self.file_name(n))).collect();
         if unused.len() > 5 {
             names.push(format!("and {} more", unused.len() - 5));
         }
@@ -123,9 +131,9 @@ impl<'a> ParamReader<'a> {
 
 impl ParamSource for ParamReader<'_> {
     fn tensor(&mut self, name: &str, dims: &[usize]) -> Result<Tensor, ModelError> {
-        let t = self.store.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), looked_in: self.looked_in.clone() })?;
+        let t = self.store.get(name).ok_or_else(|| ModelError::MissingTensor { name: self.file_name(name), looked_in: self.looked_in.clone() })?;
         if t.dims() != dims {
-            return Err(ModelError::ShapeMismatch { path: self.store.origin(name), name: name.to_string(), expected: dims.to_vec(), found: t.dims().to_vec() });
+            return Err(ModelError::ShapeMismatch { path: self.store.origin(name), name: self.file_name(name), expected: dims.to_vec(), found: t.dims().to_vec() });
         }
         self.used.insert(name.to_string());
         Ok(t.clone())

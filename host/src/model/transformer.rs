@@ -54,7 +54,7 @@ impl Transformer {
     /// checkpoint in errors.
     pub fn new(config: &ModelConfig, params: &ParamStore, looked_in: &str) -> Result<Self, ModelError> {
         config.validate().map_err(|reason| ModelError::Config { path: looked_in.into(), reason })?;
-        let mut reader = ParamReader::new(params, looked_in);
+        let mut reader = ParamReader::new(params, looked_in, config.architecture);
         let model = Self::build(config, &mut reader)?;
         reader.finish(config.architecture.hf_class())?;
         Ok(model)
