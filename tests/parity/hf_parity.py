@@ -20,6 +20,7 @@ Exit code 0 only if every check passes.
 """
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,8 @@ SHARD_SIZE = "200KB"
 CONVERT_TOL = 1e-6
 RECAST_TIMEOUT_S = 600
 
-# Shared shapes of every tiny model.
+# Shared shapes of every tiny model. The reference runs transformers' plainest code paths:
+# eager attention and the per-expert loop for MoE layers.
 BASE = dict(
     vocab_size=320,
     hidden_size=64,
@@ -182,7 +184,7 @@ def load_model(directory: Path, **overrides) -> torch.nn.Module:
         output_loading_info=True,
         **overrides,
     )
-    problems = {kind: names for kind, names in info.items() if names}
+    problems = {kind: sorted(map(str, names)) for kind, names in info.items() if names}
     if problems:
         raise CheckFailed(f"transformers could not load {directory} cleanly: {problems}")
     return model.eval()
@@ -230,7 +232,9 @@ def run_recast(recast: Path, *args) -> Invocation:
     return invocation
 
 
-def recast_logits(recast: Path, model_dir: Path, tokens_arg: str, out: Path, shape) -> tuple[torch.Tensor, Invocation]:
+def recast_logits(
+    recast: Path, model_dir: Path, tokens_arg: str, out: Path, shape: torch.Size
+) -> tuple[torch.Tensor, Invocation]:
     """Run `recast forward` and return its float32 [T, vocab] logits."""
     invocation = run_recast(recast, "forward", "--model", model_dir, "--tokens", tokens_arg, "--out", out)
     tensors = load_file(out) if out.is_file() else {}
@@ -272,6 +276,7 @@ def check_arch(arch: Arch, recast: Path, workdir: Path, tol: float, check_token_
     tokens_arg = ",".join(map(str, tokens))
 
     out = workdir / arch.name
+    shutil.rmtree(out, ignore_errors=True)  # no stale outputs from an earlier run in --workdir
     model_dir, converted_dir = out / "hf", out / "converted"
     save_model(model, model_dir, arch.sharded)
     want = hf_logits(model, tokens)
