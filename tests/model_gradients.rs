@@ -64,20 +64,7 @@ fn moe(experts: usize, widths: Vec<usize>, shared: Vec<usize>) -> ModelConfig {
 }
 
 fn spec(f: impl FnOnce(&mut RouterSpec)) -> RouterSpec {
-    let mut s = RouterSpec {
-        score: ScoreFunction::Softmax,
-        logit_norm: LogitNorm::None,
-        top_k: 2,
-        order: TopkOrder::SoftmaxThenTopk,
-        renormalize: true,
-        scaling: 1.0,
-        mode: RoutingMode::TokenChoice,
-        capacity: None,
-        shared_experts: 0,
-        shared_expert_gate: false,
-        selection_bias: SelectionBias::None,
-        per_token_route: false,
-    };
+    let mut s = RouterSpec::softmax_topk(2);
     f(&mut s);
     s
 }

@@ -23,20 +23,7 @@ fn ffn(rng: &mut SplitMix64, width: usize) -> Ffn {
 }
 
 fn spec(k: u32, renormalize: bool) -> RouterSpec {
-    RouterSpec {
-        score: ScoreFunction::Softmax,
-        logit_norm: LogitNorm::None,
-        top_k: k,
-        order: TopkOrder::SoftmaxThenTopk,
-        renormalize,
-        scaling: 1.0,
-        mode: RoutingMode::TokenChoice,
-        capacity: None,
-        shared_experts: 0,
-        shared_expert_gate: false,
-        selection_bias: SelectionBias::None,
-        per_token_route: false,
-    }
+    RouterSpec { renormalize, ..RouterSpec::softmax_topk(k) }
 }
 
 fn layer(experts: Vec<Ffn>, router: Tensor, spec: RouterSpec) -> MoeLayer {

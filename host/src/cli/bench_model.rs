@@ -9,13 +9,12 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::model::checkpoint;
-use crate::model::config::MoeConfig;
 use crate::model::ffn::Ffn;
 use crate::model::init::SplitMix64;
 use crate::model::loss::next_token_loss;
 use crate::model::transformer::Transformer;
 use crate::moe::layer::MoeLayer;
-use crate::moe::spec::checkpoint_default;
+use crate::moe::spec::RouterSpec;
 
 /// Shapes of the `moe-layer` benchmark.
 pub(super) struct MoeLayerShape {
@@ -35,23 +34,13 @@ pub(super) fn moe_layer(shape: &MoeLayerShape, repeats: usize) -> anyhow::Result
     let dev = Device::Cpu;
     let weight = |rows: usize, cols: usize, std: f64| -> anyhow::Result<Tensor> { Ok(Var::from_tensor(&Tensor::randn(0f32, std as f32, (rows, cols), &dev)?.to_dtype(dtype)?)?.as_tensor().clone()) };
     let experts_ffn = (0..experts).map(|_| Ok(Ffn { gate: weight(ffn, hidden, 0.02)?, up: weight(ffn, hidden, 0.02)?, down: weight(hidden, ffn, 0.02)? })).collect::<anyhow::Result<Vec<_>>>()?;
-    let moe = MoeConfig {
-        num_experts: experts,
-        top_k,
-        expert_intermediate: vec![ffn; experts],
-        shared_expert_intermediate: vec![],
-        shared_expert_gate: false,
-        normalize_top_k: true,
-        moe_layers: vec![true],
-        router_aux_loss_coef: 0.0,
-    };
     let layer = MoeLayer {
         layer: 0,
         router: weight(experts, hidden, 0.02)?,
         experts: experts_ffn,
         shared: vec![],
         shared_gate: None,
-        spec: checkpoint_default(&moe),
+        spec: RouterSpec::softmax_topk(top_k as u32),
         selection_bias: vec![0.0; experts],
         coefficients: Default::default(),
     };

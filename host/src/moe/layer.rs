@@ -116,7 +116,7 @@ impl MoeLayer {
         let probs_values = probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let experts = probs.dim(D::Minus1)?;
         let scalar = |t: &Tensor| -> Result<f32> { t.to_dtype(DType::F32)?.to_scalar::<f32>() };
-        let stats = layer_stats(self.layer, tokens, k, selection, &probs_values, experts, scalar(&lb)?, scalar(&zl)?);
+        let stats = layer_stats(self.layer, tokens, k, selection, &probs_values, experts, (scalar(&lb)?, scalar(&zl)?));
         Ok((aux_loss, stats))
     }
 }

@@ -19,7 +19,7 @@ pub struct TopKRouting {
 /// Softmax over each row of `logits` (`tokens x experts`, row-major), keep the `k`
 /// highest scores (ties to the lower index), renormalise them to sum to 1 if asked.
 pub fn softmax_topk(logits: &[f32], experts: usize, k: usize, renormalize: bool) -> TopKRouting {
-    assert!(experts > 0 && (1..=experts).contains(&k) && logits.len() % experts == 0, "softmax_topk: bad shape");
+    assert!(experts > 0 && (1..=experts).contains(&k) && logits.len().is_multiple_of(experts), "softmax_topk: bad shape");
     let tokens = logits.len() / experts;
     let mut out = TopKRouting { top_k: k, experts: Vec::with_capacity(tokens * k), gates: Vec::with_capacity(tokens * k) };
     let mut probs = vec![0f32; experts];

@@ -6,22 +6,34 @@ pub use crate::plugins::router::{Capacity, DropPolicy, LayerStats, LogitNorm, Ro
 
 use crate::model::config::MoeConfig;
 
+impl RouterSpec {
+    /// Plain token-choice routing: softmax, top-`k`, renormalised, dropless (Mixtral's).
+    pub fn softmax_topk(k: u32) -> Self {
+        RouterSpec {
+            score: ScoreFunction::Softmax,
+            logit_norm: LogitNorm::None,
+            top_k: k,
+            order: TopkOrder::SoftmaxThenTopk,
+            renormalize: true,
+            scaling: 1.0,
+            mode: RoutingMode::TokenChoice,
+            capacity: None,
+            shared_experts: 0,
+            shared_expert_gate: false,
+            selection_bias: SelectionBias::None,
+            per_token_route: false,
+        }
+    }
+}
+
 /// Mixtral/Qwen2-MoE routing as the checkpoint's config describes it: softmax, top-k,
 /// renormalised if the config says so, dropless, shared experts on and gated as stored.
 pub fn checkpoint_default(moe: &MoeConfig) -> RouterSpec {
     RouterSpec {
-        score: ScoreFunction::Softmax,
-        logit_norm: LogitNorm::None,
-        top_k: moe.top_k as u32,
-        order: TopkOrder::SoftmaxThenTopk,
         renormalize: moe.normalize_top_k,
-        scaling: 1.0,
-        mode: RoutingMode::TokenChoice,
-        capacity: None,
         shared_experts: moe.shared_expert_intermediate.len() as u32,
         shared_expert_gate: moe.shared_expert_gate,
-        selection_bias: SelectionBias::None,
-        per_token_route: false,
+        ..RouterSpec::softmax_topk(moe.top_k as u32)
     }
 }
 

@@ -27,8 +27,10 @@ pub fn gate_sharpness(probs: &[f32], experts: usize) -> (f32, f32) {
     ((entropy / tokens as f64) as f32, (ratio / tokens as f64) as f32)
 }
 
-/// The statistics record for one layer and micro-batch.
-pub fn layer_stats(layer: usize, tokens: usize, top_k: usize, selection: &Selection, probs: &[f32], experts: usize, load_balance: f32, z_loss: f32) -> LayerStats {
+/// The statistics record for one layer and micro-batch; `losses` are the unweighted
+/// load-balancing and z-loss values.
+pub fn layer_stats(layer: usize, tokens: usize, top_k: usize, selection: &Selection, probs: &[f32], experts: usize, losses: (f32, f32)) -> LayerStats {
+    let (load_balance, z_loss) = losses;
     let (gate_entropy, max1_over_max2) = gate_sharpness(probs, experts);
     let assignments = (tokens * top_k).max(1) as f32;
     LayerStats {
