@@ -10,6 +10,8 @@
 
 pub mod atomic_file;
 pub mod cli;
+pub mod data;
 pub mod model;
 pub mod moe;
 pub mod plugins;
+pub mod train;

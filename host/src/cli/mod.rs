@@ -4,12 +4,14 @@
 mod bench;
 mod bench_model;
 mod convert;
+mod data_prepare;
 mod forward;
 mod plugin_build;
 mod plugin_check;
 mod plugin_inspect;
 mod plugin_new;
 mod templates;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +61,35 @@ enum Command {
         #[arg(long, default_value = "")]
         router_params: String,
     },
+    /// Train (continue pretraining) a dense or MoE model with plugins steering every step.
+    #[command(after_help = "Start: recast train CONFIG.toml --out RUN_DIR\nResume: recast train --resume RUN_DIR")]
+    Train {
+        /// The run config (TOML); see examples/.
+        #[arg(required_unless_present = "resume", requires = "out")]
+        config: Option<PathBuf>,
+        /// Folder for checkpoints, metrics.jsonl and the final model.
+        #[arg(long, conflicts_with = "resume")]
+        out: Option<PathBuf>,
+        /// Continue the run in this folder from its newest checkpoint.
+        #[arg(long, conflicts_with = "config")]
+        resume: Option<PathBuf>,
+        /// Stop (with a checkpoint) once this many steps are done; the schedule still
+        /// spans the config's `train.steps`.
+        #[arg(long)]
+        max_steps: Option<u64>,
+        #[command(flatten)]
+        threads: ThreadArgs,
+    },
+    /// Validation loss and perplexity per domain of a run's newest checkpoint.
+    Eval {
+        /// The run folder.
+        run_dir: PathBuf,
+        #[command(flatten)]
+        threads: ThreadArgs,
+    },
+    /// Prepare training data.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Read a checkpoint and write it again with Recast's writer (element type, sharding).
     Convert {
         /// Checkpoint directory to read.
@@ -73,6 +104,29 @@ enum Command {
         /// Split the weights into shards of at most this size (e.g. 5GB, 200MB).
         #[arg(long, value_parser = convert::parse_size)]
         max_shard_size: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Tokenise text files, JSONL files and folders of source files into per-domain
+    /// token shards (train and validation) that a run config's `shards` can name.
+    Prepare {
+        /// Output folder; each domain gets a subfolder.
+        #[arg(long)]
+        out: PathBuf,
+        /// A domain and its inputs: NAME=PATH[,PATH...] (files or folders); repeat.
+        #[arg(long = "domain", value_parser = data_prepare::parse_domain, required = true)]
+        domains: Vec<(String, Vec<PathBuf>)>,
+        /// `byte` or the path of a Hugging Face tokenizer.json.
+        #[arg(long, default_value = "byte")]
+        tokenizer: String,
+        /// Field of each JSONL line that holds the text.
+        #[arg(long, default_value = "text")]
+        jsonl_field: String,
+        /// Fraction of each domain's tokens held out for validation.
+        #[arg(long, default_value_t = 0.05)]
+        valid_fraction: f64,
     },
 }
 
@@ -282,6 +336,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             bench_model::model_step(&model, batch, seq, repeats)
         }
         Command::Forward { model, tokens, out, router, router_params } => forward::run(&model, &tokens, &out, router.as_deref(), &router_params),
+        Command::Train { config, out, resume, max_steps, threads } => {
+            threads.apply();
+            train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps)
+        }
+        Command::Eval { run_dir, threads } => {
+            threads.apply();
+            train::eval(&run_dir)
+        }
+        Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction }) => data_prepare::run(&out, &domains, &tokenizer, &jsonl_field, valid_fraction),
         Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
     }
 }

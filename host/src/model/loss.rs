@@ -27,6 +27,17 @@ pub fn next_token_pairs(tokens: &[u32], batch: usize) -> (Vec<u32>, Vec<u32>) {
     (rows, targets)
 }
 
+/// Per-position next-token negative log-likelihood, `[batch * (seq - 1)]`, sequence by
+/// sequence.
+pub fn next_token_nll(logits: &Tensor, tokens: &[u32], batch: usize) -> Result<Tensor> {
+    let (rows, targets) = next_token_pairs(tokens, batch);
+    let rows = Tensor::from_vec(rows, targets.len(), logits.device())?;
+    let picked_logits = logits.index_select(&rows, 0)?;
+    let targets = Tensor::from_slice(&targets, (targets.len(), 1), logits.device())?;
+    let picked = picked_logits.gather(&targets, D::Minus1)?;
+    logsumexp_last_dim(&picked_logits)?.sub(&picked)?.squeeze(D::Minus1)
+}
+
 /// Mean next-token cross-entropy of a forward pass over `tokens`.
 pub fn next_token_loss(logits: &Tensor, tokens: &[u32], batch: usize) -> Result<Tensor> {
     let (rows, targets) = next_token_pairs(tokens, batch);

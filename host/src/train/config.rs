@@ -1,0 +1,360 @@
+//! The run config (`recast train CONFIG.toml`): typed, with every unknown key an error
+//! that names the key and its line.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
+
+/// A whole run.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Seeds weights (from scratch), batches and plugins.
+    #[serde(default)]
+    pub seed: u64,
+    pub model: ModelSection,
+    /// `"byte"` (built in) or the path of a Hugging Face `tokenizer.json`.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    pub data: DataSection,
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    #[serde(default)]
+    pub optimizer: OptimizerSection,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    pub train: TrainSection,
+}
+
+fn default_tokenizer() -> String {
+    "byte".into()
+}
+
+/// Where the model comes from: a Hugging Face directory or a shape to initialise.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A checkpoint directory (config.json + safetensors).
+    pub path: Option<PathBuf>,
+    /// A shape to initialise from scratch.
+    pub init: Option<ModelInit>,
+}
+
+/// A model shape to initialise from scratch (vocabulary = the tokenizer's).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInit {
+    /// `llama`, `qwen2`, `mistral`, `mixtral` or `qwen2-moe`.
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: Option<usize>,
+    /// Dense MLP width.
+    pub intermediate_size: usize,
+    /// Routed experts per MoE layer (MoE families).
+    #[serde(default)]
+    pub num_experts: usize,
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Width of each routed expert (default: `intermediate_size`).
+    pub expert_intermediate_size: Option<usize>,
+    /// Width of the gated shared expert (Qwen2-MoE), 0 for none.
+    #[serde(default)]
+    pub shared_expert_intermediate_size: usize,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Standard deviation of the initial weight matrices.
+    #[serde(default = "default_init_std")]
+    pub std: f64,
+}
+
+fn default_top_k() -> usize {
+    2
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_init_std() -> f64 {
+    0.02
+}
+
+impl ModelInit {
+    /// The model shape for a vocabulary of `vocab_size`.
+    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
+        let arch = self.architecture;
+        let moe = arch.is_moe().then(|| MoeConfig {
+            num_experts: self.num_experts,
+            top_k: self.top_k,
+            expert_intermediate: vec![self.expert_intermediate_size.unwrap_or(self.intermediate_size); self.num_experts],
+            shared_expert_intermediate: if self.shared_expert_intermediate_size > 0 { vec![self.shared_expert_intermediate_size] } else { vec![] },
+            shared_expert_gate: self.shared_expert_intermediate_size > 0,
+            normalize_top_k: true,
+            moe_layers: vec![true; self.num_layers],
+            router_aux_loss_coef: 0.0,
+        });
+        let qwen = matches!(arch, Architecture::Qwen2 | Architecture::Qwen2Moe);
+        ModelConfig {
+            architecture: arch,
+            vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: self.num_layers,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads.unwrap_or(self.num_heads),
+            head_dim: self.hidden_size / self.num_heads.max(1),
+            rms_norm_eps: 1e-5,
+            rope: RopeConfig { theta: self.rope_theta, scaling: RopeScaling::None },
+            max_position_embeddings: 4096,
+            tie_word_embeddings: self.tie_word_embeddings,
+            qkv_bias: qwen,
+            o_bias: false,
+            attention_window: vec![None; self.num_layers],
+            moe,
+            passthrough: Default::default(),
+        }
+    }
+}
+
+/// The data domains.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub domains: Vec<DomainSection>,
+}
+
+/// One domain: generated (`builtin`) or prepared by `recast data prepare` (`shards`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSection {
+    pub name: String,
+    /// `arithmetic`, `code` or `prose`.
+    pub builtin: Option<String>,
+    /// A domain folder written by `recast data prepare`.
+    pub shards: Option<PathBuf>,
+}
+
+/// The three steering plugins; each is optional.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Routing policy (default: the checkpoint's own routing).
+    pub router: Option<PluginRef>,
+    /// Aux-loss coefficients (default: none).
+    pub aux_schedule: Option<PluginRef>,
+    /// Domain mixture (default: uniform over domains).
+    pub sampler: Option<PluginRef>,
+}
+
+/// A plugin: a reference plugin by name, or a file (`.wasm`, or a plugin crate folder
+/// that is built first), with its parameters.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    pub builtin: Option<String>,
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// AdamW with f32 moments and global-norm clipping.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSection {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay; never applied to norms and biases.
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    pub clip_grad_norm: f64,
+}
+
+impl Default for OptimizerSection {
+    fn default() -> Self {
+        Self { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, clip_grad_norm: 1.0 }
+    }
+}
+
+/// The learning-rate schedule's shape after warm-up.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    Cosine,
+    Linear,
+    Constant,
+    /// Warmup-stable-decay: constant, then a linear decay over the last `decay_fraction`.
+    WarmupStableDecay,
+}
+
+/// Learning-rate schedule.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    pub kind: ScheduleKind,
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of `optimizer.lr`.
+    pub min_lr_ratio: f64,
+    /// Warmup-stable-decay: fraction of the steps spent decaying.
+    pub decay_fraction: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self { kind: ScheduleKind::Cosine, warmup_steps: 0, min_lr_ratio: 0.1, decay_fraction: 0.2 }
+    }
+}
+
+/// Steps, batch shape and intervals.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps of the whole run.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Evaluate on every domain's validation split every this many steps (0 = only at
+    /// the end).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Validation sequences per domain.
+    #[serde(default = "default_eval_sequences")]
+    pub eval_sequences: usize,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Checkpoints to keep.
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_eval_sequences() -> usize {
+    16
+}
+fn default_keep() -> usize {
+    3
+}
+
+/// A config error, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl RunConfig {
+    /// Parse `text` (from `path`), resolve relative paths against the file's folder,
+    /// and check the values fit together.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let err = |reason: String| ConfigError { path: path.to_path_buf(), reason };
+        let mut config: RunConfig = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = config.model.path.as_mut() {
+            resolve(p);
+        }
+        for d in &mut config.data.domains {
+            if let Some(p) = d.shards.as_mut() {
+                resolve(p);
+            }
+        }
+        for plugin in [&mut config.plugins.router, &mut config.plugins.aux_schedule, &mut config.plugins.sampler].into_iter().flatten() {
+            if let Some(p) = plugin.file.as_mut() {
+                resolve(p);
+            }
+        }
+        if config.tokenizer != "byte" && Path::new(&config.tokenizer).is_relative() {
+            config.tokenizer = base.join(&config.tokenizer).display().to_string();
+        }
+        config.check().map_err(err)?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match (&self.model.path, &self.model.init) {
+            (Some(_), Some(_)) => return Err("[model] has both `path` and `init`; give one".into()),
+            (None, None) => return Err("[model] needs `path` (a checkpoint directory) or `init` (a shape)".into()),
+            _ => {}
+        }
+        if self.data.domains.is_empty() {
+            return Err("[data] lists no domains".into());
+        }
+        for d in &self.data.domains {
+            if d.builtin.is_some() == d.shards.is_some() {
+                return Err(format!("domain {:?} needs exactly one of `builtin` and `shards`", d.name));
+            }
+        }
+        for (name, plugin) in [("router", &self.plugins.router), ("aux_schedule", &self.plugins.aux_schedule), ("sampler", &self.plugins.sampler)] {
+            if let Some(p) = plugin
+                && p.builtin.is_some() == p.file.is_some()
+            {
+                return Err(format!("[plugins.{name}] needs exactly one of `builtin` and `file`"));
+            }
+        }
+        let t = &self.train;
+        if t.steps == 0 || t.batch_size == 0 || t.seq_len < 2 || t.grad_accum == 0 {
+            return Err("[train] needs steps > 0, batch_size > 0, seq_len >= 2 and grad_accum > 0".into());
+        }
+        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
+            return Err(format!("optimizer.lr = {} must be a positive number", self.optimizer.lr));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    const MINIMAL: &str = r#"
+[model.init]
+architecture = "mixtral"
+hidden_size = 32
+num_layers = 2
+num_heads = 4
+intermediate_size = 64
+num_experts = 4
+
+[[data.domains]]
+name = "math"
+builtin = "arithmetic"
+
+[train]
+steps = 10
+batch_size = 2
+seq_len = 16
+"#;
+
+    #[test]
+    fn a_minimal_config_parses_with_defaults() {
+        let c = super::RunConfig::parse(MINIMAL, Path::new("/runs/x.toml")).expect("valid");
+        assert_eq!(c.tokenizer, "byte");
+        assert_eq!(c.optimizer.lr, 3e-3);
+        assert_eq!(c.train.grad_accum, 1);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_with_its_line() {
+        let text = MINIMAL.replace("batch_size = 2", "bacth_size = 2");
+        let err = super::RunConfig::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("bacth_size") && err.contains("line 18"), "{err}");
+    }
+}

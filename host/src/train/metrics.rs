@@ -1,0 +1,53 @@
+//! `RUN_DIR/metrics.jsonl`: one JSON object per step (and per evaluation), appended and
+//! flushed as the run goes, cut back to the checkpoint's step on resume.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// Appends metric lines.
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Open `path` for appending, first dropping every line whose `step` is above
+    /// `keep_through` (work a resumed run will redo).
+    pub fn open(path: &Path, keep_through: Option<u64>) -> std::io::Result<Self> {
+        let kept: Vec<String> = match (keep_through, File::open(path)) {
+            (Some(limit), Ok(f)) => BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|s| s <= limit))
+                .collect(),
+            _ => vec![],
+        };
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        crate::atomic_file::write(path, text.as_bytes())?;
+        let file = OpenOptions::new().append(true).open(path)?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    /// Append one record.
+    pub fn write(&mut self, record: &serde_json::Value) -> std::io::Result<()> {
+        let mut line = record.to_string();
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
+        self.file.flush()
+    }
+
+    /// Where the log is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Every record of a metrics file.
+pub fn read_all(path: &Path) -> std::io::Result<Vec<serde_json::Value>> {
+    let f = File::open(path)?;
+    Ok(BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect())
+}

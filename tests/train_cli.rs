@@ -1,0 +1,228 @@
+//! `recast train` end to end: exact resume (20 steps straight equal 10 + resume + 10,
+//! byte for byte), SIGKILL mid-run and mid-checkpoint losing nothing, a falling
+//! validation loss, and readable errors for a misspelt key and a missing data folder.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{plugin, recast, run, text};
+
+fn config(dir: &Path, extra_train: &str) -> PathBuf {
+    let path = dir.join("run.toml");
+    let body = format!(
+        r#"seed = 7
+
+[model.init]
+architecture = "mixtral"
+hidden_size = 32
+num_layers = 2
+num_heads = 4
+num_kv_heads = 2
+intermediate_size = 48
+num_experts = 4
+top_k = 2
+std = 0.05
+
+[[data.domains]]
+name = "arithmetic"
+builtin = "arithmetic"
+
+[[data.domains]]
+name = "prose"
+builtin = "prose"
+
+[plugins.router]
+file = "{router}"
+params = {{ top_k = 2, capacity_factor = 1.5 }}
+
+[plugins.aux_schedule]
+file = "{aux}"
+
+[plugins.sampler]
+file = "{sampler}"
+params = {{ temperature = 2.0 }}
+
+[optimizer]
+lr = 5e-3
+
+[schedule]
+warmup_steps = 3
+
+[train]
+steps = 20
+batch_size = 4
+seq_len = 32
+{extra_train}
+"#,
+        router = plugin("topk-softmax").display(),
+        aux = plugin("constant").display(),
+        sampler = plugin("temperature").display(),
+    );
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+fn train(args: &[&str]) -> std::process::Output {
+    let mut all = vec!["train"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--threads", "2"]);
+    run(&all)
+}
+
+fn final_weights(run_dir: &Path) -> Vec<u8> {
+    let dir = run_dir.join("checkpoints").join("step-00000020");
+    std::fs::read(dir.join("model.safetensors")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// (step, loss) of every training record.
+fn loss_trace(run_dir: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), format!("{} {}", v["loss"], v["domain_loss"])))
+        .collect()
+}
+
+fn straight_run(dir: &Path, cfg: &Path) -> PathBuf {
+    let out = dir.join("straight");
+    let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+#[test]
+fn ten_plus_resume_plus_ten_equals_twenty_straight() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "checkpoint_every = 5\neval_every = 10");
+    let straight = straight_run(dir.path(), &cfg);
+
+    let split = dir.path().join("split");
+    let o = train(&[cfg.to_str().unwrap(), "--out", split.to_str().unwrap(), "--max-steps", "10"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(split.join("checkpoints/step-00000010").is_dir());
+    let o = train(&["--resume", split.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    assert_eq!(final_weights(&straight), final_weights(&split), "weights differ after resume");
+    let (a, b) = (loss_trace(&straight), loss_trace(&split));
+    assert_eq!(a.len(), 20);
+    assert_eq!(a, b, "loss traces differ after resume");
+    let opt = |d: &Path| std::fs::read(d.join("checkpoints/step-00000020/optimizer.safetensors")).unwrap();
+    assert_eq!(opt(&straight), opt(&split), "optimizer moments differ after resume");
+}
+
+fn kill_when(cfg: &Path, out: &Path, env: Option<(&str, &str)>, ready: impl Fn() -> bool) {
+    let mut cmd: Command = recast();
+    cmd.args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--threads", "2"]).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the run never reached the point to kill it");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_mid_run_and_mid_checkpoint_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "checkpoint_every = 4");
+    let straight = straight_run(dir.path(), &cfg);
+
+    // Mid-run: after step 9's metrics line, between checkpoints 8 and 12.
+    let mid = dir.path().join("mid");
+    kill_when(&cfg, &mid, None, || loss_trace_len(&mid) >= 9);
+    let o = train(&["--resume", mid.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(final_weights(&straight), final_weights(&mid));
+    assert_eq!(loss_trace(&straight), loss_trace(&mid));
+
+    // Mid-checkpoint: while step 8's checkpoint is half written.
+    let torn = dir.path().join("torn");
+    let tmp = torn.join("checkpoints/.step-00000008.tmp");
+    kill_when(&cfg, &torn, Some(("RECAST_TEST_SLOW_CHECKPOINT_MS", "400")), || tmp.join("model.safetensors").exists());
+    assert!(!torn.join("checkpoints/step-00000008").exists(), "the torn checkpoint must not look complete");
+    let o = train(&["--resume", torn.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("step-00000020"));
+    assert_eq!(final_weights(&straight), final_weights(&torn));
+    assert_eq!(loss_trace(&straight), loss_trace(&torn));
+}
+
+fn loss_trace_len(run_dir: &Path) -> usize {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count()).unwrap_or(0)
+}
+
+#[test]
+fn validation_loss_falls_and_eval_reports_every_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "eval_every = 10");
+    let out = dir.path().join("run");
+    let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let evals: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("eval").is_some()).collect();
+    let first = &evals.first().expect("an evaluation at step 0")["eval"];
+    let last = &evals.last().expect("a final evaluation")["eval"];
+    assert_eq!(evals.first().unwrap()["step"], 0);
+    for domain in ["arithmetic", "prose"] {
+        let (a, b) = (first[domain].as_f64().unwrap(), last[domain].as_f64().unwrap());
+        assert!(b < a - 0.5, "{domain}: validation loss {a} -> {b} did not fall");
+    }
+    let o = run(&["eval", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains("arithmetic") && shown.contains("prose") && shown.contains("perplexity"), "{shown}");
+    assert!(out.join("final/config.json").exists(), "the final model is exported for transformers");
+}
+
+#[test]
+fn misspelt_key_and_missing_data_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace("batch_size = 4", "bacth_size = 4");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("a").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("bacth_size") && err.contains("line 41"), "{}", text(&o));
+
+    let cfg = config(dir.path(), "");
+    let missing = dir.path().join("no-such-shards");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace("builtin = \"prose\"", &format!("shards = \"{}\"", missing.display()));
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("b").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains(&missing.join("meta.json").display().to_string()), "{}", text(&o));
+}
+
+#[test]
+fn prepared_shards_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("docs");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), "The quick brown fox jumps over the lazy dog. ".repeat(80)).unwrap();
+    std::fs::write(src.join("sub/b.rs"), "fn main() { println!(\"hello\"); }\n".repeat(60)).unwrap();
+    let jsonl = dir.path().join("notes.jsonl");
+    std::fs::write(&jsonl, (0..60).map(|i| format!("{{\"body\": \"note number {i} says hello\"}}\n")).collect::<String>()).unwrap();
+    let shards = dir.path().join("shards");
+    let o = run(&["data", "prepare", "--out", shards.to_str().unwrap(), "--domain", &format!("docs={}", src.display()), "--domain", &format!("notes={}", jsonl.display()), "--jsonl-field", "body"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shards.join("docs/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["sources"].as_array().unwrap().len(), 2);
+    let total = meta["train_tokens"].as_u64().unwrap() + meta["valid_tokens"].as_u64().unwrap();
+    assert_eq!(total as usize, 80 * 45 + 2 + 60 * 33 + 2, "byte tokens of both files plus separators");
+
+    let cfg = config(dir.path(), "steps = 3");
+    let body = std::fs::read_to_string(&cfg).unwrap().replace("steps = 20\n", "").replace("builtin = \"prose\"", &format!("shards = \"{}\"", shards.join("notes").display()));
+    std::fs::write(&cfg, body).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
