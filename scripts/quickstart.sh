@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# Recast's main job on built-in inputs (the README's first command). For now: build the
-# host, build every reference plugin into a sandboxed component, inspect and
-# conformance-check each one, and measure what plugin calls cost.
+# Recast's main job on built-in data (the README's first command): build the host,
+# train a small MoE from scratch on the three built-in domains (arithmetic, code,
+# prose) with the reference router, aux-loss and sampler plugins steering every step,
+# then evaluate it and write the report (loss curves, expert-load heatmap, summary).
+# Installs what it needs (the wasm32 Rust target, through `recast plugin build`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -p recast-host
 recast=target/release/recast
+run=runs/tiny-moe
 
-for crate in plugins/router/* plugins/aux-schedule/* plugins/init-scheme/* plugins/sampler/*; do
-    wasm=$("$recast" plugin build "$crate" | tail -n 1)
-    "$recast" plugin inspect "$wasm"
-    "$recast" plugin check "$wasm"
-done
-"$recast" bench plugins --router plugins/target/plugins/topk-softmax.wasm
+# A fresh demo run each time; real runs are resumed with `recast train --resume`.
+rm -rf "$run"
+"$recast" train examples/tiny-moe.toml --out "$run"
+"$recast" eval "$run"
+"$recast" report "$run"
+echo "report: $run/report/summary.md"

@@ -182,6 +182,15 @@ fn validation_loss_falls_and_eval_reports_every_domain() {
     let shown = String::from_utf8_lossy(&o.stdout);
     assert!(shown.contains("arithmetic") && shown.contains("prose") && shown.contains("perplexity"), "{shown}");
     assert!(out.join("final/config.json").exists(), "the final model is exported for transformers");
+
+    let o = run(&["report", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for png in ["loss.png", "expert_load.png"] {
+        let bytes = std::fs::read(out.join("report").join(png)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG");
+    }
+    let summary = std::fs::read_to_string(out.join("report/summary.md")).unwrap();
+    assert!(summary.contains("| arithmetic |") && summary.contains("plugin time"), "{summary}");
 }
 
 #[test]
@@ -222,6 +231,42 @@ fn prepared_shards_train() {
 
     let cfg = config(dir.path(), "steps = 3");
     let body = std::fs::read_to_string(&cfg).unwrap().replace("steps = 20\n", "").replace("builtin = \"prose\"", &format!("shards = \"{}\"", shards.join("notes").display()));
+    std::fs::write(&cfg, body).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn a_tokenizer_json_prepares_and_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = ["[UNK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"];
+    let vocab: serde_json::Map<String, serde_json::Value> = words.iter().enumerate().map(|(i, w)| (w.to_string(), serde_json::json!(i))).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]" }
+    });
+    let tok = dir.path().join("tokenizer.json");
+    std::fs::write(&tok, tokenizer.to_string()).unwrap();
+    let story = dir.path().join("story.txt");
+    std::fs::write(&story, "the cat sat on the mat a dog ran zebra ".repeat(40)).unwrap();
+    let shards = dir.path().join("shards");
+    let o = run(&["data", "prepare", "--out", shards.to_str().unwrap(), "--domain", &format!("story={}", story.display()), "--tokenizer", tok.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shards.join("story/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["vocab_size"], 9);
+    assert_eq!(meta["train_tokens"].as_u64().unwrap() + meta["valid_tokens"].as_u64().unwrap(), 400, "one token per word, unknown words as [UNK]");
+    let ids: Vec<u32> = std::fs::read(shards.join("story/train.bin")).unwrap().chunks_exact(4).take(10).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4, 1, 5, 6, 7, 8, 0]);
+
+    let cfg = config(dir.path(), "steps = 2");
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("steps = 20\n", "")
+        .replace("seed = 7", &format!("seed = 7\ntokenizer = \"{}\"", tok.display()))
+        .replace("builtin = \"arithmetic\"", &format!("shards = \"{}\"", shards.join("story").display()))
+        .replace("name = \"prose\"\nbuiltin = \"prose\"", &format!("name = \"story2\"\nshards = \"{}\"", shards.join("story").display()))
+        .replace("seq_len = 32", "seq_len = 8");
     std::fs::write(&cfg, body).unwrap();
     let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));

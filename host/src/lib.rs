@@ -14,4 +14,5 @@ pub mod data;
 pub mod model;
 pub mod moe;
 pub mod plugins;
+pub mod report;
 pub mod train;

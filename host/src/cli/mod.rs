@@ -87,6 +87,12 @@ enum Command {
         #[command(flatten)]
         threads: ThreadArgs,
     },
+    /// PNG plots (loss per domain, expert load per layer) and a Markdown summary of a
+    /// run, written to RUN_DIR/report/.
+    Report {
+        /// The run folder.
+        run_dir: PathBuf,
+    },
     /// Prepare training data.
     #[command(subcommand)]
     Data(DataCommand),
@@ -343,6 +349,15 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval { run_dir, threads } => {
             threads.apply();
             train::eval(&run_dir)
+        }
+        Command::Report { run_dir } => {
+            let report = crate::report::write(&run_dir)?;
+            println!("{}", report.loss_png.display());
+            if let Some(p) = report.expert_load_png {
+                println!("{}", p.display());
+            }
+            println!("{}", report.summary_md.display());
+            Ok(())
         }
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction }) => data_prepare::run(&out, &domains, &tokenizer, &jsonl_field, valid_fraction),
         Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
