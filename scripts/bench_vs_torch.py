@@ -10,12 +10,16 @@ ratio torch/recast (> 1 means Recast is faster). Two benchmarks:
   model-step  a small Mixtral (vocab 8192, hidden 256, 4 layers, 8 experts top-2), forward +
               backward of the next-token cross-entropy on a [4, 256] batch; PyTorch side is
               Hugging Face transformers with eager attention.
+  train-step  whole training steps of a run config (default examples/tiny-moe.toml): the
+              same Mixtral shape and batch in transformers with its router aux loss,
+              backward, gradient clipping and torch.optim.AdamW; printed as tokens/s, with
+              Recast's plugin time as a share of its step time.
 
 Recast runs first in each benchmark, so PyTorch's worker threads are idle while it runs.
 
 Usage:
     .venv/bin/python scripts/bench_vs_torch.py --recast target/release/recast \
-        [--threads N] [--what moe-layer,model-step]
+        [--threads N] [--what moe-layer,model-step,train-step] [--config RUN.toml]
 """
 
 import argparse
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,8 +63,8 @@ class RecastFailed(Exception):
     """The recast command failed or printed no timing line."""
 
 
-def run_recast(argv: list, label: str) -> float:
-    """Run a recast bench command; return X from its last stdout line, `{label}: X ms`."""
+def run_recast(argv: list, label: str, unit: str = " ms") -> float:
+    """Run a recast bench command; return X from its last stdout line, `{label}: X{unit}`."""
     argv = [str(arg) for arg in argv]
     command = " ".join(argv)
     print(f"$ {command}", flush=True)
@@ -68,7 +73,9 @@ def run_recast(argv: list, label: str) -> float:
     except subprocess.TimeoutExpired:
         raise RecastFailed(f"timed out after {RECAST_TIMEOUT_S}s: {command}")
     lines = proc.stdout.strip().splitlines()
-    match = re.fullmatch(re.escape(label) + r": ([0-9.eE+-]+) ms", lines[-1].strip()) if lines else None
+    match = re.fullmatch(re.escape(label) + r": ([0-9.eE+-]+)" + re.escape(unit), lines[-1].strip()) if lines else None
+    for line in lines[:-1]:
+        print(f"  recast: {line}")
     if proc.returncode != 0 or match is None:
         raise RecastFailed(
             f"{command}\nexit code {proc.returncode}; expected the last stdout line to be '{label}: X ms'\n"
@@ -179,9 +186,59 @@ def bench_model_step(recast: Path, threads: int) -> None:
     report("model fwd+bwd", torch_model_step_ms(model), recast_ms)
 
 
+# ---------------------------------------------------------------- train-step
+
+TRAIN_WARMUP, TRAIN_RUNS = 2, 5
+
+
+def torch_train_tokens_per_s(config: dict) -> float:
+    """Tokens/s of transformers + AdamW on the run config's model shape and batch."""
+    shape, train, opt = config["model"]["init"], config["train"], config.get("optimizer", {})
+    coefficients = config.get("plugins", {}).get("aux_schedule", {}).get("params", {})
+    top_k = shape.get("top_k", 2)
+    torch.manual_seed(SEED)
+    model = MixtralForCausalLM(MixtralConfig(
+        vocab_size=256,  # the byte tokenizer
+        hidden_size=shape["hidden_size"],
+        num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"],
+        num_key_value_heads=shape.get("num_kv_heads", shape["num_heads"]),
+        intermediate_size=shape.get("expert_intermediate_size", shape["intermediate_size"]),
+        num_local_experts=shape["num_experts"],
+        num_experts_per_tok=top_k,
+        output_router_logits=True,
+        # transformers counts each of the k slots: k x Recast's coefficient.
+        router_aux_loss_coef=top_k * coefficients.get("load_balance", 0.01),
+        attn_implementation="eager",
+    )).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.get("lr", 3e-3), betas=(opt.get("beta1", 0.9), opt.get("beta2", 0.95)),
+                                  eps=opt.get("eps", 1e-8), weight_decay=opt.get("weight_decay", 0.1))
+    sequences = train["batch_size"] * train.get("grad_accum", 1)
+    gen = torch.Generator().manual_seed(SEED)
+    tokens = torch.randint(0, 256, (sequences, train["seq_len"]), generator=gen)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        model(tokens, labels=tokens).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opt.get("clip_grad_norm", 1.0))
+        optimizer.step()
+
+    ms = median_ms(step, TRAIN_WARMUP, TRAIN_RUNS)
+    return sequences * train["seq_len"] / (ms / 1e3)
+
+
+def bench_train_step(recast: Path, threads: int, config_path: Path) -> None:
+    config = tomllib.loads(config_path.read_text())
+    argv = [str(recast), "bench", "train-step", config_path, "--steps", TRAIN_RUNS, "--threads", threads]
+    recast_tps = run_recast(argv, "tokens/s", unit="")
+    torch_tps = torch_train_tokens_per_s(config)
+    print(f"train step: torch {torch_tps:.0f} tokens/s, recast {recast_tps:.0f} tokens/s")
+    print(f"ratio (recast/torch tokens/s): {recast_tps / torch_tps:.2f}")
+
+
 # ---------------------------------------------------------------- main
 
-BENCHES = {"moe-layer": bench_moe_layer, "model-step": bench_model_step}
+BENCHES = {"moe-layer": bench_moe_layer, "model-step": bench_model_step, "train-step": bench_train_step}
 
 
 def parse_args() -> argparse.Namespace:
@@ -189,6 +246,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recast", type=Path, required=True, help="path to the recast binary")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides")
     parser.add_argument("--what", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
+    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "examples" / "tiny-moe.toml",
+                        help="run config for train-step")
     args = parser.parse_args()
     args.what = [w.strip() for w in args.what.split(",") if w.strip()]
     unknown = [w for w in args.what if w not in BENCHES]
@@ -209,7 +268,10 @@ def main() -> int:
     try:
         for name in args.what:
             print(f"\n== {name}")
-            BENCHES[name](args.recast, args.threads)
+            if name == "train-step":
+                bench_train_step(args.recast, args.threads, args.config)
+            else:
+                BENCHES[name](args.recast, args.threads)
     except RecastFailed as err:
         print(f"recast failed: {err}", file=sys.stderr)
         return 1

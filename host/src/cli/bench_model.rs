@@ -95,3 +95,49 @@ fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix64(seed);
     (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
 }
+
+/// Tokens per second of whole training steps (sampler, aux schedule, forward, backward,
+/// AdamW, router `on-step`) of the run `config` describes, and the share of plugin time.
+pub(super) fn train_step(config: &Path, steps: u64) -> anyhow::Result<()> {
+    use crate::plugins::PluginEngine;
+    use crate::train::config::RunConfig;
+    use crate::train::trainer::Trainer;
+
+    let text = std::fs::read_to_string(config).with_context(|| format!("cannot read {}", config.display()))?;
+    let absolute = std::path::absolute(config)?;
+    let mut parsed = RunConfig::parse(&text, &absolute)?;
+    parsed.train.steps = parsed.train.steps.max(steps + 2);
+    let engine = PluginEngine::new()?;
+    let plugins = super::train::load_plugins(&engine, &parsed)?;
+    let run_dir = tempfile_dir()?;
+    let mut trainer = Trainer::start(parsed, &run_dir, &plugins, &engine)?;
+    let tokens = trainer.config.train.batch_size * trainer.config.train.grad_accum * trainer.config.train.seq_len;
+    println!("train-step: {} params={} tokens/step={tokens} threads={}", trainer.model_config.architecture.hf_class(), trainer.params().num_parameters(), candle_core::utils::get_num_threads());
+    for _ in 0..2 {
+        trainer.train_step()?;
+    }
+    let mut times = Vec::new();
+    let mut plugin = Vec::new();
+    for _ in 0..steps.max(1) {
+        let r = trainer.train_step()?;
+        times.push(r.elapsed.as_secs_f64());
+        plugin.push(r.plugin_time.as_secs_f64());
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let plugin_share = plugin.iter().sum::<f64>() / times.iter().sum::<f64>();
+    println!("step: {:.1} ms (median of {}), plugin time {:.4} % of step time", median * 1e3, times.len(), plugin_share * 100.0);
+    println!("tokens/s: {:.0}", tokens as f64 / median);
+    Ok(())
+}
+
+/// A fresh scratch folder for a benchmark run.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("recast-bench-train-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

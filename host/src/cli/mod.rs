@@ -239,6 +239,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         repeats: usize,
     },
+    /// Whole training steps of a run config (plugins, forward, backward, AdamW); last
+    /// line `tokens/s: X`.
+    TrainStep {
+        /// The run config (TOML).
+        config: PathBuf,
+        /// Timed steps after two warm-ups (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        steps: u64,
+        #[command(flatten)]
+        threads: ThreadArgs,
+    },
     /// Forward+backward of a whole checkpoint on a batch of next-token prediction; last
     /// line `model fwd+bwd: X ms`.
     ModelStep {
@@ -336,6 +347,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, threads, repeats }) => {
             threads.apply();
             bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn, dtype: dtype.dtype() }, repeats)
+        }
+        Command::Bench(BenchCommand::TrainStep { config, steps, threads }) => {
+            threads.apply();
+            bench_model::train_step(&config, steps)
         }
         Command::Bench(BenchCommand::ModelStep { model, batch, seq, threads, repeats }) => {
             threads.apply();

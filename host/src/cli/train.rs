@@ -123,7 +123,7 @@ fn progress_bar(total: u64, at: u64) -> Option<ProgressBar> {
 }
 
 /// Build or load the plugins a config names.
-fn load_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow::Result<PluginSet> {
+pub(super) fn load_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow::Result<PluginSet> {
     let load = |r: &Option<PluginRef>, kind: PluginKind, role: &str| -> anyhow::Result<Option<(PluginComponent, String)>> {
         let Some(r) = r else { return Ok(None) };
         let params = toml::to_string(&r.params).with_context(|| format!("[plugins.{role}].params"))?;
