@@ -8,7 +8,7 @@ use recast::model::init::SplitMix64;
 use recast::moe::gates::{router_scores, token_choice_gates};
 use recast::moe::layer::MoeLayer;
 use recast::moe::selection::top_k;
-use recast::moe::spec::{Capacity, DropPolicy, LogitNorm, RouterSpec, RoutingMode, ScoreFunction, SelectionBias, TopkOrder};
+use recast::moe::spec::{Capacity, DropPolicy, LogitNorm, RouterSpec, RoutingMode, SelectionBias, TopkOrder};
 
 const D_MODEL: usize = 16;
 

@@ -271,3 +271,35 @@ fn a_tokenizer_json_prepares_and_trains() {
     let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn continues_pretraining_a_hugging_face_qwen2_moe_checkpoint() {
+    use candle_core::DType;
+    use recast::model::checkpoint::{WriteOptions, write};
+    use recast::model::init::{InitOptions, random_params};
+    use recast::train::config::ModelInit;
+
+    let dir = tempfile::tempdir().unwrap();
+    let init: ModelInit = toml::from_str(
+        "architecture = \"qwen2-moe\"\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nnum_kv_heads = 2\nintermediate_size = 48\nnum_experts = 4\nexpert_intermediate_size = 16\nshared_expert_intermediate_size = 32",
+    )
+    .unwrap();
+    let model_config = init.model_config(256);
+    let params = random_params(&model_config, InitOptions { std: 0.05, seed: 1, dtype: DType::F32 }).unwrap();
+    let hf = dir.path().join("hf");
+    write(&hf, &model_config, &params, &WriteOptions::default()).unwrap();
+
+    let cfg = config(dir.path(), "");
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    let start = body.find("[model.init]").unwrap();
+    let end = body.find("[[data.domains]]").unwrap();
+    let body = format!("{}[model]\npath = \"{}\"\n\n{}", &body[..start], hf.display(), &body[end..]).replace("steps = 20", "steps = 4");
+    std::fs::write(&cfg, body).unwrap();
+    let out = dir.path().join("run");
+    let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let exported = recast::model::checkpoint::read(&out.join("final"), DType::F32).unwrap();
+    assert_eq!(exported.config.architecture, recast::model::config::Architecture::Qwen2Moe);
+    let line = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().find(|l| l.contains("\"loss\"")).unwrap().to_string();
+    assert!(line.contains("\"expert_load\""), "{line}");
+}

@@ -18,7 +18,14 @@ pub struct Slot<P>(RefCell<Option<P>>);
 // every call into it.
 unsafe impl<P> Sync for Slot<P> {}
 
+impl<P: Plugin> Default for Slot<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<P: Plugin> Slot<P> {
+    /// An empty slot; `const` so the export macros can put it in a `static`.
     pub const fn new() -> Self {
         Slot(RefCell::new(None))
     }

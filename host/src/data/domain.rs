@@ -22,7 +22,7 @@ impl Domain {
     pub fn builtin(name: &str, which: &str, tokenizer: &Tokenizer, seed: u64) -> Result<Self, DataError> {
         let unknown = || DataError::UnknownBuiltin { name: which.into(), known: BUILTIN_DOMAINS.join(", ") };
         let train = generate(which, BUILTIN_TRAIN_BYTES, seed).ok_or_else(unknown)?;
-        let valid = generate(which, BUILTIN_TRAIN_BYTES / 16, seed ^ 0x7661_6c69_64).ok_or_else(unknown)?;
+        let valid = generate(which, BUILTIN_TRAIN_BYTES / 16, seed ^ 0x0076_616c_6964).ok_or_else(unknown)?;
         Ok(Domain { name: name.into(), train: TokenStore::Owned(tokenizer.encode(&train)?), valid: TokenStore::Owned(tokenizer.encode(&valid)?) })
     }
 

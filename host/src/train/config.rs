@@ -355,6 +355,6 @@ seq_len = 16
     fn a_misspelt_key_is_named_with_its_line() {
         let text = MINIMAL.replace("batch_size = 2", "bacth_size = 2");
         let err = super::RunConfig::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
-        assert!(err.contains("bacth_size") && err.contains("line 18"), "{err}");
+        assert!(err.contains("bacth_size") && err.contains("line 16"), "{err}");
     }
 }

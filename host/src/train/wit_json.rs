@@ -111,6 +111,8 @@ mod tests {
         s.logit_norm = LogitNorm::Skywork(1.5);
         s.capacity = Some(Capacity { factor: 1.25, drop_policy: DropPolicy::Position });
         s.selection_bias = SelectionBias::Plugin;
-        assert_eq!(spec_from_json(&spec_to_json(&s)), Ok(s));
+        let back = spec_from_json(&spec_to_json(&s)).expect("parses");
+        assert_eq!(spec_to_json(&back), spec_to_json(&s));
+        assert!(matches!(back.logit_norm, LogitNorm::Skywork(l) if l == 1.5));
     }
 }

@@ -198,7 +198,7 @@ fn check_new_shape(shape: &[u64], field: &str) -> Result<(), OutputViolation> {
 }
 
 fn check_groups(groups: u32, experts: u32, field: &str) -> Result<(), OutputViolation> {
-    if groups == 0 || experts % groups != 0 {
+    if groups == 0 || !experts.is_multiple_of(groups) {
         return Err(OutputViolation::Inconsistent { field: field.to_string(), reason: format!("{groups} does not divide {experts} experts") });
     }
     Ok(())
