@@ -20,3 +20,4 @@ pub mod moe;
 pub mod plugins;
 pub mod report;
 pub mod train;
+pub mod upcycle;

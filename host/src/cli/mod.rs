@@ -10,8 +10,10 @@ mod plugin_build;
 mod plugin_check;
 mod plugin_inspect;
 mod plugin_new;
+mod plugin_source;
 mod templates;
 mod train;
+mod upcycle;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +98,36 @@ enum Command {
     /// Prepare training data.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Turn dense checkpoints into an MoE (or a grown dense model) with an init-scheme
+    /// plugin, streaming tensor by tensor.
+    Upcycle {
+        /// A source checkpoint directory; repeat for schemes that take several.
+        #[arg(long = "source", required = true)]
+        sources: Vec<PathBuf>,
+        /// A reference scheme's name (sparse-upcycle, drop-upcycle, fine-grained-split,
+        /// scale-out, scale-up, fuse-specialists) or a plugin `.wasm` or crate folder.
+        #[arg(long)]
+        scheme: String,
+        /// The scheme's parameters: TOML text or a TOML file.
+        #[arg(long)]
+        params: Option<String>,
+        /// Output directory (must not exist or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// `recast` (any model Recast runs) or `hf` (Mixtral / Qwen2-MoE / dense family
+        /// that transformers loads).
+        #[arg(long, value_enum, default_value_t = crate::upcycle::Format::Recast)]
+        format: crate::upcycle::Format,
+        /// Element type of the output (default: the source's).
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// Largest output shard (e.g. 5GB).
+        #[arg(long, value_parser = convert::parse_size, default_value = "5GB")]
+        max_shard_size: u64,
+        /// Seed handed to the scheme.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Read a checkpoint and write it again with Recast's writer (element type, sharding).
     Convert {
         /// Checkpoint directory to read.
@@ -375,6 +407,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction }) => data_prepare::run(&out, &domains, &tokenizer, &jsonl_field, valid_fraction),
+        Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed } => upcycle::run(upcycle::UpcycleArgs {
+            sources,
+            scheme,
+            params,
+            out,
+            format,
+            dtype: dtype.map(DTypeArg::dtype),
+            max_shard_bytes: max_shard_size,
+            seed,
+        }),
         Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
     }
 }

@@ -2,12 +2,12 @@
 //! checkpoints; resume a run; evaluate a run's newest checkpoint.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::plugin_build::build_plugins;
+use super::plugin_source::plugin_file;
 use crate::model::checkpoint::{WriteOptions, write as write_hf};
 use crate::plugins::{PluginComponent, PluginEngine, PluginKind};
 use crate::train::checkpoint;
@@ -127,7 +127,7 @@ pub(super) fn load_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow:
     let load = |r: &Option<PluginRef>, kind: PluginKind, role: &str| -> anyhow::Result<Option<(PluginComponent, String)>> {
         let Some(r) = r else { return Ok(None) };
         let params = toml::to_string(&r.params).with_context(|| format!("[plugins.{role}].params"))?;
-        let file = plugin_file(r, kind, role)?;
+        let file = plugin_file(r.builtin.as_deref(), r.file.as_deref(), kind).with_context(|| format!("[plugins.{role}]"))?;
         let component = engine.load_file(&file).with_context(|| format!("[plugins.{role}]: cannot load {}", file.display()))?;
         if component.kind() != kind {
             bail!("[plugins.{role}]: {} is a {} plugin, not a {kind}", file.display(), component.kind());
@@ -139,31 +139,6 @@ pub(super) fn load_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow:
         aux_schedule: load(&config.plugins.aux_schedule, PluginKind::AuxSchedule, "aux_schedule")?,
         sampler: load(&config.plugins.sampler, PluginKind::Sampler, "sampler")?,
     })
-}
-
-/// The component file for a plugin reference: a `.wasm`, or a crate folder (a
-/// reference plugin by name, or any plugin crate) built first.
-fn plugin_file(r: &PluginRef, kind: PluginKind, role: &str) -> anyhow::Result<PathBuf> {
-    let folder = match (&r.builtin, &r.file) {
-        (Some(name), _) => {
-            let dir = super::source_root().join("plugins").join(kind.to_string()).join(name);
-            if !dir.join("Cargo.toml").exists() {
-                let known: Vec<String> = std::fs::read_dir(super::source_root().join("plugins").join(kind.to_string())).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect()).unwrap_or_default();
-                bail!("[plugins.{role}]: no reference {kind} plugin {name:?} (reference {kind} plugins: {})", known.join(", "));
-            }
-            dir
-        }
-        (None, Some(file)) if file.is_dir() => file.clone(),
-        (None, Some(file)) => {
-            if !file.exists() {
-                bail!("[plugins.{role}]: plugin file {} does not exist", file.display());
-            }
-            return Ok(file.clone());
-        }
-        (None, None) => bail!("[plugins.{role}] needs `builtin` or `file`"),
-    };
-    let built = build_plugins(&folder).with_context(|| format!("[plugins.{role}]: cannot build {}", folder.display()))?;
-    built.into_iter().next().map(|b| b.path).ok_or_else(|| anyhow::anyhow!("[plugins.{role}]: building {} produced no component", folder.display()))
 }
 
 pub(super) fn eval(run_dir: &Path) -> anyhow::Result<()> {

@@ -18,10 +18,28 @@ const OWNED_KEYS: &[&str] = &[
     "torch_dtype", "dtype", "transformers_version", "mlp_bias",
 ];
 
+/// `model_type` of checkpoints in Recast's own format: any model Recast can run, tensor
+/// names as Recast spells them, the full [`ModelConfig`] under `recast.model_config`.
+pub const RECAST_MODEL_TYPE: &str = "recast";
+
+/// The `config.json` of a checkpoint in Recast's own format; `extra` goes under `recast`
+/// beside the model config (e.g. how the model was made).
+pub fn recast_json(config: &ModelConfig, extra: serde_json::Map<String, Value>) -> Result<Value, String> {
+    let mut recast = extra;
+    recast.insert("model_config".into(), serde_json::to_value(config).map_err(|e| e.to_string())?);
+    Ok(json!({ "architectures": ["RecastForCausalLM"], "model_type": RECAST_MODEL_TYPE, "vocab_size": config.vocab_size, "recast": recast }))
+}
+
 /// Turn a parsed `config.json` into a [`ModelConfig`]. Errors are sentences naming the
 /// offending key.
 pub fn from_json(value: &Value) -> Result<ModelConfig, String> {
     let obj = value.as_object().ok_or("config.json is not a JSON object")?;
+    if obj.get("model_type").and_then(Value::as_str) == Some(RECAST_MODEL_TYPE) {
+        let inner = obj.get("recast").and_then(|r| r.get("model_config")).ok_or("a Recast checkpoint's config.json needs `recast.model_config`")?;
+        let config: ModelConfig = serde_json::from_value(inner.clone()).map_err(|e| format!("`recast.model_config`: {e}"))?;
+        config.validate()?;
+        return Ok(config);
+    }
     let architecture = architecture(obj)?;
     let get_usize = |key: &str| -> Result<Option<usize>, String> {
         match obj.get(key) {
@@ -363,6 +381,16 @@ mod tests {
         assert_eq!(config.rope.theta, 1e6);
         assert_eq!(config.moe.as_ref().map(|m| m.expert_intermediate.clone()), Some(vec![32; 4]));
         let again = from_json(&to_json(&config).expect("writable")).expect("re-read");
+        assert_eq!(config, again);
+    }
+
+    #[test]
+    fn recast_format_round_trips_what_hugging_face_cannot_hold() {
+        let mut config = from_json(&mixtral()).expect("valid");
+        if let Some(moe) = config.moe.as_mut() {
+            moe.expert_intermediate[1] = 16;
+        }
+        let again = from_json(&recast_json(&config, Map::new()).expect("json")).expect("re-read");
         assert_eq!(config, again);
     }
 

@@ -6,5 +6,5 @@ pub mod names;
 mod read;
 mod write;
 
-pub use read::{Checkpoint, read};
+pub use read::{Checkpoint, CheckpointReader, TensorLocation, read};
 pub use write::{WriteOptions, write, write_tensors};

@@ -1,4 +1,5 @@
-//! Reading a checkpoint directory.
+//! Reading a checkpoint directory: lazily, one tensor at a time from memory-mapped
+//! files ([`CheckpointReader`]), or all at once ([`read`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -21,22 +22,104 @@ pub struct Checkpoint {
     pub params: ParamStore,
 }
 
+/// Where one tensor lives.
+#[derive(Clone, Debug)]
+pub struct TensorLocation {
+    /// Index into the reader's files.
+    file: usize,
+    /// The name in the file.
+    stored_name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+}
+
+/// An open checkpoint whose tensors are read on demand from memory maps; memory holds
+/// only the tensors asked for.
+pub struct CheckpointReader {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    /// The `config.json` as read.
+    pub config_json: serde_json::Value,
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+    tensors: BTreeMap<String, TensorLocation>,
+}
+
+impl CheckpointReader {
+    /// Open `dir`: parse its config, map its safetensors files and index their tensors.
+    pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
+        let config_json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config { path: config_path.clone(), reason: format!("not valid JSON: {e}") })?;
+        let config = hf_config::from_json(&config_json).map_err(|reason| ModelError::Config { path: config_path.clone(), reason })?;
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for path in weight_files(dir)? {
+            let file = File::open(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            // SAFETY: the map is read-only; a checkpoint modified by another process
+            // while it is read is outside what any reader can guard against.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io { path: path.clone(), source })?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+            for (name, view) in st.tensors() {
+                if name.ends_with("rotary_emb.inv_freq") {
+                    continue; // a buffer older exporters saved; Recast recomputes it
+                }
+                let dtype = match view.dtype() {
+                    Dtype::F32 => DType::F32,
+                    Dtype::F16 => DType::F16,
+                    Dtype::BF16 => DType::BF16,
+                    Dtype::F64 => DType::F64,
+                    other => return Err(ModelError::WrongDtype { path, name, dtype: format!("{other:?}") }),
+                };
+                if config.tie_word_embeddings && name == "lm_head.weight" {
+                    continue; // some exporters store the tied head anyway; the embedding is the one to keep
+                }
+                let location = TensorLocation { file: files.len(), stored_name: name.clone(), shape: view.shape().to_vec(), dtype };
+                tensors.insert(names::from_hf(config.architecture, &name), location);
+            }
+            files.push((path, mmap));
+        }
+        Ok(Self { dir: dir.to_path_buf(), config, config_json, files, tensors })
+    }
+
+    /// Recast's names of every tensor, with where each lives.
+    pub fn tensors(&self) -> &BTreeMap<String, TensorLocation> {
+        &self.tensors
+    }
+
+    /// The files the weights are in.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+
+    /// The file a tensor is in.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.tensors.get(name).map(|l| self.files[l.file].0.as_path())
+    }
+
+    /// Load one tensor, converted to `dtype`.
+    pub fn load(&self, name: &str, dtype: DType) -> Result<Tensor, ModelError> {
+        let loc = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), looked_in: self.dir.display().to_string() })?;
+        let (path, mmap) = &self.files[loc.file];
+        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+        let view = st.tensor(&loc.stored_name).map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+        Ok(Tensor::from_raw_buffer(view.data(), loc.dtype, view.shape(), &Device::Cpu)?.to_dtype(dtype)?)
+    }
+
+    /// Every tensor in memory.
+    pub fn load_all(&self, dtype: DType) -> Result<ParamStore, ModelError> {
+        let mut params = ParamStore::new();
+        for (name, loc) in &self.tensors {
+            params.insert(name.clone(), self.load(name, dtype)?, Some(&self.files[loc.file].0));
+        }
+        Ok(params)
+    }
+}
+
 /// Read the checkpoint in `dir`, converting every weight to `dtype`.
 pub fn read(dir: &Path, dtype: DType) -> Result<Checkpoint, ModelError> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io { path: config_path.clone(), source })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config { path: config_path.clone(), reason: format!("not valid JSON: {e}") })?;
-    let config = hf_config::from_json(&json).map_err(|reason| ModelError::Config { path: config_path.clone(), reason })?;
-
-    let mut params = ParamStore::new();
-    for file in weight_files(dir)? {
-        read_file(&file, &config, dtype, &mut params)?;
-    }
-    // Some exporters store the tied head anyway; the embedding is the one to keep.
-    if config.tie_word_embeddings {
-        params.remove("lm_head.weight");
-    }
-    Ok(Checkpoint { dir: dir.to_path_buf(), config, params })
+    let reader = CheckpointReader::open(dir)?;
+    let params = reader.load_all(dtype)?;
+    Ok(Checkpoint { dir: dir.to_path_buf(), config: reader.config, params })
 }
 
 /// The safetensors files of a checkpoint, from the shard index when there is one.
@@ -65,28 +148,4 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
         return Ok(vec![single]);
     }
     Err(ModelError::NoWeights { path: dir.to_path_buf() })
-}
-
-fn read_file(path: &Path, config: &ModelConfig, dtype: DType, params: &mut ParamStore) -> Result<(), ModelError> {
-    let file = File::open(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    // SAFETY: the map is read-only and dropped before this function returns; a
-    // checkpoint modified by another process while it is read is outside what any
-    // reader can guard against.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    let tensors = SafeTensors::deserialize(&mmap).map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    for (name, view) in tensors.tensors() {
-        if name.ends_with("rotary_emb.inv_freq") {
-            continue; // a buffer older exporters saved; Recast recomputes it
-        }
-        let source_dtype = match view.dtype() {
-            Dtype::F32 => DType::F32,
-            Dtype::F16 => DType::F16,
-            Dtype::BF16 => DType::BF16,
-            Dtype::F64 => DType::F64,
-            other => return Err(ModelError::WrongDtype { path: path.to_path_buf(), name, dtype: format!("{other:?}") }),
-        };
-        let tensor = Tensor::from_raw_buffer(view.data(), source_dtype, view.shape(), &Device::Cpu)?.to_dtype(dtype)?;
-        params.insert(names::from_hf(config.architecture, &name), tensor, Some(path));
-    }
-    Ok(())
 }

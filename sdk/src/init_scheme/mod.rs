@@ -8,6 +8,8 @@ pub use crate::bindings::init_scheme_world::recast::plugins::init_scheme_types::
 };
 pub use crate::plugin::{Context, Plugin};
 
+pub mod build;
+
 /// A scheme that turns source checkpoints into a plan of ops on named tensors.
 pub trait InitScheme: Plugin {
     /// The plan for these sources (in `--source` order).

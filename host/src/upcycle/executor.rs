@@ -1,0 +1,215 @@
+//! Executes a validated init plan on real weights, streaming: source tensors are read
+//! from memory maps when an op needs them and dropped after their last use; each target
+//! tensor is written to its shard as soon as no later op touches it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::writer::ShardWriter;
+use crate::model::checkpoint::CheckpointReader;
+use crate::model::error::ModelError;
+use crate::model::init::SplitMix64;
+use crate::plugins::init_scheme::{Distribution, InitOp, InitPlan, RouterInit, TensorRef};
+
+/// Why executing a plan failed, naming the op.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    #[error("plan op {op}: {reason}")]
+    Op { op: usize, reason: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Key of a tensor an op reads: a source's tensor or a target tensor.
+fn key(r: &TensorRef) -> String {
+    match r.source {
+        Some(s) => format!("source{s}:{}", r.name),
+        None => r.name.clone(),
+    }
+}
+
+/// The tensors each op reads and the target tensor it writes or modifies.
+fn touches(op: &InitOp) -> (Vec<String>, Option<&str>) {
+    match op {
+        InitOp::Copy(c) => (vec![key(&c.src)], Some(&c.dst)),
+        InitOp::Gather(g) => (vec![key(&g.src)], Some(&g.dst)),
+        InitOp::Fill(f) => (distribution_reads(&f.distribution), Some(&f.dst)),
+        InitOp::Scale(s) => (vec![], Some(&s.tensor)),
+        InitOp::Reinit(r) => (distribution_reads(&r.distribution), Some(&r.tensor)),
+        InitOp::Permute(p) => (vec![], Some(&p.tensor)),
+        InitOp::Noise(n) => (vec![], Some(&n.tensor)),
+        InitOp::InitRouter(r) => (vec![], Some(&r.dst)),
+    }
+}
+
+fn distribution_reads(d: &Distribution) -> Vec<String> {
+    match d {
+        Distribution::Matching(r) => vec![key(r)],
+        _ => vec![],
+    }
+}
+
+/// For every tensor key, the index of the last op that touches it.
+pub fn last_uses(plan: &InitPlan) -> HashMap<String, usize> {
+    let mut last = HashMap::new();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let (reads, write) = touches(op);
+        for k in reads.into_iter().chain(write.map(str::to_string)) {
+            last.insert(k, i);
+        }
+    }
+    last
+}
+
+/// Target tensors in the order they are finished (by last use, then name).
+pub fn flush_order(plan: &InitPlan, planned: &BTreeMap<String, Vec<u64>>) -> Vec<String> {
+    let last = last_uses(plan);
+    let mut names: Vec<&String> = planned.keys().collect();
+    names.sort_by_key(|n| (last.get(*n).copied().unwrap_or(0), (*n).clone()));
+    names.into_iter().cloned().collect()
+}
+
+/// Run `plan`; `stored_name` maps a target tensor to its name in the output files.
+pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut ShardWriter, stored_name: impl Fn(&str) -> String, mut progress: impl FnMut(usize)) -> Result<(), ExecuteError> {
+    let last = last_uses(plan);
+    let mut live: HashMap<String, Tensor> = HashMap::new();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let err = |reason: String| ExecuteError::Op { op: i, reason };
+        let fetch = |r: &TensorRef, live: &mut HashMap<String, Tensor>| -> Result<Tensor, ExecuteError> {
+            let k = key(r);
+            if let Some(t) = live.get(&k) {
+                return Ok(t.clone());
+            }
+            let s = r.source.ok_or_else(|| err(format!("target tensor `{}` is not written by an earlier op", r.name)))?;
+            let reader = sources.get(s as usize).ok_or_else(|| err(format!("no source {s}")))?;
+            let t = reader.load(&r.name, DType::F32)?;
+            live.insert(k, t.clone());
+            Ok(t)
+        };
+        let tensor_err = |e: candle_core::Error| ExecuteError::Op { op: i, reason: e.to_string() };
+        match op {
+            InitOp::Copy(c) => {
+                let t = fetch(&c.src, &mut live)?;
+                live.insert(c.dst.clone(), t);
+            }
+            InitOp::Gather(g) => {
+                let t = fetch(&g.src, &mut live)?;
+                let idx = Tensor::from_slice(&g.indices, g.indices.len(), &Device::Cpu).map_err(tensor_err)?;
+                let out = t.index_select(&idx, g.axis as usize).map_err(tensor_err)?;
+                live.insert(g.dst.clone(), out);
+            }
+            InitOp::Fill(f) => {
+                let dims: Vec<usize> = f.shape.iter().map(|&d| d as usize).collect();
+                let n = dims.iter().product();
+                let values = draw(&f.distribution, n, f.seed, &mut |r| fetch(r, &mut live))?;
+                live.insert(f.dst.clone(), Tensor::from_vec(values, dims, &Device::Cpu).map_err(tensor_err)?);
+            }
+            InitOp::Scale(s) => {
+                let t = live.get(&s.tensor).ok_or_else(|| err(format!("`{}` is not written yet", s.tensor)))?;
+                let dim = t.dims()[s.axis as usize];
+                let mut factors = vec![1f32; dim];
+                if s.indices.is_empty() {
+                    for (j, f) in factors.iter_mut().enumerate() {
+                        *f = if s.factors.len() == 1 { s.factors[0] } else { s.factors[j] };
+                    }
+                } else {
+                    for (j, &index) in s.indices.iter().enumerate() {
+                        factors[index as usize] = if s.factors.len() == 1 { s.factors[0] } else { s.factors[j] };
+                    }
+                }
+                let mut shape = vec![1usize; t.rank()];
+                shape[s.axis as usize] = dim;
+                let f = Tensor::from_vec(factors, shape, &Device::Cpu).map_err(tensor_err)?;
+                let out = t.broadcast_mul(&f).map_err(tensor_err)?;
+                live.insert(s.tensor.clone(), out);
+            }
+            InitOp::Reinit(r) => {
+                let t = live.get(&r.tensor).ok_or_else(|| err(format!("`{}` is not written yet", r.tensor)))?.clone();
+                let dims = t.dims().to_vec();
+                let axis = r.axis as usize;
+                let stride: usize = dims[axis + 1..].iter().product();
+                let mut chosen = vec![false; dims[axis]];
+                for &j in &r.indices {
+                    chosen[j as usize] = true;
+                }
+                let mut values: Vec<f32> = t.flatten_all().and_then(|x| x.to_vec1()).map_err(tensor_err)?;
+                let positions: Vec<usize> = (0..values.len()).filter(|&f| chosen[(f / stride) % dims[axis]]).collect();
+                let fresh = draw(&r.distribution, positions.len(), r.seed, &mut |x| fetch(x, &mut live))?;
+                for (p, v) in positions.into_iter().zip(fresh) {
+                    values[p] = v;
+                }
+                live.insert(r.tensor.clone(), Tensor::from_vec(values, dims, &Device::Cpu).map_err(tensor_err)?);
+            }
+            InitOp::Permute(p) => {
+                let t = live.get(&p.tensor).ok_or_else(|| err(format!("`{}` is not written yet", p.tensor)))?;
+                let idx = Tensor::from_slice(&p.order, p.order.len(), &Device::Cpu).map_err(tensor_err)?;
+                let out = t.index_select(&idx, p.axis as usize).map_err(tensor_err)?;
+                live.insert(p.tensor.clone(), out);
+            }
+            InitOp::Noise(n) => {
+                let t = live.get(&n.tensor).ok_or_else(|| err(format!("`{}` is not written yet", n.tensor)))?.clone();
+                let std = if n.relative { n.std as f64 * moments(&t).map_err(tensor_err)?.1 } else { n.std as f64 };
+                let mut rng = SplitMix64(n.seed);
+                let noise: Vec<f32> = (0..t.elem_count()).map(|_| (rng.normal() * std) as f32).collect();
+                let noise = Tensor::from_vec(noise, t.dims(), &Device::Cpu).map_err(tensor_err)?;
+                live.insert(n.tensor.clone(), (t + noise).map_err(tensor_err)?);
+            }
+            InitOp::InitRouter(r) => {
+                let (e, d) = (r.experts as usize, r.hidden as usize);
+                let values = match &r.method {
+                    RouterInit::Normal(std) => draw(&Distribution::Normal(crate::plugins::init_scheme::NormalParams { mean: 0.0, std: *std }), e * d, r.seed, &mut |x| fetch(x, &mut live))?,
+                    RouterInit::UniformCentred(std) => draw(&Distribution::UniformCentred(*std), e * d, r.seed, &mut |x| fetch(x, &mut live))?,
+                    RouterInit::Zeros => vec![0.0; e * d],
+                    RouterInit::VirtualGroup(g) => {
+                        // R = E / G random rows, each repeated G times: expert r·G + g uses row r.
+                        let g = *g as usize;
+                        let rows = draw(&Distribution::Normal(crate::plugins::init_scheme::NormalParams { mean: 0.0, std: 0.02 }), (e / g) * d, r.seed, &mut |x| fetch(x, &mut live))?;
+                        (0..e).flat_map(|x| rows[(x / g) * d..(x / g + 1) * d].to_vec()).collect()
+                    }
+                    RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_) => {
+                        return Err(err("router initialisation from calibration centroids is not available in `recast upcycle` yet; use normal, uniform-centred, zeros or virtual-group".into()));
+                    }
+                };
+                live.insert(r.dst.clone(), Tensor::from_vec(values, (e, d), &Device::Cpu).map_err(tensor_err)?);
+            }
+        }
+        // Write out and forget everything this op was the last to touch.
+        let (reads, write) = touches(op);
+        for k in reads.iter().map(String::as_str).chain(write) {
+            if last.get(k) == Some(&i)
+                && let Some(t) = live.remove(k)
+                && !k.starts_with("source")
+            {
+                writer.write(&stored_name(k), &t)?;
+            }
+        }
+        progress(i + 1);
+    }
+    Ok(())
+}
+
+/// Mean and standard deviation of a tensor, in f64.
+fn moments(t: &Tensor) -> candle_core::Result<(f64, f64)> {
+    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    Ok((mean, var.sqrt()))
+}
+
+/// `n` values from `dist`, seeded.
+fn draw(dist: &Distribution, n: usize, seed: u64, fetch: &mut dyn FnMut(&TensorRef) -> Result<Tensor, ExecuteError>) -> Result<Vec<f32>, ExecuteError> {
+    let mut rng = SplitMix64(seed);
+    Ok(match dist {
+        Distribution::Zeros => vec![0.0; n],
+        Distribution::Constant(c) => vec![*c; n],
+        Distribution::Normal(p) => (0..n).map(|_| (p.mean as f64 + rng.normal() * p.std as f64) as f32).collect(),
+        Distribution::UniformCentred(std) => (0..n).map(|_| ((rng.uniform() - 0.5) * *std as f64 * 12f64.sqrt()) as f32).collect(),
+        Distribution::Matching(r) => {
+            let t = fetch(r)?;
+            let (mean, std) = moments(&t).map_err(|e| ExecuteError::Op { op: 0, reason: e.to_string() })?;
+            (0..n).map(|_| (mean + rng.normal() * std) as f32).collect()
+        }
+    })
+}
