@@ -10,7 +10,10 @@ truth for both claims. For each architecture it builds a tiny random model with 
   2. `recast convert` writes a checkpoint that transformers loads with no missing, unexpected
      or mismatched tensors and whose logits equal the original ones (max |diff| <= 1e-6);
   3. `recast forward` on the converted checkpoint still matches (<= --tol);
-  4. once per run, `--tokens FILE` gives the same logits as `--tokens 1,2,3`.
+  4. once per run, `--tokens FILE` gives the same logits as `--tokens 1,2,3`;
+  5. for the dense families, `recast upcycle --format hf` writes an MoE (Mixtral from
+     sparse upcycling of Llama, Qwen2-MoE with a shared expert from fine-grained splitting
+     of Qwen2) that transformers loads and that computes the dense model's logits.
 
 Usage:
     .venv/bin/python tests/parity/hf_parity.py --recast target/release/recast \
@@ -130,6 +133,13 @@ ARCHS = {
 }
 
 
+# Function-preserving upcycling schemes run on the dense references: (scheme, params).
+UPCYCLE = {
+    "llama": ("sparse-upcycle", "experts = 4\ntop_k = 2"),
+    "qwen2": ("fine-grained-split", "granularity = 4\nshared_expert = true"),
+}
+
+
 class CheckFailed(Exception):
     """A parity check failed; the message says which and why."""
 
@@ -140,6 +150,7 @@ class Result:
     forward: float | None = None
     convert_hf: float | None = None
     convert_recast: float | None = None
+    upcycle_hf: float | None = None
     failures: list[str] = field(default_factory=list)
 
 
@@ -313,7 +324,22 @@ def check_arch(arch: Arch, recast: Path, workdir: Path, tol: float, check_token_
         result.convert_recast = max_diff(got, want)
         require_close(got, want, tol, invocation)
 
+    def upcycle():
+        scheme, params = UPCYCLE[arch.name]
+        upcycled_dir = out / "upcycled"
+        invocation = run_recast(recast, "upcycle", "--source", model_dir, "--scheme", scheme, "--params", params,
+                                "--format", "hf", "--out", upcycled_dir)
+        try:
+            reloaded = load_model(upcycled_dir)
+        except CheckFailed as err:
+            raise CheckFailed(f"{err}\n{invocation}")
+        got = hf_logits(reloaded, tokens)
+        result.upcycle_hf = max_diff(got, want)
+        require_close(got, want, tol, invocation)
+
     checks = [("forward", forward), ("convert -> HF", convert), ("convert -> recast forward", convert_forward)]
+    if arch.name in UPCYCLE:
+        checks.append(("upcycle -> HF", upcycle))
     if check_token_file:
         checks.insert(1, ("--tokens FILE vs comma list", token_file))
     if model.config.model_type == "mistral":
@@ -334,12 +360,12 @@ def fmt(value: float | None) -> str:
 
 
 def print_report(results: list[Result]) -> None:
-    header = f"{'arch':<12} {'max|Δ| forward':>15} {'max|Δ| convert→HF':>18} {'max|Δ| convert→recast':>22}  result"
+    header = f"{'arch':<12} {'max|Δ| forward':>15} {'max|Δ| convert→HF':>18} {'max|Δ| convert→recast':>22} {'max|Δ| upcycle→HF':>18}  result"
     print(header)
     print("-" * len(header))
     for r in results:
         verdict = "FAIL" if r.failures else "pass"
-        print(f"{r.arch:<12} {fmt(r.forward):>15} {fmt(r.convert_hf):>18} {fmt(r.convert_recast):>22}  {verdict}")
+        print(f"{r.arch:<12} {fmt(r.forward):>15} {fmt(r.convert_hf):>18} {fmt(r.convert_recast):>22} {fmt(r.upcycle_hf):>18}  {verdict}")
     for r in results:
         for failure in r.failures:
             print(f"\n[{r.arch}] {failure}")

@@ -83,7 +83,7 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
             }
             let s = r.source.ok_or_else(|| err(format!("target tensor `{}` is not written by an earlier op", r.name)))?;
             let reader = sources.get(s as usize).ok_or_else(|| err(format!("no source {s}")))?;
-            let t = reader.load(&r.name, DType::F32)?;
+            let t = reader.load_stored(&r.name)?;
             live.insert(k, t.clone());
             Ok(t)
         };
@@ -121,7 +121,7 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
                 let mut shape = vec![1usize; t.rank()];
                 shape[s.axis as usize] = dim;
                 let f = Tensor::from_vec(factors, shape, &Device::Cpu).map_err(tensor_err)?;
-                let out = t.broadcast_mul(&f).map_err(tensor_err)?;
+                let out = t.to_dtype(DType::F32).and_then(|t| t.broadcast_mul(&f)).map_err(tensor_err)?;
                 live.insert(s.tensor.clone(), out);
             }
             InitOp::Reinit(r) => {
@@ -133,7 +133,7 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
                 for &j in &r.indices {
                     chosen[j as usize] = true;
                 }
-                let mut values: Vec<f32> = t.flatten_all().and_then(|x| x.to_vec1()).map_err(tensor_err)?;
+                let mut values: Vec<f32> = t.to_dtype(DType::F32).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1()).map_err(tensor_err)?;
                 let positions: Vec<usize> = (0..values.len()).filter(|&f| chosen[(f / stride) % dims[axis]]).collect();
                 let fresh = draw(&r.distribution, positions.len(), r.seed, &mut |x| fetch(x, &mut live))?;
                 for (p, v) in positions.into_iter().zip(fresh) {
@@ -153,7 +153,7 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
                 let mut rng = SplitMix64(n.seed);
                 let noise: Vec<f32> = (0..t.elem_count()).map(|_| (rng.normal() * std) as f32).collect();
                 let noise = Tensor::from_vec(noise, t.dims(), &Device::Cpu).map_err(tensor_err)?;
-                live.insert(n.tensor.clone(), (t + noise).map_err(tensor_err)?);
+                live.insert(n.tensor.clone(), t.to_dtype(DType::F32).and_then(|t| t + noise).map_err(tensor_err)?);
             }
             InitOp::InitRouter(r) => {
                 let (e, d) = (r.experts as usize, r.hidden as usize);
@@ -191,7 +191,7 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
 
 /// Mean and standard deviation of a tensor, in f64.
 fn moments(t: &Tensor) -> candle_core::Result<(f64, f64)> {
-    let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let n = v.len().max(1) as f64;
     let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
     let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;

@@ -98,11 +98,25 @@ impl CheckpointReader {
 
     /// Load one tensor, converted to `dtype`.
     pub fn load(&self, name: &str, dtype: DType) -> Result<Tensor, ModelError> {
+        Ok(self.load_stored(name)?.to_dtype(dtype)?)
+    }
+
+    /// Load one tensor in the element type it is stored in. The pages it occupied are
+    /// released from this process afterwards, so streaming through a large checkpoint
+    /// does not grow the resident set.
+    pub fn load_stored(&self, name: &str) -> Result<Tensor, ModelError> {
         let loc = self.tensors.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), looked_in: self.dir.display().to_string() })?;
         let (path, mmap) = &self.files[loc.file];
         let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
         let view = st.tensor(&loc.stored_name).map_err(|e| ModelError::Safetensors { path: path.clone(), reason: e.to_string() })?;
-        Ok(Tensor::from_raw_buffer(view.data(), loc.dtype, view.shape(), &Device::Cpu)?.to_dtype(dtype)?)
+        let tensor = Tensor::from_raw_buffer(view.data(), loc.dtype, view.shape(), &Device::Cpu)?;
+        let start = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+        let page = 4096;
+        let aligned = start / page * page;
+        // SAFETY: a read-only shared file mapping; dropped pages are read again from the
+        // file if touched, so no data is lost.
+        let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, aligned, start + view.data().len() - aligned) };
+        Ok(tensor)
     }
 
     /// Every tensor in memory.
