@@ -4,8 +4,8 @@ Upcycling should cost about what moving its output's bytes costs, and its memory
 be bounded by a few tensors, not the model. This script generates a random dense Llama
 checkpoint of about 1.1B parameters in bf16 (TinyLlama's shape: hidden 2048, 22 layers,
 FFN 5632, 32 heads, 4 kv heads, vocab 32000), upcycles it into 8 experts per layer with
-`recast upcycle --scheme sparse-upcycle`, then copies the output's files (with fsync, as
-the upcycler does) as the reference, and prints
+`recast upcycle --scheme sparse-upcycle` (once untimed, then timed), then copies the
+output's files (with fsync, as the upcycler does) as the reference, and prints
 
     upcycle: X s, copy of the output's bytes: Y s, ratio X/Y
     peak RSS of recast upcycle: Z MiB
@@ -17,7 +17,6 @@ It needs about 3x the output size (≈13 GB) of free disk in the work directory.
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -25,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
 
 SHAPE = dict(vocab=32000, hidden=2048, layers=22, ffn=5632, heads=32, kv_heads=4)
 SHARD_BYTES = 2 << 30
@@ -53,7 +50,12 @@ def dense_tensors():
 
 
 def write_dense(directory: Path) -> int:
-    """Write the random dense checkpoint in shards; return its parameter count."""
+    """Write the random dense checkpoint in shards; return its parameter count. Runs in
+    its own process (`--generate`), so the measuring process stays small: a child's peak
+    RSS counts the pages it inherits before `exec`."""
+    import torch
+    from safetensors.torch import save_file
+
     directory.mkdir(parents=True)
     gen = torch.Generator().manual_seed(0)
     shard, shard_bytes, shards, weight_map, total = {}, 0, [], {}, 0
@@ -95,31 +97,58 @@ def copy_with_fsync(src: Path, dst: Path) -> None:
             os.fsync(o.fileno())
 
 
+def run_measured(argv: list[str], work: Path) -> tuple[str, str, int, float, float]:
+    """Run one command; its stdout, stderr, exit code, seconds and peak RSS (MiB) alone."""
+    out_path, err_path = work / "stdout.txt", work / "stderr.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return out_path.read_text(), err_path.read_text(), proc.returncode, seconds, usage.ru_maxrss / 1024
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recast", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generate:
+        print(write_dense(args.generate))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="recast-bench-upcycle-", dir=args.workdir))
     try:
         dense, out, copy = work / "dense", work / "moe", work / "copy"
         start = time.perf_counter()
-        params = write_dense(dense)
+        generated = subprocess.run([sys.executable, __file__, "--recast", str(args.recast), "--generate", str(dense)], capture_output=True, text=True, check=True)
+        params = int(generated.stdout.split()[-1])
         print(f"dense checkpoint: {params / 1e9:.2f}B parameters, bf16, written in {time.perf_counter() - start:.0f} s", flush=True)
 
-        argv = [str(args.recast), "upcycle", "--source", str(dense), "--scheme", "sparse-upcycle",
+        # Build the scheme first, so neither its compile time nor cargo's memory counts.
+        root = Path(__file__).resolve().parent.parent
+        built = subprocess.run([str(args.recast), "plugin", "build", str(root / "plugins/init-scheme/sparse-upcycle")],
+                               capture_output=True, text=True, check=True)
+        scheme = built.stdout.strip().splitlines()[-1]
+        argv = [str(args.recast), "upcycle", "--source", str(dense), "--scheme", scheme,
                 "--params", "experts = 8\ntop_k = 2", "--out", str(out)]
-        start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        upcycle_s = time.perf_counter() - start
-        if proc.returncode != 0:
-            print(proc.stdout, proc.stderr, file=sys.stderr)
+        # One untimed run first: right after the source is written the disk is still
+        # settling, which would charge the upcycler for the generator's writes.
+        for warm_up in (True, False):
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()  # every timed phase starts with no dirty pages to write back
+            stdout, stderr, code, upcycle_s, peak_mib = run_measured(argv, work)
+            if code != 0 or not warm_up:
+                break
+        if code != 0:
+            print(stdout, stderr, file=sys.stderr)
             return 1
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(proc.stdout.strip())
+        print(stdout.strip())
         out_bytes = sum(f.stat().st_size for f in out.iterdir())
 
+        os.sync()
         start = time.perf_counter()
         copy_with_fsync(out, copy)
         copy_s = time.perf_counter() - start

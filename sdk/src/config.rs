@@ -72,3 +72,8 @@ mod tests {
         assert!(err.contains("top_k") || err.contains("integer"), "{err}");
     }
 }
+
+/// `Ok` when `value` is finite and >= 0, else an error naming the parameter.
+pub fn non_negative(name: &str, value: f32) -> Result<(), String> {
+    if value.is_finite() && value >= 0.0 { Ok(()) } else { Err(format!("{name} must be finite and >= 0, not {value}")) }
+}

@@ -67,6 +67,29 @@ impl RouterSpec {
     }
 }
 
+/// A capacity limit from the `capacity_factor` / `drop_policy` parameters routers share:
+/// `None` (dropless) without a factor; `drop_policy` is `"probs"` or `"position"`.
+pub fn capacity(factor: Option<f32>, drop_policy: &str) -> Result<Option<Capacity>, String> {
+    let drop_policy = match drop_policy {
+        "probs" => DropPolicy::Probs,
+        "position" => DropPolicy::Position,
+        other => return Err(format!("drop_policy must be \"probs\" or \"position\", not {other:?}")),
+    };
+    match factor {
+        Some(f) if !(f.is_finite() && f > 0.0) => Err(format!("capacity_factor must be > 0, not {f}")),
+        Some(factor) => Ok(Some(Capacity { factor, drop_policy })),
+        None => Ok(None),
+    }
+}
+
+/// Check a layer has at least `top_k` experts.
+pub fn check_top_k(top_k: u32, layer: &LayerInfo) -> Result<(), String> {
+    if top_k == 0 || top_k > layer.num_experts {
+        return Err(format!("top_k = {top_k} but layer {} has {} experts", layer.layer, layer.num_experts));
+    }
+    Ok(())
+}
+
 /// Export a type implementing [`Router`] as the component's router.
 #[macro_export]
 macro_rules! export_router {

@@ -168,7 +168,7 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
                         (0..e).flat_map(|x| rows[(x / g) * d..(x / g + 1) * d].to_vec()).collect()
                     }
                     RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_) => {
-                        return Err(err("router initialisation from calibration centroids is not available in `recast upcycle` yet; use normal, uniform-centred, zeros or virtual-group".into()));
+                        return Err(err("router initialisation from calibration centroids is not computed by this executor (refused before execution by `upcycle`)".into()));
                     }
                 };
                 live.insert(r.dst.clone(), Tensor::from_vec(values, (e, d), &Device::Cpu).map_err(tensor_err)?);

@@ -21,6 +21,7 @@ use crate::model::checkpoint::names::to_hf;
 use crate::model::config::ModelConfig;
 use crate::model::error::ModelError;
 use crate::model::hf_config;
+use crate::plugins::init_scheme::{InitOp, RouterInit};
 use crate::plugins::{InitSchemePlugin, PluginError};
 
 /// Output layout.
@@ -101,6 +102,9 @@ fn run(readers: &[CheckpointReader], plugin: &mut InitSchemePlugin, provenance: 
         Format::Hf => hf_config::to_json(&config).map_err(|reason| plan_err(format!("the result cannot be written as Hugging Face {}: {reason}; use --format recast", config.architecture.hf_class())))?,
         Format::Recast => hf_config::recast_json(&config, serde_json::Map::new()).map_err(plan_err)?,
     };
+    if let Some(i) = plan.ops.iter().position(|op| matches!(op, InitOp::InitRouter(r) if matches!(r.method, RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_)))) {
+        return Err(plan_err(format!("op {i} initialises a router from calibration centroids, which `recast upcycle` does not compute yet; use normal, uniform-centred, zeros or virtual-group")));
+    }
     let dtype = options.dtype.unwrap_or_else(|| readers[0].tensors().get("model.embed_tokens.weight").map_or(DType::F32, |l| l.dtype));
     let stored = |name: &str| match options.format {
         Format::Hf => to_hf(config.architecture, name),
@@ -117,12 +121,22 @@ fn run(readers: &[CheckpointReader], plugin: &mut InitSchemePlugin, provenance: 
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let layout: Vec<(String, Vec<usize>)> = executor::flush_order(&plan, &planned).into_iter().map(|n| (stored(&n), planned[&n].iter().map(|&d| d as usize).collect())).collect();
-    let mut writer = writer::ShardWriter::create(&tmp, &layout, dtype, options.max_shard_bytes)?;
     let total = plan.ops.len();
-    executor::execute(&plan, readers, &mut writer, stored, |done| progress(done, total))?;
-    let bytes = writer.total_bytes;
-    let weight_map = writer.weight_map.clone();
-    let shards = writer.finish()?;
+    let written = (|| -> Result<_, UpcycleError> {
+        let mut writer = writer::ShardWriter::create(&tmp, &layout, dtype, options.max_shard_bytes)?;
+        executor::execute(&plan, readers, &mut writer, stored, |done| progress(done, total))?;
+        let bytes = writer.total_bytes;
+        let weight_map = writer.weight_map.clone();
+        Ok((bytes, weight_map, writer.finish()?))
+    })();
+    let (bytes, weight_map, shards) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            // Nothing half-written survives a failed run.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     if shards.len() > 1 {
         let index = json!({ "metadata": { "total_size": bytes }, "weight_map": weight_map });
         write_json(&tmp.join("model.safetensors.index.json"), &index)?;

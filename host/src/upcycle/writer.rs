@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use serde_json::json;
 
+use crate::model::checkpoint::bytes::with_tensor_bytes;
 use crate::model::error::ModelError;
 
 /// Where one tensor goes.
@@ -101,17 +102,13 @@ impl ShardWriter {
     /// Write the finished tensor `name` to its place.
     pub fn write(&mut self, name: &str, tensor: &Tensor) -> Result<(), ModelError> {
         let slot = self.slots.get(name).ok_or_else(|| ModelError::Unwritable { what: name.into(), reason: "not in the planned layout".into() })?;
-        let t = tensor.to_dtype(self.dtype)?.flatten_all()?;
-        let bytes: Vec<u8> = match self.dtype {
-            DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            _ => t.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        };
-        if bytes.len() as u64 != slot.len {
-            return Err(ModelError::Unwritable { what: name.into(), reason: format!("{} bytes produced, {} planned", bytes.len(), slot.len) });
-        }
         let (path, file) = &self.files[slot.shard];
-        file.write_all_at(&bytes, slot.offset).map_err(|source| ModelError::Io { path: path.clone(), source })
+        with_tensor_bytes(tensor, self.dtype, |bytes| {
+            if bytes.len() as u64 != slot.len {
+                return Err(ModelError::Unwritable { what: name.into(), reason: format!("{} bytes produced, {} planned", bytes.len(), slot.len) });
+            }
+            file.write_all_at(bytes, slot.offset).map_err(|source| ModelError::Io { path: path.clone(), source })
+        })?
     }
 
     /// Flush every shard to disk; returns the shard file names.

@@ -2,6 +2,7 @@
 //! sharded with `model.safetensors.index.json`. Reads are memory-mapped; writes are
 //! atomic per file.
 
+pub mod bytes;
 pub mod names;
 mod read;
 mod write;

@@ -120,13 +120,10 @@ fn dtype_name(dtype: DType) -> Result<&'static str, ModelError> {
 }
 
 fn to_bytes(tensor: &Tensor, dtype: DType) -> Result<Bytes, ModelError> {
-    let t = tensor.detach().to_dtype(dtype)?.flatten_all()?;
-    let data: Vec<u8> = match dtype {
-        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        other => return Err(ModelError::Unwritable { what: "weights".into(), reason: format!("dtype {other:?}; write F32, F16 or BF16") }),
-    };
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(ModelError::Unwritable { what: "weights".into(), reason: format!("dtype {dtype:?}; write F32, F16 or BF16") });
+    }
+    let data = super::bytes::with_tensor_bytes(&tensor.detach(), dtype, <[u8]>::to_vec)?;
     let st_dtype = match dtype {
         DType::F32 => Dtype::F32,
         DType::F16 => Dtype::F16,

@@ -2,6 +2,7 @@
 //! z-loss weight for every MoE layer, with optional per-layer overrides.
 
 use recast_sdk::aux_schedule::*;
+use recast_sdk::config::non_negative as check;
 use serde::Deserialize;
 
 /// Parameters; see README.md.
@@ -30,10 +31,6 @@ struct LayerOverride {
 
 struct Constant {
     params: Params,
-}
-
-fn check(name: &str, value: f32) -> Result<(), String> {
-    if value.is_finite() && value >= 0.0 { Ok(()) } else { Err(format!("{name} must be finite and >= 0, not {value}")) }
 }
 
 impl Plugin for Constant {

@@ -34,16 +34,7 @@ impl Plugin for TopKSoftmax {
         if p.top_k == 0 {
             return Err("top_k must be at least 1".into());
         }
-        let drop_policy = match p.drop_policy.as_str() {
-            "probs" => DropPolicy::Probs,
-            "position" => DropPolicy::Position,
-            other => return Err(format!("drop_policy must be \"probs\" or \"position\", not {other:?}")),
-        };
-        let capacity = match p.capacity_factor {
-            Some(f) if !(f.is_finite() && f > 0.0) => return Err(format!("capacity_factor must be > 0, not {f}")),
-            Some(factor) => Some(Capacity { factor, drop_policy }),
-            None => None,
-        };
+        let capacity = capacity(p.capacity_factor, &p.drop_policy)?;
         let spec = RouterSpec { renormalize: p.renormalize, capacity, per_token_route: p.per_token_route, ..RouterSpec::softmax_topk(p.top_k) };
         Ok(TopKSoftmax { spec })
     }
@@ -51,9 +42,7 @@ impl Plugin for TopKSoftmax {
 
 impl Router for TopKSoftmax {
     fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, String> {
-        if self.spec.top_k > layer.num_experts {
-            return Err(format!("top_k = {} but layer {} has only {} experts", self.spec.top_k, layer.layer, layer.num_experts));
-        }
+        check_top_k(self.spec.top_k, layer)?;
         Ok(self.spec.clone())
     }
 
