@@ -303,3 +303,49 @@ fn continues_pretraining_a_hugging_face_qwen2_moe_checkpoint() {
     let line = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().find(|l| l.contains("\"loss\"")).unwrap().to_string();
     assert!(line.contains("\"expert_load\""), "{line}");
 }
+
+/// Tensor name -> raw bytes of a checkpoint's weights.
+fn checkpoint_tensors(run_dir: &Path, step: u64) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(run_dir.join(format!("checkpoints/step-{step:08}/model.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect()
+}
+
+#[test]
+fn stages_freeze_groups_change_at_their_step_and_show_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let stages = "keep_checkpoints = 10\n\n[[stages]]\nname = \"routing-warmup\"\nsteps = 6\ntrain = [\"router\"]\nlr = 0.01\nmixture = [1.0, 0.0]\n\n[[stages]]\nname = \"everything\"\nsteps = 14\n";
+    let cfg = config(dir.path(), stages);
+    let out = dir.path().join("run");
+    for args in [vec![cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "0"], vec!["--resume", out.to_str().unwrap(), "--max-steps", "6"], vec!["--resume", out.to_str().unwrap()]] {
+        let o = train(&args);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let (before, after) = (checkpoint_tensors(&out, 0), checkpoint_tensors(&out, 6));
+    let mut routers = 0;
+    for (name, bytes) in &before {
+        if name.ends_with(".mlp.gate.weight") {
+            assert_ne!(bytes, &after[name], "{name} trains in the routing warm-up");
+            routers += 1;
+        } else {
+            assert_eq!(bytes, &after[name], "{name} is frozen in the routing warm-up but changed");
+        }
+    }
+    assert_eq!(routers, 2);
+    let end = checkpoint_tensors(&out, 20);
+    assert_ne!(after["model.embed_tokens.weight"], end["model.embed_tokens.weight"], "everything trains in the second stage");
+
+    let journal: Vec<serde_json::Value> = std::fs::read_to_string(out.join("journal.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let starts: Vec<(u64, String)> = journal.iter().filter(|r| r["event"] == "stage").map(|r| (r["step"].as_u64().unwrap(), r["name"].as_str().unwrap().to_string())).collect();
+    assert_eq!(starts, vec![(0, "routing-warmup".to_string()), (6, "everything".to_string())]);
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).collect();
+    for r in &records[..6] {
+        assert!(r["domain_loss"].get("prose").is_none(), "the warm-up's mixture is arithmetic only: {r}");
+    }
+    assert!(records[6..].iter().any(|r| r["domain_loss"].get("prose").is_some()));
+
+    let o = run(&["report", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let summary = std::fs::read_to_string(out.join("report/summary.md")).unwrap();
+    assert!(summary.contains("| routing-warmup | 0 |") && summary.contains("| everything | 6 |"), "{summary}");
+}

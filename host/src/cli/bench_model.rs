@@ -107,10 +107,10 @@ pub(super) fn train_step(config: &Path, steps: u64) -> anyhow::Result<()> {
     let absolute = std::path::absolute(config)?;
     let mut parsed = RunConfig::parse(&text, &absolute)?;
     parsed.train.steps = parsed.train.steps.max(steps + 2);
-    let engine = PluginEngine::new()?;
+    let engine = std::sync::Arc::new(PluginEngine::new()?);
     let plugins = super::train::load_plugins(&engine, &parsed)?;
     let run_dir = tempfile_dir()?;
-    let mut trainer = Trainer::start(parsed, &run_dir, &plugins, &engine)?;
+    let mut trainer = Trainer::start(parsed, &run_dir, &plugins, engine)?;
     let tokens = trainer.config.train.batch_size * trainer.config.train.grad_accum * trainer.config.train.seq_len;
     println!("train-step: {} params={} tokens/step={tokens} threads={}", trainer.model_config.architecture.hf_class(), trainer.params().num_parameters(), candle_core::utils::get_num_threads());
     for _ in 0..2 {

@@ -18,7 +18,7 @@ use crate::train::trainer::{PluginSet, Trainer};
 const RUN_CONFIG: &str = "config.toml";
 
 pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Path>, max_steps: Option<u64>) -> anyhow::Result<()> {
-    let engine = PluginEngine::new()?;
+    let engine = std::sync::Arc::new(PluginEngine::new()?);
     let mut trainer = match (config, out, resume) {
         (Some(config), Some(out), None) => {
             let text = std::fs::read_to_string(config).with_context(|| format!("cannot read the run config {}", config.display()))?;
@@ -28,14 +28,14 @@ pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Pat
                 bail!("{} already holds a run with checkpoints; resume it with `recast train --resume {}` or choose another --out", out.display(), out.display());
             }
             let plugins = load_plugins(&engine, &parsed)?;
-            Trainer::start(parsed, out, &plugins, &engine).with_context(|| format!("cannot start the run in {}", out.display()))?
+            Trainer::start(parsed, out, &plugins, engine.clone()).with_context(|| format!("cannot start the run in {}", out.display()))?
         }
         (None, None, Some(run_dir)) => {
             let path = run_dir.join(RUN_CONFIG);
             let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a run folder: cannot read {}", run_dir.display(), path.display()))?;
             let parsed = RunConfig::parse(&text, &path)?;
             let plugins = load_plugins(&engine, &parsed)?;
-            Trainer::resume(parsed, run_dir, &plugins, &engine).with_context(|| format!("cannot resume {}", run_dir.display()))?
+            Trainer::resume(parsed, run_dir, &plugins, engine.clone()).with_context(|| format!("cannot resume {}", run_dir.display()))?
         }
         _ => bail!("give a config and --out to start a run, or --resume RUN_DIR to continue one"),
     };
@@ -142,12 +142,12 @@ pub(super) fn load_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow:
 }
 
 pub(super) fn eval(run_dir: &Path) -> anyhow::Result<()> {
-    let engine = PluginEngine::new()?;
+    let engine = std::sync::Arc::new(PluginEngine::new()?);
     let path = run_dir.join(RUN_CONFIG);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a run folder: cannot read {}", run_dir.display(), path.display()))?;
     let parsed = RunConfig::parse(&text, &path)?;
     let plugins = load_plugins(&engine, &parsed)?;
-    let mut trainer = Trainer::resume(parsed, run_dir, &plugins, &engine).with_context(|| format!("cannot load {}", run_dir.display()))?;
+    let mut trainer = Trainer::resume(parsed, run_dir, &plugins, engine.clone()).with_context(|| format!("cannot load {}", run_dir.display()))?;
     let losses = trainer.evaluate()?;
     println!("step {} of {}", trainer.step, run_dir.display());
     println!("{:<16} {:>10} {:>12}", "domain", "loss", "perplexity");

@@ -14,8 +14,9 @@ const MARGIN_RIGHT: i64 = 200;
 const MARGIN_TOP: i64 = 40;
 const MARGIN_BOTTOM: i64 = 50;
 
-/// A line chart with a title, axis ranges labelled, and a legend on the right.
-pub fn line_chart(title: &str, x_label: &str, series: &[Series]) -> Canvas {
+/// A line chart with a title, axis ranges labelled, a legend on the right, and vertical
+/// markers (e.g. stage starts) at `(x, label)`.
+pub fn line_chart(title: &str, x_label: &str, series: &[Series], markers: &[(f64, String)]) -> Canvas {
     let (w, h) = (900i64, 500i64);
     let mut c = Canvas::new(w as usize, h as usize);
     let pts = series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
@@ -53,6 +54,13 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series]) -> Canvas {
     c.line((MARGIN_LEFT as f64, (MARGIN_TOP + ph) as f64), ((MARGIN_LEFT + pw) as f64, (MARGIN_TOP + ph) as f64), BLACK, 1);
     c.text(MARGIN_LEFT + pw / 2 - Canvas::text_width(x_label, 2) / 2, h - 22, x_label, BLACK, 2);
 
+    for (x, label) in markers {
+        let (px, _) = map(*x, y0);
+        for y in (MARGIN_TOP..MARGIN_TOP + ph).step_by(6) {
+            c.fill_rect(px as i64, y, 1, 3, BLACK);
+        }
+        c.text(px as i64 + 3, MARGIN_TOP + 2, label, BLACK, 1);
+    }
     for (i, s) in series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
         let mut prev: Option<(f64, f64)> = None;

@@ -76,8 +76,10 @@ pub fn write(run_dir: &Path) -> Result<Report, ReportError> {
     }
     let mut series: Vec<Series> = train.iter().map(|(d, p)| Series { name: format!("{d} train"), points: smooth(p, 0.1), dots: false }).collect();
     series.extend(valid.iter().map(|(d, p)| Series { name: format!("{d} valid"), points: p.clone(), dots: true }));
+    let stages = stage_starts(run_dir);
+    let markers: Vec<(f64, String)> = stages.iter().map(|(step, name)| (*step as f64, name.clone())).collect();
     let loss_png = out.join("loss.png");
-    line_chart("Loss per domain (train: EMA 0.1; valid: dots)", "step", &series).save_png(&loss_png).map_err(io(&loss_png))?;
+    line_chart("Loss per domain (train: EMA 0.1; valid: dots)", "step", &series, &markers).save_png(&loss_png).map_err(io(&loss_png))?;
 
     // Expert load per layer over time, as each expert's share relative to an even share.
     let mut loads: BTreeMap<u64, Vec<Vec<f64>>> = BTreeMap::new();
@@ -107,12 +109,22 @@ pub fn write(run_dir: &Path) -> Result<Report, ReportError> {
     };
 
     let summary_md = out.join("summary.md");
-    let text = summary(run_dir, &steps, &evals, expert_load_png.is_some());
+    let text = summary(run_dir, &steps, &evals, &stages, expert_load_png.is_some());
     crate::atomic_file::write(&summary_md, text.as_bytes()).map_err(io(&summary_md))?;
     Ok(Report { loss_png, expert_load_png, summary_md })
 }
 
-fn summary(run_dir: &Path, steps: &[&Value], evals: &[&Value], has_load: bool) -> String {
+/// `(step, name)` of every stage start in `RUN_DIR/journal.jsonl`.
+fn stage_starts(run_dir: &Path) -> Vec<(u64, String)> {
+    let records = crate::train::metrics::read_all(&run_dir.join("journal.jsonl")).unwrap_or_default();
+    records
+        .iter()
+        .filter(|r| r.get("event").and_then(Value::as_str) == Some("stage"))
+        .map(|r| (r.get("step").and_then(Value::as_u64).unwrap_or(0), r.get("name").and_then(Value::as_str).unwrap_or("").to_string()))
+        .collect()
+}
+
+fn summary(run_dir: &Path, steps: &[&Value], evals: &[&Value], stages: &[(u64, String)], has_load: bool) -> String {
     let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let last = steps[steps.len() - 1];
     let mean = |k: &str| steps.iter().map(|r| num(r, k)).sum::<f64>() / steps.len() as f64;
@@ -124,6 +136,13 @@ fn summary(run_dir: &Path, steps: &[&Value], evals: &[&Value], has_load: bool) -
     let _ = writeln!(s, "- final training loss: {:.4}", num(last, "loss"));
     let _ = writeln!(s, "- mean step time: {step_ms:.1} ms, {:.0} tokens/s", mean("tokens_per_s"));
     let _ = writeln!(s, "- plugin time: {plugin_ms:.3} ms per step ({:.3} % of step time)\n", 100.0 * plugin_ms / step_ms.max(1e-9));
+    if !stages.is_empty() {
+        let _ = writeln!(s, "| stage | starts at step |\n|---|---|");
+        for (step, name) in stages {
+            let _ = writeln!(s, "| {name} | {step} |");
+        }
+        s.push('\n');
+    }
     if let (Some(first), Some(final_eval)) = (evals.first(), evals.last()) {
         let _ = writeln!(s, "| domain | valid loss at step {} | valid loss at step {} | perplexity |", num(first, "step"), num(final_eval, "step"));
         let _ = writeln!(s, "|---|---|---|---|");

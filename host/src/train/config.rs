@@ -26,6 +26,75 @@ pub struct RunConfig {
     #[serde(default)]
     pub schedule: ScheduleSection,
     pub train: TrainSection,
+    /// Training stages in order; their steps add up to `train.steps`. None: one stage.
+    #[serde(default)]
+    pub stages: Vec<Stage>,
+}
+
+/// One stage of a multi-stage recipe (Innovator's four, UltraFuser's two).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    /// Optimizer steps in this stage.
+    pub steps: u64,
+    /// Parameter groups that train; the others stay frozen (no update at all). Empty:
+    /// everything trains.
+    #[serde(default)]
+    pub train: Vec<ParamGroup>,
+    /// Peak learning rate of this stage (the schedule's shape still applies).
+    pub lr: Option<f64>,
+    /// Fixed domain weights (config order) instead of the sampler plugin's mixture.
+    pub mixture: Option<Vec<f32>>,
+    /// Parameters that override each plugin's `params` during this stage.
+    #[serde(default)]
+    pub plugins: StagePlugins,
+}
+
+/// Per-stage plugin parameter overrides.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagePlugins {
+    pub router: Option<toml::Table>,
+    pub aux_schedule: Option<toml::Table>,
+    pub sampler: Option<toml::Table>,
+}
+
+/// Groups of parameters a stage can train or freeze, by tensor name.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamGroup {
+    All,
+    /// Token embedding and output head.
+    Embeddings,
+    /// q, k, v and o projections.
+    Attention,
+    /// RMSNorm gains.
+    Norms,
+    /// MoE routers and shared-expert gates.
+    Router,
+    /// Routed experts.
+    Experts,
+    /// Shared experts.
+    SharedExperts,
+    /// Dense MLPs.
+    Mlp,
+}
+
+impl ParamGroup {
+    /// Whether the tensor `name` belongs to this group.
+    pub fn contains(self, name: &str) -> bool {
+        match self {
+            ParamGroup::All => true,
+            ParamGroup::Embeddings => name == "model.embed_tokens.weight" || name == "lm_head.weight",
+            ParamGroup::Attention => name.contains(".self_attn."),
+            ParamGroup::Norms => name.ends_with("norm.weight"),
+            ParamGroup::Router => name.ends_with(".mlp.gate.weight") || name.ends_with(".mlp.shared_expert_gate.weight"),
+            ParamGroup::Experts => name.contains(".mlp.experts."),
+            ParamGroup::SharedExperts => name.contains(".mlp.shared_experts."),
+            ParamGroup::Mlp => [".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj."].iter().any(|p| name.contains(p)),
+        }
+    }
 }
 
 fn default_tokenizer() -> String {
@@ -313,6 +382,27 @@ impl RunConfig {
         if t.steps == 0 || t.batch_size == 0 || t.seq_len < 2 || t.grad_accum == 0 {
             return Err("[train] needs steps > 0, batch_size > 0, seq_len >= 2 and grad_accum > 0".into());
         }
+        if !self.stages.is_empty() {
+            let total: u64 = self.stages.iter().map(|s| s.steps).sum();
+            if total != t.steps {
+                return Err(format!("the stages last {total} steps in all, but train.steps = {}", t.steps));
+            }
+            for s in &self.stages {
+                if s.steps == 0 {
+                    return Err(format!("stage {:?} has no steps", s.name));
+                }
+                if let Some(m) = &s.mixture
+                    && (m.len() != self.data.domains.len() || m.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || m.iter().all(|&w| w == 0.0))
+                {
+                    return Err(format!("stage {:?}: mixture needs {} finite weights >= 0, not all 0", s.name, self.data.domains.len()));
+                }
+                if let Some(lr) = s.lr
+                    && !(lr > 0.0 && lr.is_finite())
+                {
+                    return Err(format!("stage {:?}: lr = {lr} must be a positive number", s.name));
+                }
+            }
+        }
         if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
             return Err(format!("optimizer.lr = {} must be a positive number", self.optimizer.lr));
         }
@@ -349,6 +439,19 @@ seq_len = 16
         assert_eq!(c.tokenizer, "byte");
         assert_eq!(c.optimizer.lr, 3e-3);
         assert_eq!(c.train.grad_accum, 1);
+    }
+
+    #[test]
+    fn stages_must_add_up_and_groups_match_names() {
+        let text = format!("{MINIMAL}\n[[stages]]\nname = \"warmup\"\nsteps = 4\ntrain = [\"router\"]\n\n[[stages]]\nname = \"all\"\nsteps = 5\n");
+        let err = super::RunConfig::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("9 steps in all") && err.contains("train.steps = 10"), "{err}");
+        let ok = super::RunConfig::parse(&text.replace("steps = 5", "steps = 6"), Path::new("x.toml")).expect("valid");
+        assert_eq!(ok.stages[0].train, vec![super::ParamGroup::Router]);
+        use super::ParamGroup::*;
+        assert!(Router.contains("model.layers.3.mlp.gate.weight") && !Router.contains("model.layers.3.mlp.gate_proj.weight"));
+        assert!(Mlp.contains("model.layers.3.mlp.gate_proj.weight") && !Mlp.contains("model.layers.3.mlp.experts.1.gate_proj.weight"));
+        assert!(Experts.contains("model.layers.3.mlp.experts.1.gate_proj.weight"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `RUN_DIR/metrics.jsonl`: one JSON object per step (and per evaluation), appended and
-//! flushed as the run goes, cut back to the checkpoint's step on resume.
+//! JSON-lines logs of a run, appended and flushed as the run goes and cut back to the
+//! checkpoint's step on resume: `RUN_DIR/metrics.jsonl` (one object per step and per
+//! evaluation) and `RUN_DIR/journal.jsonl` (events: stage changes, plugin swaps).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};

@@ -46,15 +46,16 @@ impl AdamW {
     }
 
     /// One update at learning rate `lr`; gradients are first scaled by `grad_scale`
-    /// (clipping). Parameters without a gradient are left as they are.
-    pub fn step(&mut self, params: &ParamStore, grads: &Gradients, lr: f64, grad_scale: f64) -> Result<()> {
+    /// (clipping). Parameters without a gradient, or that `trains` rejects (a frozen
+    /// group), are left exactly as they are, moments included.
+    pub fn step(&mut self, params: &ParamStore, grads: &Gradients, lr: f64, grad_scale: f64, trains: &dyn Fn(&str) -> bool) -> Result<()> {
         self.steps += 1;
         let s = &self.settings;
         let (b1, b2) = (s.beta1, s.beta2);
         let c1 = 1.0 - b1.powi(self.steps as i32);
         let c2 = 1.0 - b2.powi(self.steps as i32);
         for (name, p) in params.iter() {
-            let Some(g) = grads.get(name) else { continue };
+            let Some(g) = grads.get(name).filter(|_| trains(name)) else { continue };
             let g = (g.to_dtype(DType::F32)? * grad_scale)?;
             let (m, v) = self.moments.get_mut(name).ok_or_else(|| candle_core::Error::Msg(format!("no optimizer state for `{name}`")))?;
             *m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
@@ -85,7 +86,7 @@ mod tests {
         let grads: Gradients = [("w".to_string(), store.get(&w).unwrap().clone())].into();
         let settings = OptimizerSection { weight_decay: 0.0, ..OptimizerSection::default() };
         let mut opt = AdamW::new(settings, &params).unwrap();
-        opt.step(&params, &grads, 0.1, 1.0).unwrap();
+        opt.step(&params, &grads, 0.1, 1.0, &|_| true).unwrap();
         // Bias-corrected first step: update = g / |g| (up to eps).
         let got = params.get("w").unwrap().to_vec1::<f32>().unwrap();
         assert!((got[0] - 0.9).abs() < 1e-5 && (got[1] + 1.9).abs() < 1e-5, "{got:?}");

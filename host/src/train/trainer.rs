@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 use serde_json::json;
 
 use super::checkpoint::{self, DomainProgress, LayerRouting, PluginSnapshot, TrainState};
-use super::config::RunConfig;
+use super::config::{ParamGroup, RunConfig};
 use super::metrics::MetricsLog;
 use super::optimizer::{AdamW, Gradients};
 use super::schedule::learning_rate;
@@ -52,7 +53,7 @@ pub enum TrainError {
 }
 
 /// The plugin components a run uses, with their parameters (TOML text).
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct PluginSet {
     pub router: Option<(PluginComponent, String)>,
     pub aux_schedule: Option<(PluginComponent, String)>,
@@ -63,6 +64,20 @@ struct LivePlugins {
     router: Option<RouterPlugin>,
     aux: Option<AuxSchedulePlugin>,
     sampler: Option<SamplerPlugin>,
+}
+
+/// The run's two logs.
+struct Logs {
+    metrics: MetricsLog,
+    journal: MetricsLog,
+}
+
+impl Logs {
+    /// Open both, keeping records up to step `keep_through`.
+    fn open(run_dir: &Path, keep_through: u64) -> Result<Self, TrainError> {
+        let open = |name: &str| MetricsLog::open(&run_dir.join(name), Some(keep_through)).map_err(|source| TrainError::Io { path: run_dir.join(name), source });
+        Ok(Logs { metrics: open("metrics.jsonl")?, journal: open("journal.jsonl")? })
+    }
 }
 
 /// What one step did, for progress display and tests.
@@ -92,6 +107,14 @@ pub struct Trainer {
     /// Optimizer steps completed.
     pub step: u64,
     metrics: MetricsLog,
+    journal: MetricsLog,
+    engine: Arc<PluginEngine>,
+    /// The components and the run config's params; stages override the params.
+    base_plugins: PluginSet,
+    /// Params each live plugin was configured with (TOML text), by role.
+    live_params: [Option<String>; 3],
+    /// Index of the stage in force, once entered.
+    stage: Option<usize>,
 }
 
 fn tensor_err(step: u64) -> impl FnOnce(candle_core::Error) -> TrainError {
@@ -100,7 +123,7 @@ fn tensor_err(step: u64) -> impl FnOnce(candle_core::Error) -> TrainError {
 
 impl Trainer {
     /// Start a new run in `run_dir`.
-    pub fn start(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: &PluginEngine) -> Result<Self, TrainError> {
+    pub fn start(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
         let tokenizer = Tokenizer::from_spec(&config.tokenizer)?;
         let (model_config, base) = match (&config.model.path, &config.model.init) {
             (Some(path), _) => {
@@ -123,15 +146,15 @@ impl Trainer {
         crate::atomic_file::write(&config_path, config_text.as_bytes()).map_err(|source| TrainError::Io { path: config_path, source })?;
         let params = base.trainable()?;
         let optimizer = AdamW::new(config.optimizer.clone(), &params).map_err(tensor_err(0))?;
-        let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(0)).map_err(|source| TrainError::Io { path: run_dir.join("metrics.jsonl"), source })?;
-        let mut trainer = Self::assemble(config, run_dir, model_config, params, optimizer, plugins, engine, &tokenizer, metrics)?;
+        let logs = Logs::open(run_dir, 0)?;
+        let mut trainer = Self::assemble(config, run_dir, model_config, params, optimizer, plugins, engine, &tokenizer, logs)?;
         trainer.initial_specs()?;
         Ok(trainer)
     }
 
     /// Resume the run in `run_dir` from its newest checkpoint. `plugins` must be the
     /// same code the checkpoint recorded (same sha256).
-    pub fn resume(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: &PluginEngine) -> Result<Self, TrainError> {
+    pub fn resume(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
         let dirs = checkpoint::list(run_dir)?;
         let dir = dirs.last().ok_or_else(|| TrainError::Resume(format!("{}: no checkpoint to resume from", run_dir.display())))?;
         let loaded = checkpoint::load(dir)?;
@@ -144,16 +167,16 @@ impl Trainer {
         let mut optimizer = AdamW::new(config.optimizer.clone(), &params).map_err(tensor_err(loaded.state.step))?;
         optimizer.steps = loaded.state.step;
         optimizer.moments = loaded.moments;
-        let metrics = MetricsLog::open(&run_dir.join("metrics.jsonl"), Some(loaded.state.step)).map_err(|source| TrainError::Io { path: run_dir.join("metrics.jsonl"), source })?;
+        let logs = Logs::open(run_dir, loaded.state.step)?;
         let state = loaded.state;
-        let mut trainer = Self::assemble(config, run_dir, state.model_config.clone(), params, optimizer, plugins, engine, &tokenizer, metrics)?;
+        let mut trainer = Self::assemble(config, run_dir, state.model_config.clone(), params, optimizer, plugins, engine, &tokenizer, logs)?;
         trainer.step = state.step;
         trainer.restore(&state, dir)?;
         Ok(trainer)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn assemble(config: RunConfig, run_dir: &Path, model_config: ModelConfig, params: ParamStore, optimizer: AdamW, plugins: &PluginSet, engine: &PluginEngine, tokenizer: &Tokenizer, metrics: MetricsLog) -> Result<Self, TrainError> {
+    fn assemble(config: RunConfig, run_dir: &Path, model_config: ModelConfig, params: ParamStore, optimizer: AdamW, plugins: &PluginSet, engine: Arc<PluginEngine>, tokenizer: &Tokenizer, logs: Logs) -> Result<Self, TrainError> {
         let model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
         let mut domains = Vec::new();
         for (i, d) in config.data.domains.iter().enumerate() {
@@ -169,11 +192,30 @@ impl Trainer {
         let limits = PluginLimits::default();
         let seed = config.seed;
         let live = LivePlugins {
-            router: plugins.router.as_ref().map(|(c, p)| RouterPlugin::new(engine, c, p, seed, limits.clone())).transpose()?,
-            aux: plugins.aux_schedule.as_ref().map(|(c, p)| AuxSchedulePlugin::new(engine, c, p, seed, limits.clone())).transpose()?,
-            sampler: plugins.sampler.as_ref().map(|(c, p)| SamplerPlugin::new(engine, c, p, seed, limits.clone())).transpose()?,
+            router: plugins.router.as_ref().map(|(c, p)| RouterPlugin::new(&engine, c, p, seed, limits.clone())).transpose()?,
+            aux: plugins.aux_schedule.as_ref().map(|(c, p)| AuxSchedulePlugin::new(&engine, c, p, seed, limits.clone())).transpose()?,
+            sampler: plugins.sampler.as_ref().map(|(c, p)| SamplerPlugin::new(&engine, c, p, seed, limits.clone())).transpose()?,
         };
-        Ok(Self { config, run_dir: run_dir.into(), model_config, params, model, optimizer, domains, progress, plugins: live, last_stats: vec![], step: 0, metrics })
+        let live_params = [plugins.router.as_ref().map(|p| p.1.clone()), plugins.aux_schedule.as_ref().map(|p| p.1.clone()), plugins.sampler.as_ref().map(|p| p.1.clone())];
+        Ok(Self {
+            config,
+            run_dir: run_dir.into(),
+            model_config,
+            params,
+            model,
+            optimizer,
+            domains,
+            progress,
+            plugins: live,
+            last_stats: vec![],
+            step: 0,
+            metrics: logs.metrics,
+            journal: logs.journal,
+            engine,
+            base_plugins: plugins.clone(),
+            live_params,
+            stage: None,
+        })
     }
 
     fn layer_infos(&self) -> Vec<LayerInfo> {
@@ -281,17 +323,106 @@ impl Trainer {
         Ok(checkpoint::save(&self.run_dir, &params, &self.optimizer.moments, &state, self.config.train.keep_checkpoints)?)
     }
 
+    /// The stage in force at `step` and the step it starts at.
+    fn stage_at(&self, step: u64) -> Option<(usize, u64)> {
+        let mut start = 0;
+        for (i, s) in self.config.stages.iter().enumerate() {
+            if step < start + s.steps {
+                return Some((i, start));
+            }
+            start += s.steps;
+        }
+        None
+    }
+
+    /// Switch to stage `index`: reconfigure plugins whose params the stage changes
+    /// (carrying their state), re-ask the router for specs at the stage's first step,
+    /// and journal the change.
+    fn enter_stage(&mut self, index: usize, start: u64) -> Result<(), TrainError> {
+        let stage = self.config.stages[index].clone();
+        let merged = |base: &Option<(PluginComponent, String)>, over: &Option<toml::Table>| -> Result<Option<String>, TrainError> {
+            let Some((_, base_params)) = base else { return Ok(None) };
+            let Some(over) = over else { return Ok(Some(base_params.clone())) };
+            let mut table: toml::Table = toml::from_str(base_params).map_err(|e| TrainError::Resume(format!("plugin params: {e}")))?;
+            table.extend(over.clone());
+            toml::to_string(&table).map(Some).map_err(|e| TrainError::Resume(format!("stage {:?} plugin params: {e}", stage.name)))
+        };
+        let wanted = [
+            merged(&self.base_plugins.router, &stage.plugins.router)?,
+            merged(&self.base_plugins.aux_schedule, &stage.plugins.aux_schedule)?,
+            merged(&self.base_plugins.sampler, &stage.plugins.sampler)?,
+        ];
+        let (seed, limits) = (self.config.seed, PluginLimits::default());
+        let mut router_changed = false;
+        for (role, params) in wanted.iter().enumerate() {
+            let Some(params) = params else { continue };
+            if self.live_params[role].as_ref() == Some(params) {
+                continue;
+            }
+            let engine = &self.engine;
+            match role {
+                0 => {
+                    if let (Some((c, _)), Some(old)) = (&self.base_plugins.router, self.plugins.router.as_mut()) {
+                        let state = old.instance().save_state()?;
+                        let mut new = RouterPlugin::new(engine, c, params, seed, limits.clone())?;
+                        new.instance().load_state(&state)?;
+                        self.plugins.router = Some(new);
+                        router_changed = true;
+                    }
+                }
+                1 => {
+                    if let (Some((c, _)), Some(old)) = (&self.base_plugins.aux_schedule, self.plugins.aux.as_mut()) {
+                        let state = old.instance().save_state()?;
+                        let mut new = AuxSchedulePlugin::new(engine, c, params, seed, limits.clone())?;
+                        new.instance().load_state(&state)?;
+                        self.plugins.aux = Some(new);
+                    }
+                }
+                _ => {
+                    if let (Some((c, _)), Some(old)) = (&self.base_plugins.sampler, self.plugins.sampler.as_mut()) {
+                        let state = old.instance().save_state()?;
+                        let mut new = SamplerPlugin::new(engine, c, params, seed, limits.clone())?;
+                        new.instance().load_state(&state)?;
+                        self.plugins.sampler = Some(new);
+                    }
+                }
+            }
+            self.live_params[role] = Some(params.clone());
+        }
+        if self.step == start {
+            if router_changed {
+                self.initial_specs()?;
+            }
+            let record = json!({
+                "step": self.step, "event": "stage", "index": index, "name": stage.name, "steps": stage.steps,
+                "train": stage.train, "lr": stage.lr, "mixture": stage.mixture,
+            });
+            let path = self.journal.path().to_path_buf();
+            self.journal.write(&record).map_err(|source| TrainError::Io { path, source })?;
+        }
+        self.stage = Some(index);
+        Ok(())
+    }
+
     /// One optimizer step.
     pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
         let started = Instant::now();
         let step = self.step;
+        let current = self.stage_at(step);
+        if let Some((index, start)) = current
+            && self.stage != Some(index)
+        {
+            self.enter_stage(index, start)?;
+        }
+        let stage = current.map(|(i, _)| self.config.stages[i].clone());
         let t = self.config.train.clone();
         let sequences = t.batch_size * t.grad_accum;
         let mut plugin_time = Duration::ZERO;
 
         let clock = Instant::now();
-        let mixture = match self.plugins.sampler.as_mut() {
-            Some(s) => {
+        let mixture = match (stage.as_ref().and_then(|s| s.mixture.clone()), self.plugins.sampler.as_mut()) {
+            (Some(weights), _) => Mixture::Weights(weights),
+            (None, Some(s)) => {
                 let request = SampleRequest {
                     step,
                     batch_sequences: sequences as u32,
@@ -305,7 +436,7 @@ impl Trainer {
                 };
                 s.next(&request)?
             }
-            None => Mixture::Weights(vec![1.0; self.domains.len()]),
+            (None, None) => Mixture::Weights(vec![1.0; self.domains.len()]),
         };
         if let Some(aux) = self.plugins.aux.as_mut() {
             let moe_layers: Vec<u32> = self.model.moe_layers().map(|l| l.layer as u32).collect();
@@ -364,11 +495,14 @@ impl Trainer {
             return Err(TrainError::Diverged { step, loss: total_loss as f32 });
         }
 
-        let lr = learning_rate(self.config.optimizer.lr, &self.config.schedule, step, t.steps);
+        let peak = stage.as_ref().and_then(|s| s.lr).unwrap_or(self.config.optimizer.lr);
+        let lr = learning_rate(peak, &self.config.schedule, step, t.steps);
+        let groups: Vec<ParamGroup> = stage.as_ref().map(|s| s.train.clone()).unwrap_or_default();
+        let trains = |name: &str| groups.is_empty() || groups.iter().any(|g| g.contains(name));
         let grad_norm = AdamW::grad_norm(&grads).map_err(tensor_err(step))?;
         let clip = self.config.optimizer.clip_grad_norm;
         let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-        self.optimizer.step(&self.params, &grads, lr, scale).map_err(tensor_err(step))?;
+        self.optimizer.step(&self.params, &grads, lr, scale, &trains).map_err(tensor_err(step))?;
 
         let clock = Instant::now();
         let infos = self.layer_infos();
