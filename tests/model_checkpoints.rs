@@ -47,7 +47,7 @@ fn mixtral() -> ModelConfig {
 fn write_model(dir: &Path, shard: Option<u64>) -> ModelConfig {
     let config = mixtral();
     let params = random_params(&config, InitOptions { std: 0.3, seed: 3, dtype: DType::F32 }).expect("init");
-    checkpoint::write(dir, &config, &params, &WriteOptions { dtype: DType::F32, max_shard_bytes: shard }).expect("write");
+    checkpoint::write(dir, &config, &params, &WriteOptions { dtype: DType::F32, max_shard_bytes: shard, ..WriteOptions::default() }).expect("write");
     config
 }
 

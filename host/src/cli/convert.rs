@@ -13,7 +13,7 @@ pub(super) fn run(model: &Path, out: &Path, dtype: DType, max_shard_bytes: Optio
     let ckpt = checkpoint::read(model, DType::F32).with_context(|| format!("cannot read the model in {}", model.display()))?;
     // Building the model checks every tensor's presence and shape before anything is written.
     Transformer::new(&ckpt.config, &ckpt.params, &model.display().to_string())?;
-    let options = WriteOptions { dtype, max_shard_bytes };
+    let options = WriteOptions { dtype, max_shard_bytes, ..WriteOptions::default() };
     checkpoint::write(out, &ckpt.config, &ckpt.params, &options).with_context(|| format!("cannot write {}", out.display()))?;
     println!("wrote {} ({} tensors, {} parameters) to {}", ckpt.config.architecture.hf_class(), ckpt.params.len(), ckpt.params.num_parameters(), out.display());
     Ok(())

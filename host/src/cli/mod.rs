@@ -11,6 +11,7 @@ mod plugin_check;
 mod plugin_inspect;
 mod plugin_new;
 mod plugin_source;
+mod recipe;
 mod templates;
 mod train;
 mod upcycle;
@@ -77,6 +78,20 @@ enum Command {
         resume: Option<PathBuf>,
         /// Stop (with a checkpoint) once this many steps are done; the schedule still
         /// spans the config's `train.steps`.
+        #[arg(long)]
+        max_steps: Option<u64>,
+        #[command(flatten)]
+        threads: ThreadArgs,
+    },
+    /// Run a recipe end to end (pretrain, upcycle, continue, in stages); each step writes
+    /// OUT/<step>/, finished steps are skipped on a rerun.
+    Recipe {
+        /// The recipe (TOML with [[steps]]); see examples/.
+        recipe: PathBuf,
+        /// Folder for every step's output.
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop each training run after this many steps (for smoke tests).
         #[arg(long)]
         max_steps: Option<u64>,
         #[command(flatten)]
@@ -392,6 +407,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Train { config, out, resume, max_steps, threads } => {
             threads.apply();
             train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps)
+        }
+        Command::Recipe { recipe, out, max_steps, threads } => {
+            threads.apply();
+            recipe::run(&recipe, &out, max_steps)
         }
         Command::Eval { run_dir, threads } => {
             threads.apply();

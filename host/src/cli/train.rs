@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::plugin_source::plugin_file;
-use crate::model::checkpoint::{WriteOptions, write as write_hf};
+use crate::model::checkpoint::{Format, WriteOptions, write as write_hf};
 use crate::plugins::{PluginComponent, PluginEngine, PluginKind};
 use crate::train::checkpoint;
 use crate::train::config::{PluginRef, RunConfig};
@@ -42,7 +42,7 @@ pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Pat
     drive(&mut trainer, max_steps)
 }
 
-fn drive(trainer: &mut Trainer, max_steps: Option<u64>) -> anyhow::Result<()> {
+pub(super) fn drive(trainer: &mut Trainer, max_steps: Option<u64>) -> anyhow::Result<()> {
     let total = trainer.config.train.steps;
     let stop_at = max_steps.map_or(total, |m| m.min(total));
     let t = trainer.config.train.clone();
@@ -84,7 +84,7 @@ fn drive(trainer: &mut Trainer, max_steps: Option<u64>) -> anyhow::Result<()> {
     };
     println!("checkpoint: {}", dir.display());
     if trainer.step >= total {
-        export(trainer);
+        export(trainer)?;
     }
     Ok(())
 }
@@ -100,14 +100,20 @@ fn print_eval(trainer: &mut Trainer, bar: Option<&ProgressBar>) -> anyhow::Resul
     Ok(())
 }
 
-/// Write the trained weights as a Hugging Face checkpoint in `RUN_DIR/final`, where the
-/// family can express the model.
-fn export(trainer: &Trainer) {
+/// Write the trained weights to `RUN_DIR/final`: as a Hugging Face checkpoint where the
+/// family can express the model, else in Recast's own format.
+pub(super) fn export(trainer: &Trainer) -> anyhow::Result<std::path::PathBuf> {
     let dir = trainer.run_dir.join("final");
-    match write_hf(&dir, &trainer.model_config, trainer.params(), &WriteOptions::default()) {
-        Ok(()) => println!("final model: {} ({})", dir.display(), trainer.model_config.architecture.hf_class()),
-        Err(e) => println!("final model not exported as Hugging Face: {e}"),
-    }
+    let hf = write_hf(&dir, &trainer.model_config, trainer.params(), &WriteOptions::default());
+    let format = match hf {
+        Ok(()) => trainer.model_config.architecture.hf_class().to_string(),
+        Err(e) => {
+            write_hf(&dir, &trainer.model_config, trainer.params(), &WriteOptions { format: Format::Recast, ..WriteOptions::default() })?;
+            format!("Recast format; not Hugging Face: {e}")
+        }
+    };
+    println!("final model: {} ({format})", dir.display());
+    Ok(dir)
 }
 
 fn progress_bar(total: u64, at: u64) -> Option<ProgressBar> {

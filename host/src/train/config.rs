@@ -329,8 +329,15 @@ impl RunConfig {
     /// Parse `text` (from `path`), resolve relative paths against the file's folder,
     /// and check the values fit together.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: RunConfig = toml::from_str(text).map_err(|e| ConfigError { path: path.to_path_buf(), reason: e.to_string().trim_end().to_string() })?;
+        config.finish(path)
+    }
+
+    /// Resolve relative paths against the folder of `path` (the file the config came
+    /// from) and check the values fit together.
+    pub fn finish(mut self, path: &Path) -> Result<Self, ConfigError> {
         let err = |reason: String| ConfigError { path: path.to_path_buf(), reason };
-        let mut config: RunConfig = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        let config = &mut self;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -353,8 +360,8 @@ impl RunConfig {
         if config.tokenizer != "byte" && Path::new(&config.tokenizer).is_relative() {
             config.tokenizer = base.join(&config.tokenizer).display().to_string();
         }
-        config.check().map_err(err)?;
-        Ok(config)
+        self.check().map_err(err)?;
+        Ok(self)
     }
 
     fn check(&self) -> Result<(), String> {

@@ -24,14 +24,7 @@ use crate::model::hf_config;
 use crate::plugins::init_scheme::{InitOp, RouterInit};
 use crate::plugins::{InitSchemePlugin, PluginError};
 
-/// Output layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Recast's own: any model Recast runs, Recast's tensor names.
-    Recast,
-    /// Hugging Face Mixtral or Qwen2-MoE (or the dense family), loadable by transformers.
-    Hf,
-}
+pub use crate::model::checkpoint::Format;
 
 /// How to write the result.
 #[derive(Clone, Debug)]

@@ -8,4 +8,4 @@ mod read;
 mod write;
 
 pub use read::{Checkpoint, CheckpointReader, TensorLocation, read};
-pub use write::{WriteOptions, write, write_tensors};
+pub use write::{Format, WriteOptions, write, write_tensors};

@@ -13,6 +13,17 @@ use crate::model::error::ModelError;
 use crate::model::hf_config;
 use crate::model::params::ParamStore;
 
+/// Which checkpoint layout to write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Recast's own: any model Recast runs, Recast's tensor names.
+    Recast,
+    /// Hugging Face Mixtral or Qwen2-MoE (or the dense family), loadable by transformers.
+    #[default]
+    Hf,
+}
+
 /// How to lay the weights out on disk.
 #[derive(Clone, Debug)]
 pub struct WriteOptions {
@@ -20,11 +31,12 @@ pub struct WriteOptions {
     pub dtype: DType,
     /// Start a new shard once a file would pass this many bytes; `None` writes one file.
     pub max_shard_bytes: Option<u64>,
+    pub format: Format,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, max_shard_bytes: None }
+        Self { dtype: DType::F32, max_shard_bytes: None, format: Format::Hf }
     }
 }
 
@@ -51,9 +63,13 @@ impl View for &Bytes {
 }
 
 /// Write `config` and `params` to `dir` (created if missing) in the Hugging Face layout
-/// of the config's architecture.
+/// of the config's architecture, or in Recast's own.
 pub fn write(dir: &Path, config: &ModelConfig, params: &ParamStore, options: &WriteOptions) -> Result<(), ModelError> {
-    let config_json = hf_config::to_json(config).map_err(|reason| ModelError::Unwritable { what: format!("{} as {}", dir.display(), config.architecture.hf_class()), reason })?;
+    let config_json = match options.format {
+        Format::Hf => hf_config::to_json(config),
+        Format::Recast => hf_config::recast_json(config, serde_json::Map::new()),
+    }
+    .map_err(|reason| ModelError::Unwritable { what: format!("{} as {}", dir.display(), config.architecture.hf_class()), reason })?;
     let mut config_json = config_json;
     if let Some(obj) = config_json.as_object_mut() {
         obj.insert("dtype".into(), serde_json::json!(dtype_name(options.dtype)?));
@@ -65,7 +81,7 @@ pub fn write(dir: &Path, config: &ModelConfig, params: &ParamStore, options: &Wr
         if config.tie_word_embeddings && name == "lm_head.weight" {
             continue;
         }
-        let hf_name = names::to_hf(config.architecture, name);
+        let hf_name = if options.format == Format::Hf { names::to_hf(config.architecture, name) } else { name.clone() };
         tensors.push((hf_name, to_bytes(tensor, options.dtype)?));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));

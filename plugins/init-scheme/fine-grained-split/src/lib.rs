@@ -63,16 +63,31 @@ impl Plugin for FineGrainedSplit {
 
 impl InitScheme for FineGrainedSplit {
     fn plan(&mut self, sources: &[SourceModel]) -> Result<InitPlan, String> {
-        let [src] = sources else {
-            return Err(format!("fine-grained splitting takes exactly one dense source, got {}", sources.len()));
-        };
         let p = &self.p;
+        // One source: its FFN split `copies` times. Several (Innovator): the first is the
+        // base (attention, embeddings, the shared expert), each other one a discipline
+        // specialist whose FFN is split into its own group of experts.
+        let (src, specialists): (&SourceModel, Vec<&SourceModel>) = match sources {
+            [] => return Err("fine-grained splitting needs a dense source".into()),
+            [one] => (one, vec![one; p.copies as usize]),
+            [base, rest @ ..] => {
+                if p.copies != 1 {
+                    return Err("with several sources each specialist is one group; leave copies at 1".into());
+                }
+                for s in rest {
+                    if (s.shape.layers, s.shape.hidden, s.shape.intermediate) != (base.shape.layers, base.shape.hidden, base.shape.intermediate) {
+                        return Err(format!("specialist source {} does not have the base's layers, hidden and FFN sizes", s.index));
+                    }
+                }
+                (base, rest.iter().collect())
+            }
+        };
         let (g, d_ff) = (p.granularity, src.shape.intermediate);
         if d_ff % g != 0 {
             return Err(format!("granularity {g} does not divide the FFN width {d_ff}"));
         }
         let width = d_ff / g;
-        let experts = g * p.copies;
+        let experts = g * specialists.len() as u32;
         let upcycled = |l: u32| (l + 1) % p.every == 0;
         let is_upcycled_mlp = |name: &str| (0..src.shape.layers).any(|l| upcycled(l) && PROJECTIONS.iter().any(|q| name == dense_ffn(l, q)));
         let mut ops: Vec<InitOp> = src.tensors.iter().filter(|t| !is_upcycled_mlp(&t.name)).map(|t| copy(src.index, &t.name, t.name.clone())).collect();
@@ -86,13 +101,14 @@ impl InitScheme for FineGrainedSplit {
             if p.partition == "random" {
                 self.rng.fork(layer as u64).shuffle(&mut order);
             }
-            for copy_index in 0..p.copies {
+            for (group, specialist) in specialists.iter().enumerate() {
+                require_dense_ffn(specialist, layer)?;
                 for slice in 0..g {
-                    let e = copy_index * g + slice;
+                    let e = group as u32 * g + slice;
                     let mut indices = order[(slice * width) as usize..((slice + 1) * width) as usize].to_vec();
                     indices.sort_unstable();
                     for proj in PROJECTIONS {
-                        ops.push(gather(TensorRef::source(src.index, dense_ffn(layer, proj)), expert_ffn(layer, e, proj), neuron_axis(proj), indices.clone()));
+                        ops.push(gather(TensorRef::source(specialist.index, dense_ffn(layer, proj)), expert_ffn(layer, e, proj), neuron_axis(proj), indices.clone()));
                     }
                     ops.push(scale_all(expert_ffn(layer, e, "down_proj"), routed_scale));
                 }

@@ -1,0 +1,115 @@
+//! `recast recipe`: run a paper's recipe end to end — pretrain, upcycle, continue, in
+//! stages — from one file. Each step writes `OUT/<step>/`; a later step names an earlier
+//! one's product as `@<step>` (a training run's final model, an upcycle's output). A
+//! rerun skips finished steps and resumes an interrupted training run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use super::train::{drive, load_plugins};
+use super::upcycle::{UpcycleArgs, run as run_upcycle};
+use crate::plugins::PluginEngine;
+use crate::train::checkpoint;
+use crate::train::config::RunConfig;
+use crate::train::trainer::Trainer;
+use crate::upcycle::Format;
+
+/// A recipe file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recipe {
+    /// What the recipe reproduces (shown when it starts).
+    #[serde(default)]
+    description: String,
+    steps: Vec<Step>,
+}
+
+/// One step: a training run or an upcycling.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    name: String,
+    /// A run config (as in `recast train`); `model.path` may be `@<step>`.
+    train: Option<Box<RunConfig>>,
+    upcycle: Option<UpcycleStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpcycleStep {
+    /// Source checkpoints: paths or `@<step>`.
+    sources: Vec<String>,
+    scheme: String,
+    #[serde(default)]
+    params: toml::Table,
+    #[serde(default = "recast_format")]
+    format: Format,
+    #[serde(default)]
+    seed: u64,
+}
+
+fn recast_format() -> Format {
+    Format::Recast
+}
+
+pub(super) fn run(file: &Path, out: &Path, max_steps: Option<u64>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read the recipe {}", file.display()))?;
+    let recipe: Recipe = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
+    let absolute = std::path::absolute(file)?;
+    if !recipe.description.is_empty() {
+        println!("{}", recipe.description.trim());
+    }
+    let mut products: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let resolve = |r: &str, products: &BTreeMap<String, PathBuf>, step: &str| -> anyhow::Result<PathBuf> {
+        match r.strip_prefix('@') {
+            Some(name) => products.get(name).cloned().ok_or_else(|| anyhow::anyhow!("{}: step `{step}` uses @{name}, which no earlier step makes", file.display())),
+            None => Ok(absolute.parent().unwrap_or(Path::new(".")).join(r)),
+        }
+    };
+    for step in &recipe.steps {
+        let dir = out.join(&step.name);
+        println!("== {}: {}", step.name, if step.train.is_some() { "train" } else { "upcycle" });
+        match (&step.train, &step.upcycle) {
+            (Some(config), None) => {
+                let mut config = (**config).clone();
+                if let Some(path) = config.model.path.as_ref().and_then(|p| p.to_str()).filter(|p| p.starts_with('@')) {
+                    config.model.path = Some(resolve(path, &products, &step.name)?);
+                }
+                let config = config.finish(&absolute).with_context(|| format!("recipe step `{}`", step.name))?;
+                let final_dir = dir.join("final");
+                if final_dir.join("config.json").exists() {
+                    println!("already trained: {}", final_dir.display());
+                } else {
+                    train_step(config, &dir, max_steps).with_context(|| format!("recipe step `{}`", step.name))?;
+                }
+                let report = crate::report::write(&dir).with_context(|| format!("report of step `{}`", step.name))?;
+                println!("report: {}", report.summary_md.display());
+                products.insert(step.name.clone(), final_dir);
+            }
+            (None, Some(u)) => {
+                if dir.join("config.json").exists() {
+                    println!("already upcycled: {}", dir.display());
+                } else {
+                    let sources = u.sources.iter().map(|s| resolve(s, &products, &step.name)).collect::<anyhow::Result<Vec<_>>>()?;
+                    let params = toml::to_string(&u.params)?;
+                    run_upcycle(UpcycleArgs { sources, scheme: u.scheme.clone(), params: Some(params), out: dir.clone(), format: u.format, dtype: None, max_shard_bytes: 5_000_000_000, seed: u.seed })
+                        .with_context(|| format!("recipe step `{}`", step.name))?;
+                }
+                products.insert(step.name.clone(), dir);
+            }
+            _ => bail!("{}: step `{}` needs exactly one of [steps.train] and [steps.upcycle]", file.display(), step.name),
+        }
+    }
+    Ok(())
+}
+
+/// Start or resume one training run and drive it to its end (or `max_steps`).
+fn train_step(config: RunConfig, dir: &Path, max_steps: Option<u64>) -> anyhow::Result<()> {
+    let engine = std::sync::Arc::new(PluginEngine::new()?);
+    let plugins = load_plugins(&engine, &config)?;
+    let mut trainer = if checkpoint::list(dir)?.is_empty() { Trainer::start(config, dir, &plugins, engine.clone())? } else { Trainer::resume(config, dir, &plugins, engine.clone())? };
+    drive(&mut trainer, max_steps)
+}
