@@ -31,6 +31,10 @@ use crate::plugins::router::LayerInfo;
 use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
 use crate::plugins::{AuxSchedulePlugin, PluginComponent, PluginEngine, PluginError, PluginLimits, RouterPlugin, SamplerPlugin};
 
+/// The built-in domains are one fixed corpus, the same for every run and seed, so runs
+/// (and the steps of a recipe) are evaluated on the same text.
+const BUILTIN_DATA_SEED: u64 = 0;
+
 /// Why a run stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -179,9 +183,9 @@ impl Trainer {
     fn assemble(config: RunConfig, run_dir: &Path, model_config: ModelConfig, params: ParamStore, optimizer: AdamW, plugins: &PluginSet, engine: Arc<PluginEngine>, tokenizer: &Tokenizer, logs: Logs) -> Result<Self, TrainError> {
         let model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
         let mut domains = Vec::new();
-        for (i, d) in config.data.domains.iter().enumerate() {
+        for d in &config.data.domains {
             let domain = match (&d.builtin, &d.shards) {
-                (Some(which), _) => Domain::builtin(&d.name, which, tokenizer, config.seed.wrapping_add(i as u64))?,
+                (Some(which), _) => Domain::builtin(&d.name, which, tokenizer, BUILTIN_DATA_SEED)?,
                 (None, Some(dir)) => Domain::from_shards(&d.name, dir, tokenizer)?,
                 (None, None) => return Err(TrainError::Resume(format!("domain {:?} has no source", d.name))),
             };
