@@ -178,3 +178,25 @@ fn aux_free_bias_pulls_a_skewed_router_toward_balance() {
     assert!(history[0] > 2.5, "the router starts skewed (MaxVio {})", history[0]);
     assert!(late < 0.5, "MaxVio {} -> {late}: the bias did not balance the loads", history[0]);
 }
+
+#[test]
+fn lsh_route_hashes_the_logit_sign_pattern() {
+    use recast::plugins::router::TokenLogits;
+    let e = engine();
+    let mut r = router(&e, "lsh-route", "top_k = 2");
+    let info = layer(0, 8);
+    let spec = r.spec(&info).unwrap();
+    assert!(spec.per_token_route && spec.top_k == 2);
+    // Rows 0 and 1 share a sign pattern (different magnitudes); row 2 differs in signs.
+    let values = vec![
+        0.5, -1.0, 2.0, -0.1, 0.3, 0.3, -2.0, 1.0, //
+        0.1, -3.0, 0.2, -0.9, 1.3, 0.01, -0.5, 4.0, //
+        -0.5, 1.0, -2.0, 0.1, -0.3, -0.3, 2.0, -1.0,
+    ];
+    let a = r.route(&info, &TokenLogits { tokens: 3, experts: 8, values }).unwrap();
+    assert_eq!(a.top_k, 2);
+    assert_eq!(a.experts[0..2], a.experts[2..4], "same signs, same experts");
+    assert_ne!(a.experts[0..2], a.experts[4..6]);
+    assert!(a.experts.chunks(2).all(|p| p[0] != p[1]));
+    assert!(a.weights.iter().all(|&w| w == 0.5));
+}

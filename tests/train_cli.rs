@@ -349,3 +349,25 @@ fn stages_freeze_groups_change_at_their_step_and_show_in_the_report() {
     let summary = std::fs::read_to_string(out.join("report/summary.md")).unwrap();
     assert!(summary.contains("| routing-warmup | 0 |") && summary.contains("| everything | 6 |"), "{summary}");
 }
+
+#[test]
+fn per_token_route_runs_in_training_and_its_overhead_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&plugin("topk-softmax").display().to_string(), &plugin("lsh-route").display().to_string())
+        .replace("params = { top_k = 2, capacity_factor = 1.5 }", "params = { top_k = 2 }")
+        .replace("steps = 20", "steps = 3");
+    std::fs::write(&cfg, body).unwrap();
+    let out = dir.path().join("run");
+    let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert!(l["route_ms"].as_f64().unwrap() > 0.0, "the host times the route calls: {l}");
+        assert!(l["route_ms"].as_f64().unwrap() <= l["plugin_ms"].as_f64().unwrap());
+        assert_eq!(l["layers"][0]["expert_load"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).sum::<u64>(), 4 * 32 * 2);
+    }
+}

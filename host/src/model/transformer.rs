@@ -10,7 +10,7 @@ use super::ffn::Ffn;
 use super::ops::{linear, rms_norm};
 use super::params::{ParamReader, ParamSource, ParamStore};
 use super::rope::RopeTables;
-use crate::moe::layer::MoeLayer;
+use crate::moe::layer::{MoeLayer, TokenRouter};
 use crate::moe::spec::{self, LayerStats};
 
 /// A layer's MLP.
@@ -76,6 +76,12 @@ impl Transformer {
 
     /// Logits for `tokens`, `batch` sequences of equal length laid end to end.
     pub fn forward(&self, tokens: &[u32], batch: usize) -> Result<ForwardOutput, ModelError> {
+        self.forward_routed(tokens, batch, None)
+    }
+
+    /// [`Transformer::forward`], with `route` answering the MoE layers whose spec asks
+    /// for per-token routing.
+    pub fn forward_routed(&self, tokens: &[u32], batch: usize, mut route: Option<&mut TokenRouter<'_>>) -> Result<ForwardOutput, ModelError> {
         let vocab = self.config.vocab_size;
         if let Some((position, &id)) = tokens.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
             return Err(ModelError::TokenOutOfRange { id, position, vocab });
@@ -99,7 +105,7 @@ impl Transformer {
             let m = match &block.mlp {
                 Mlp::Dense(ffn) => ffn.forward(&x)?,
                 Mlp::Moe(moe) => {
-                    let out = moe.forward(&x)?;
+                    let out = moe.forward_routed(&x, route.as_deref_mut())?;
                     if let Some(loss) = out.aux_loss {
                         aux_loss = Some(match aux_loss {
                             Some(acc) => acc.add(&loss.to_dtype(acc.dtype())?)?,

@@ -10,6 +10,7 @@ use super::gates::{expert_choice_gates, router_dtype, router_scores, token_choic
 use super::losses;
 use super::selection::{self, Selection, token_choice_capacity, top_k};
 use super::spec::{AuxCoefficients, DropPolicy, LayerStats, RouterSpec, RoutingMode, SelectionBias};
+use crate::plugins::router::{RouteAssignment, TokenLogits};
 use super::stats::layer_stats;
 use crate::model::ffn::Ffn;
 use crate::model::ops::{linear, sigmoid};
@@ -45,9 +46,20 @@ pub struct MoeOutput {
     pub stats: LayerStats,
 }
 
+/// The per-token `route` escape hatch: router logits in, assignments out (already
+/// validated by the plugin adapter).
+pub type TokenRouter<'a> = dyn FnMut(usize, &TokenLogits) -> std::result::Result<RouteAssignment, String> + 'a;
+
 impl MoeLayer {
-    /// Route and run `x` (`[T, d]`).
+    /// Route and run `x` (`[T, d]`) natively.
     pub fn forward(&self, x: &Tensor) -> Result<MoeOutput> {
+        self.forward_routed(x, None)
+    }
+
+    /// Route and run `x`; when the spec asks for `per-token-route` and `route` is given,
+    /// the plugin chooses the experts and combine weights of every token (weights are
+    /// constants: no gradient reaches the router through them).
+    pub fn forward_routed(&self, x: &Tensor, route: Option<&mut TokenRouter<'_>>) -> Result<MoeOutput> {
         let tokens = x.dim(0)?;
         let experts = self.experts.len();
         let z = linear(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
@@ -61,8 +73,17 @@ impl MoeLayer {
             }
         }
 
-        let (selection, gates, k) = match self.spec.mode {
-            RoutingMode::TokenChoice => {
+        let (selection, gates, k) = match (self.spec.mode, route.filter(|_| self.spec.per_token_route)) {
+            (RoutingMode::TokenChoice, Some(route)) => {
+                let values = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let logits = TokenLogits { tokens: tokens as u32, experts: experts as u32, values };
+                let a = route(self.layer, &logits).map_err(|e| candle_core::Error::Msg(format!("layer {}: per-token route: {e}", self.layer)))?;
+                let k = a.top_k as usize;
+                let gates = Tensor::from_vec(a.weights.clone(), a.weights.len(), x.device())?;
+                let capacity = self.spec.capacity.map(|c| (token_choice_capacity(c.factor, tokens, k, experts), c.drop_policy));
+                (selection::token_choice(&a.experts, &a.weights, experts, k, capacity), gates, k)
+            }
+            (RoutingMode::TokenChoice, None) => {
                 let k = self.spec.top_k as usize;
                 let mut chosen = Vec::with_capacity(tokens * k);
                 for row in selection_scores.chunks_exact(experts) {
@@ -76,7 +97,7 @@ impl MoeLayer {
                 };
                 (selection::token_choice(&chosen, &gate_values, experts, k, capacity), gates, k)
             }
-            RoutingMode::ExpertChoice => {
+            (RoutingMode::ExpertChoice, _) => {
                 let factor = self.spec.capacity.map(|c| c.factor).ok_or_else(|| candle_core::Error::Msg(format!("layer {}: expert-choice routing needs a capacity factor", self.layer)))?;
                 let capacity = ((tokens as f64) * factor as f64 / experts as f64).floor() as usize;
                 (selection::expert_choice(&selection_scores, experts, capacity), expert_choice_gates(&scores, &self.spec)?, 0)

@@ -27,7 +27,7 @@ use crate::model::params::ParamStore;
 use crate::model::transformer::Transformer;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
-use crate::plugins::router::LayerInfo;
+use crate::plugins::router::{LayerInfo, TokenLogits};
 use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
 use crate::plugins::{AuxSchedulePlugin, PluginComponent, PluginEngine, PluginError, PluginLimits, RouterPlugin, SamplerPlugin};
 
@@ -94,6 +94,8 @@ pub struct StepReport {
     pub tokens: usize,
     pub elapsed: Duration,
     pub plugin_time: Duration,
+    /// Of `plugin_time`, the per-token `route` calls (the escape hatch's overhead).
+    pub route_time: Duration,
 }
 
 /// A run in progress.
@@ -459,9 +461,27 @@ impl Trainer {
         let mut domain_loss = vec![(0f64, 0usize); self.domains.len()];
         let mut stats: Vec<LayerStats> = Vec::new();
         let mut total_loss = 0f64;
+        let mut route_total = Duration::ZERO;
         for micro in 0..t.grad_accum {
             let tokens = &batch.tokens[micro * per_micro..(micro + 1) * per_micro];
-            let out = self.model.forward(tokens, t.batch_size)?;
+            let infos = self.layer_infos();
+            let mut route_time = Duration::ZERO;
+            let out = match self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) {
+                Some(router) => {
+                    let mut hook = |layer: usize, logits: &TokenLogits| -> Result<_, String> {
+                        let start = Instant::now();
+                        let info = infos.iter().find(|i| i.layer as usize == layer).ok_or_else(|| format!("no MoE layer {layer}"))?;
+                        let r = router.route(info, logits).map_err(|e| e.to_string());
+                        route_time += start.elapsed();
+                        r
+                    };
+                    let out = self.model.forward_routed(tokens, t.batch_size, Some(&mut hook))?;
+                    plugin_time += route_time;
+                    route_total += route_time;
+                    out
+                }
+                None => self.model.forward(tokens, t.batch_size)?,
+            };
             let nll = next_token_nll(&out.logits, tokens, t.batch_size).map_err(tensor_err(step))?;
             let ce = nll.mean_all().map_err(tensor_err(step))?;
             let loss = match &out.aux_loss {
@@ -534,7 +554,7 @@ impl Trainer {
         }
         self.last_stats = stats;
         self.step += 1;
-        let report = StepReport { step: self.step, loss: total_loss as f32, lr, grad_norm, tokens: sequences * t.seq_len, elapsed: started.elapsed(), plugin_time };
+        let report = StepReport { step: self.step, loss: total_loss as f32, lr, grad_norm, tokens: sequences * t.seq_len, elapsed: started.elapsed(), plugin_time, route_time: route_total };
         self.log_step(&report, &domain_loss)?;
         Ok(report)
     }
@@ -557,7 +577,7 @@ impl Trainer {
         let record = json!({
             "step": r.step, "loss": r.loss, "domain_loss": domains, "lr": r.lr, "grad_norm": r.grad_norm,
             "tokens": r.tokens, "tokens_per_s": r.tokens as f64 / r.elapsed.as_secs_f64().max(1e-9),
-            "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "layers": layers,
+            "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "route_ms": r.route_time.as_secs_f64() * 1e3, "layers": layers,
         });
         let path = self.metrics.path().to_path_buf();
         self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
