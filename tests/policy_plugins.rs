@@ -167,7 +167,7 @@ fn aux_free_bias_pulls_a_skewed_router_toward_balance() {
     for step in 0..300 {
         let out = moe.forward(&x).unwrap();
         history.push(max_vio(&out.stats.expert_load));
-        for u in plugin.on_step(step, &[out.stats], &[info.clone()]).unwrap() {
+        for u in plugin.on_step(step, &[out.stats], std::slice::from_ref(&info)).unwrap() {
             for (b, d) in moe.selection_bias.iter_mut().zip(u.bias_delta.unwrap()) {
                 *b += d;
             }

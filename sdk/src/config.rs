@@ -27,6 +27,11 @@ pub fn parse_params<T: DeserializeOwned>(params: &str) -> Result<T, String> {
     }
 }
 
+/// `Ok` when `value` is finite and >= 0, else an error naming the parameter.
+pub fn non_negative(name: &str, value: f32) -> Result<(), String> {
+    if value.is_finite() && value >= 0.0 { Ok(()) } else { Err(format!("{name} must be finite and >= 0, not {value}")) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_params;
@@ -71,9 +76,4 @@ mod tests {
         let err = parse_params::<Params>("top_k = \"two\"").unwrap_err();
         assert!(err.contains("top_k") || err.contains("integer"), "{err}");
     }
-}
-
-/// `Ok` when `value` is finite and >= 0, else an error naming the parameter.
-pub fn non_negative(name: &str, value: f32) -> Result<(), String> {
-    if value.is_finite() && value >= 0.0 { Ok(()) } else { Err(format!("{name} must be finite and >= 0, not {value}")) }
 }

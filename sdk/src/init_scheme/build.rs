@@ -98,7 +98,7 @@ pub fn sparse_upcycle(src: &SourceModel, experts: u32, top_k: u32, upcycled: imp
                 ops.push(copy(src.index, &dense_ffn(layer, proj), expert_ffn(layer, e, proj)));
             }
         }
-        ops.push(init_router(layer, experts, src.shape.hidden, router.clone(), crate::Rng::new(seed).fork(layer as u64).next_u64()));
+        ops.push(init_router(layer, experts, src.shape.hidden, router, crate::Rng::new(seed).fork(layer as u64).next_u64()));
         layers.push(MoeLayerShape { layer, experts, expert_intermediate: src.shape.intermediate, top_k, shared_experts: 0, shared_intermediate: 0 });
     }
     Ok((ops, layers))

@@ -62,7 +62,7 @@ impl InitScheme for DropUpcycle {
             return Err(format!("Drop-Upcycling takes exactly one dense source, got {}", sources.len()));
         };
         let every = self.p.every;
-        let (mut ops, moe_layers) = sparse_upcycle(src, self.p.experts, self.p.top_k, |l| (l + 1) % every == 0, self.router.clone(), self.seed)?;
+        let (mut ops, moe_layers) = sparse_upcycle(src, self.p.experts, self.p.top_k, |l| (l + 1).is_multiple_of(every), self.router, self.seed)?;
         let d_ff = src.shape.intermediate;
         let dropped = (self.p.ratio * d_ff as f64).floor() as u32;
         if dropped == 0 {

@@ -88,7 +88,7 @@ impl InitScheme for FineGrainedSplit {
         }
         let width = d_ff / g;
         let experts = g * specialists.len() as u32;
-        let upcycled = |l: u32| (l + 1) % p.every == 0;
+        let upcycled = |l: u32| (l + 1).is_multiple_of(p.every);
         let is_upcycled_mlp = |name: &str| (0..src.shape.layers).any(|l| upcycled(l) && PROJECTIONS.iter().any(|q| name == dense_ffn(l, q)));
         let mut ops: Vec<InitOp> = src.tensors.iter().filter(|t| !is_upcycled_mlp(&t.name)).map(|t| copy(src.index, &t.name, t.name.clone())).collect();
         // With the group picked whole and renormalised, each slice's gate is 1/G: scale

@@ -66,7 +66,7 @@ impl InitScheme for FuseSpecialists {
                     ops.push(copy(s.index, &dense_ffn(layer, proj), expert_ffn(layer, s.index, proj)));
                 }
             }
-            ops.push(init_router(layer, n, base.shape.hidden, self.router.clone(), self.rng.fork(layer as u64).next_u64()));
+            ops.push(init_router(layer, n, base.shape.hidden, self.router, self.rng.fork(layer as u64).next_u64()));
             moe_layers.push(MoeLayerShape { layer, experts: n, expert_intermediate: base.shape.intermediate, top_k: k, shared_experts: 0, shared_intermediate: 0 });
         }
         Ok(InitPlan { target: TargetModel { shape: base.shape, moe_layers }, ops })

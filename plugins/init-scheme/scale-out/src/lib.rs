@@ -44,7 +44,7 @@ impl InitScheme for ScaleOut {
         let [src] = sources else {
             return Err(format!("Scale-Out takes exactly one dense source (the Scale-Up result), got {}", sources.len()));
         };
-        let (ops, moe_layers) = sparse_upcycle(src, self.p.experts, self.p.top_k, |_| true, self.router.clone(), self.seed)?;
+        let (ops, moe_layers) = sparse_upcycle(src, self.p.experts, self.p.top_k, |_| true, self.router, self.seed)?;
         Ok(InitPlan { target: TargetModel { shape: src.shape, moe_layers }, ops })
     }
 }

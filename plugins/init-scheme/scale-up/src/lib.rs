@@ -103,7 +103,7 @@ impl InitScheme for ScaleUp {
         if d2 < d || ff2 < ff || h2 < h || kv2 < kv || l2 < l {
             return Err(format!("Scale-Up only grows: {d}→{d2} hidden, {ff}→{ff2} FFN, {h}→{h2} heads, {kv}→{kv2} kv heads, {l}→{l2} layers"));
         }
-        if h2 % kv2 != 0 || h2 / kv2 != h / kv {
+        if !h2.is_multiple_of(kv2) || h2 / kv2 != h / kv {
             return Err(format!("{h2} heads over {kv2} kv heads changes the grouped-query group size {} of the source", h / kv));
         }
         if s.tied_embeddings && d2 != d {

@@ -50,7 +50,7 @@ impl InitScheme for SparseUpcycle {
             return Err(format!("sparse upcycling takes exactly one dense source, got {}", sources.len()));
         };
         let every = self.p.every;
-        let (ops, moe_layers) = sparse_upcycle(src, self.p.experts, self.p.top_k, |l| (l + 1) % every == 0, self.router.clone(), self.seed)?;
+        let (ops, moe_layers) = sparse_upcycle(src, self.p.experts, self.p.top_k, |l| (l + 1).is_multiple_of(every), self.router, self.seed)?;
         Ok(InitPlan { target: TargetModel { shape: src.shape, moe_layers }, ops })
     }
 }

@@ -65,7 +65,7 @@ pub fn bias_deltas(load: &[u32], gamma: f32) -> Vec<f32> {
 impl Router for AuxFreeBias {
     fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, String> {
         check_top_k(self.spec.top_k, layer)?;
-        Ok(self.spec.clone())
+        Ok(self.spec)
     }
 
     fn on_step(&mut self, step: u64, stats: &[LayerStats]) -> Result<Vec<RouterUpdate>, String> {

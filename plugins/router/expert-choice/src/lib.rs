@@ -34,7 +34,7 @@ impl Plugin for ExpertChoice {
 
 impl Router for ExpertChoice {
     fn spec(&mut self, _layer: &LayerInfo) -> Result<RouterSpec, String> {
-        Ok(self.spec.clone())
+        Ok(self.spec)
     }
 }
 

@@ -41,7 +41,7 @@ impl Plugin for SigmoidTopK {
 impl Router for SigmoidTopK {
     fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, String> {
         check_top_k(self.spec.top_k, layer)?;
-        Ok(self.spec.clone())
+        Ok(self.spec)
     }
 }
 

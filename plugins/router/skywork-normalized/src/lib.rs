@@ -40,7 +40,7 @@ impl Plugin for SkyworkNormalized {
 impl Router for SkyworkNormalized {
     fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, String> {
         check_top_k(self.spec.top_k, layer)?;
-        Ok(self.spec.clone())
+        Ok(self.spec)
     }
 }
 

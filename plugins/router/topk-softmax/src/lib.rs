@@ -43,7 +43,7 @@ impl Plugin for TopKSoftmax {
 impl Router for TopKSoftmax {
     fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, String> {
         check_top_k(self.spec.top_k, layer)?;
-        Ok(self.spec.clone())
+        Ok(self.spec)
     }
 
     fn route(&mut self, _layer: &LayerInfo, logits: &TokenLogits) -> Result<RouteAssignment, String> {

@@ -37,7 +37,7 @@ impl Plugin for LossAdaptive {
     type Config = Params;
 
     fn new(p: Params, _: &Context) -> Result<Self, String> {
-        if !(p.eta.is_finite() && p.eta >= 0.0) || !(0.0..=1.0).contains(&p.smoothing) {
+        if !(p.eta.is_finite() && p.eta >= 0.0 && (0.0..=1.0).contains(&p.smoothing)) {
             return Err(format!("need eta >= 0 and 0 <= smoothing <= 1, got eta = {} and smoothing = {}", p.eta, p.smoothing));
         }
         Ok(LossAdaptive { p, state: State::default() })
