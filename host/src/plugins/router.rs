@@ -151,20 +151,7 @@ mod tests {
     }
 
     fn spec() -> RouterSpec {
-        RouterSpec {
-            score: ScoreFunction::Softmax,
-            logit_norm: LogitNorm::None,
-            top_k: 2,
-            order: TopkOrder::SoftmaxThenTopk,
-            renormalize: true,
-            scaling: 1.0,
-            mode: RoutingMode::TokenChoice,
-            capacity: None,
-            shared_experts: 0,
-            shared_expert_gate: false,
-            selection_bias: SelectionBias::None,
-            per_token_route: false,
-        }
+        RouterSpec::softmax_topk(2)
     }
 
     #[test]
