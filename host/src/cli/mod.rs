@@ -3,15 +3,18 @@
 
 mod bench;
 mod bench_model;
+mod bundle;
 mod convert;
 mod data_prepare;
 mod forward;
+mod lock;
 mod plugin_build;
 mod plugin_check;
 mod plugin_inspect;
 mod plugin_new;
 mod plugin_source;
 mod recipe;
+mod run_plugins;
 mod templates;
 mod train;
 mod upcycle;
@@ -80,8 +83,31 @@ enum Command {
         /// spans the config's `train.steps`.
         #[arg(long)]
         max_steps: Option<u64>,
+        /// On --resume, run plugins whose code differs from the checkpoint's, giving
+        /// them the saved plugin state (journaled).
+        #[arg(long, requires = "resume")]
+        allow_plugin_change: bool,
         #[command(flatten)]
         threads: ThreadArgs,
+    },
+    /// Pack, verify, list and sign plugin bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Make an ed25519 key pair for signing bundles: KEY (secret, readable only by you)
+    /// and KEY.pub (share it; runs list it in `trusted_keys`).
+    Keygen {
+        /// Where to write the secret key; the public key goes to the same path + `.pub`.
+        #[arg(long, default_value = "recast-signing.key")]
+        out: PathBuf,
+    },
+    /// Pin every plugin a run config uses: write a lock file with each one's sha256.
+    /// With `require_pinned = true` in the config, a run refuses anything else.
+    Lock {
+        /// The run config.
+        config: PathBuf,
+        /// The lock file (default: the config's `lock_file`, else CONFIG with `.lock`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run a recipe end to end (pretrain, upcycle, continue, in stages); each step writes
     /// OUT/<step>/, finished steps are skipped on a rerun.
@@ -157,6 +183,45 @@ enum Command {
         /// Split the weights into shards of at most this size (e.g. 5GB, 200MB).
         #[arg(long, value_parser = convert::parse_size)]
         max_shard_size: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BundleCommand {
+    /// Pack a folder with a bundle.toml into a .tar: every plugin's kind, sha256 and WIT
+    /// version are filled in from the component.
+    Pack {
+        /// The folder (bundle.toml + the plugin files it lists).
+        dir: PathBuf,
+        /// The .tar to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle: layout, every sha256, every component's kind and WIT version,
+    /// and the signature (against trusted keys, if given).
+    Verify {
+        /// A bundle .tar or folder.
+        bundle: PathBuf,
+        /// Require a signature by this public key (repeatable).
+        #[arg(long = "trusted-key")]
+        trusted_keys: Vec<PathBuf>,
+    },
+    /// List a bundle's plugins.
+    List {
+        /// A bundle .tar or folder.
+        bundle: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a bundle with an ed25519 key from `recast keygen` (replaces an earlier
+    /// signature).
+    Sign {
+        /// A bundle .tar or folder.
+        bundle: PathBuf,
+        /// The secret key file.
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -374,7 +439,7 @@ pub fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 => "warn,plugin=info",
+        0 => "warn,plugin=info,reload=info",
         1 => "debug",
         _ => "trace",
     };
@@ -404,10 +469,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             bench_model::model_step(&model, batch, seq, repeats)
         }
         Command::Forward { model, tokens, out, router, router_params } => forward::run(&model, &tokens, &out, router.as_deref(), &router_params),
-        Command::Train { config, out, resume, max_steps, threads } => {
+        Command::Train { config, out, resume, max_steps, allow_plugin_change, threads } => {
             threads.apply();
-            train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps)
+            train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps, allow_plugin_change)
         }
+        Command::Bundle(BundleCommand::Pack { dir, out }) => bundle::pack(&dir, &out),
+        Command::Bundle(BundleCommand::Verify { bundle, trusted_keys }) => bundle::verify(&bundle, &trusted_keys),
+        Command::Bundle(BundleCommand::List { bundle, json }) => bundle::list(&bundle, json),
+        Command::Bundle(BundleCommand::Sign { bundle, key }) => bundle::sign(&bundle, &key),
+        Command::Keygen { out } => bundle::keygen(&out),
+        Command::Lock { config, out } => lock::run(&config, out.as_deref()),
         Command::Recipe { recipe, out, max_steps, threads } => {
             threads.apply();
             recipe::run(&recipe, &out, max_steps)

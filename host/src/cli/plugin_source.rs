@@ -12,16 +12,7 @@ use crate::plugins::PluginKind;
 /// crate folder); exactly one is given.
 pub(super) fn plugin_file(builtin: Option<&str>, file: Option<&Path>, kind: PluginKind) -> anyhow::Result<PathBuf> {
     let folder = match (builtin, file) {
-        (Some(name), _) => {
-            let kind_dir = super::source_root().join("plugins").join(kind.to_string());
-            let dir = kind_dir.join(name);
-            if !dir.join("Cargo.toml").exists() {
-                let mut known: Vec<String> = std::fs::read_dir(&kind_dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).filter(|n| !n.starts_with('.')).collect()).unwrap_or_default();
-                known.sort();
-                bail!("no reference {kind} plugin {name:?} (reference {kind} plugins: {})", known.join(", "));
-            }
-            dir
-        }
+        (Some(name), _) => builtin_dir(name, kind)?,
         (None, Some(file)) if file.is_dir() => file.to_path_buf(),
         (None, Some(file)) => {
             if !file.exists() {
@@ -33,6 +24,18 @@ pub(super) fn plugin_file(builtin: Option<&str>, file: Option<&Path>, kind: Plug
     };
     let built = build_plugins(&folder).with_context(|| format!("cannot build {}", folder.display()))?;
     built.into_iter().next().map(|b| b.path).ok_or_else(|| anyhow::anyhow!("building {} produced no component", folder.display()))
+}
+
+/// The crate folder of the reference plugin `name` of `kind`.
+pub(super) fn builtin_dir(name: &str, kind: PluginKind) -> anyhow::Result<PathBuf> {
+    let kind_dir = super::source_root().join("plugins").join(kind.to_string());
+    let dir = kind_dir.join(name);
+    if !dir.join("Cargo.toml").exists() {
+        let mut known: Vec<String> = std::fs::read_dir(&kind_dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).filter(|n| !n.starts_with('.')).collect()).unwrap_or_default();
+        known.sort();
+        bail!("no reference {kind} plugin {name:?} (reference {kind} plugins: {})", known.join(", "));
+    }
+    Ok(dir)
 }
 
 /// `--scheme NAME|FILE`: a path if it names an existing file or folder or ends in

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use super::train::{drive, load_plugins};
+use super::run_plugins::load_run_plugins;
+use super::train::{drive, watch};
 use super::upcycle::{UpcycleArgs, run as run_upcycle};
 use crate::plugins::PluginEngine;
 use crate::train::checkpoint;
@@ -109,7 +110,8 @@ pub(super) fn run(file: &Path, out: &Path, max_steps: Option<u64>) -> anyhow::Re
 /// Start or resume one training run and drive it to its end (or `max_steps`).
 fn train_step(config: RunConfig, dir: &Path, max_steps: Option<u64>) -> anyhow::Result<()> {
     let engine = std::sync::Arc::new(PluginEngine::new()?);
-    let plugins = load_plugins(&engine, &config)?;
-    let mut trainer = if checkpoint::list(dir)?.is_empty() { Trainer::start(config, dir, &plugins, engine.clone())? } else { Trainer::resume(config, dir, &plugins, engine.clone())? };
+    let plugins = load_run_plugins(&engine, &config)?;
+    let mut trainer = if checkpoint::list(dir)?.is_empty() { Trainer::start(config, dir, &plugins.set, engine.clone())? } else { Trainer::resume(config, dir, &plugins.set, engine.clone(), false)? };
+    watch(&mut trainer, plugins.watched)?;
     drive(&mut trainer, max_steps)
 }

@@ -7,19 +7,19 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::plugin_source::plugin_file;
+use super::run_plugins::load_run_plugins;
 use crate::model::checkpoint::{Format, WriteOptions, write as write_hf};
-use crate::plugins::{PluginComponent, PluginEngine, PluginKind};
+use crate::plugins::PluginEngine;
 use crate::train::checkpoint;
-use crate::train::config::{PluginRef, RunConfig};
+use crate::train::config::RunConfig;
 use crate::train::trainer::{PluginSet, Trainer};
 
 /// Where a run's config lives inside the run folder.
 const RUN_CONFIG: &str = "config.toml";
 
-pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Path>, max_steps: Option<u64>) -> anyhow::Result<()> {
+pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Path>, max_steps: Option<u64>, allow_plugin_change: bool) -> anyhow::Result<()> {
     let engine = std::sync::Arc::new(PluginEngine::new()?);
-    let mut trainer = match (config, out, resume) {
+    let (mut trainer, watched) = match (config, out, resume) {
         (Some(config), Some(out), None) => {
             let text = std::fs::read_to_string(config).with_context(|| format!("cannot read the run config {}", config.display()))?;
             let absolute = std::path::absolute(config).with_context(|| format!("cannot resolve {}", config.display()))?;
@@ -27,19 +27,28 @@ pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Pat
             if !checkpoint::list(out)?.is_empty() {
                 bail!("{} already holds a run with checkpoints; resume it with `recast train --resume {}` or choose another --out", out.display(), out.display());
             }
-            let plugins = load_plugins(&engine, &parsed)?;
-            Trainer::start(parsed, out, &plugins, engine.clone()).with_context(|| format!("cannot start the run in {}", out.display()))?
+            let plugins = load_run_plugins(&engine, &parsed)?;
+            (Trainer::start(parsed, out, &plugins.set, engine.clone()).with_context(|| format!("cannot start the run in {}", out.display()))?, plugins.watched)
         }
         (None, None, Some(run_dir)) => {
             let path = run_dir.join(RUN_CONFIG);
             let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a run folder: cannot read {}", run_dir.display(), path.display()))?;
             let parsed = RunConfig::parse(&text, &path)?;
-            let plugins = load_plugins(&engine, &parsed)?;
-            Trainer::resume(parsed, run_dir, &plugins, engine.clone()).with_context(|| format!("cannot resume {}", run_dir.display()))?
+            let plugins = load_run_plugins(&engine, &parsed)?;
+            (Trainer::resume(parsed, run_dir, &plugins.set, engine.clone(), allow_plugin_change).with_context(|| format!("cannot resume {}", run_dir.display()))?, plugins.watched)
         }
         _ => bail!("give a config and --out to start a run, or --resume RUN_DIR to continue one"),
     };
+    watch(&mut trainer, watched)?;
     drive(&mut trainer, max_steps)
+}
+
+/// Start hot reload of the run's plugins, unless the config turned it off.
+pub(super) fn watch(trainer: &mut Trainer, watched: Vec<crate::plugins::reload::WatchedPlugin>) -> anyhow::Result<()> {
+    if trainer.config.hot_reload {
+        trainer.watch(watched)?;
+    }
+    Ok(())
 }
 
 pub(super) fn drive(trainer: &mut Trainer, max_steps: Option<u64>) -> anyhow::Result<()> {
@@ -128,23 +137,10 @@ fn progress_bar(total: u64, at: u64) -> Option<ProgressBar> {
     Some(bar)
 }
 
-/// Build or load the plugins a config names.
+/// Build or load the plugins a config names (checked against the lock file when the
+/// config requires pinned digests).
 pub(super) fn load_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow::Result<PluginSet> {
-    let load = |r: &Option<PluginRef>, kind: PluginKind, role: &str| -> anyhow::Result<Option<(PluginComponent, String)>> {
-        let Some(r) = r else { return Ok(None) };
-        let params = toml::to_string(&r.params).with_context(|| format!("[plugins.{role}].params"))?;
-        let file = plugin_file(r.builtin.as_deref(), r.file.as_deref(), kind).with_context(|| format!("[plugins.{role}]"))?;
-        let component = engine.load_file(&file).with_context(|| format!("[plugins.{role}]: cannot load {}", file.display()))?;
-        if component.kind() != kind {
-            bail!("[plugins.{role}]: {} is a {} plugin, not a {kind}", file.display(), component.kind());
-        }
-        Ok(Some((component, params)))
-    };
-    Ok(PluginSet {
-        router: load(&config.plugins.router, PluginKind::Router, "router")?,
-        aux_schedule: load(&config.plugins.aux_schedule, PluginKind::AuxSchedule, "aux_schedule")?,
-        sampler: load(&config.plugins.sampler, PluginKind::Sampler, "sampler")?,
-    })
+    Ok(load_run_plugins(engine, config)?.set)
 }
 
 pub(super) fn eval(run_dir: &Path) -> anyhow::Result<()> {
@@ -153,7 +149,7 @@ pub(super) fn eval(run_dir: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("{} is not a run folder: cannot read {}", run_dir.display(), path.display()))?;
     let parsed = RunConfig::parse(&text, &path)?;
     let plugins = load_plugins(&engine, &parsed)?;
-    let mut trainer = Trainer::resume(parsed, run_dir, &plugins, engine.clone()).with_context(|| format!("cannot load {}", run_dir.display()))?;
+    let mut trainer = Trainer::resume(parsed, run_dir, &plugins, engine.clone(), false).with_context(|| format!("cannot load {}", run_dir.display()))?;
     let losses = trainer.evaluate()?;
     println!("step {} of {}", trainer.step, run_dir.display());
     println!("{:<16} {:>10} {:>12}", "domain", "loss", "perplexity");

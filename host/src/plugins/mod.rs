@@ -19,6 +19,7 @@
 //! ```
 
 pub mod aux_schedule;
+pub mod bundle;
 pub mod component;
 pub mod conformance;
 mod digest;
@@ -29,6 +30,8 @@ pub mod init_scheme;
 mod instance;
 mod kind;
 mod lifecycle;
+pub mod lock;
+pub mod reload;
 mod limits;
 pub mod router;
 pub mod sampler;

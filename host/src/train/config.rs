@@ -29,6 +29,43 @@ pub struct RunConfig {
     /// Training stages in order; their steps add up to `train.steps`. None: one stage.
     #[serde(default)]
     pub stages: Vec<Stage>,
+    /// What a plugin fault during training does.
+    #[serde(default)]
+    pub on_plugin_fault: FaultPolicy,
+    /// Refuse, before step 0 and at every reload, any plugin whose sha256 the lock file
+    /// does not pin for its role.
+    #[serde(default)]
+    pub require_pinned: bool,
+    /// The lock file `recast lock` writes (default: the config's path with `.lock`).
+    #[serde(default)]
+    pub lock_file: Option<PathBuf>,
+    /// Public keys (`ed25519:<hex>`, or a key file from `recast keygen`) whose signed
+    /// bundles may run. Empty: bundles need no signature (a signature present must
+    /// still hold).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Watch every plugin's file, crate folder or bundle, and swap in a changed plugin
+    /// at the next step boundary once it passes vetting.
+    #[serde(default = "yes")]
+    pub hot_reload: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a plugin fault (trap, exhausted fuel or memory, deadline, invalid output)
+/// during training does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultPolicy {
+    /// Write a checkpoint and exit non-zero with the plugin's error.
+    #[default]
+    Stop,
+    /// Re-instantiate the last version that completed a step, with the state it had
+    /// before the failed call, and go on (journaled). A second fault in the same step
+    /// stops the run.
+    KeepLastGood,
 }
 
 /// One stage of a multi-stage recipe (Innovator's four, UltraFuser's two).
@@ -226,6 +263,10 @@ pub struct PluginsSection {
 pub struct PluginRef {
     pub builtin: Option<String>,
     pub file: Option<PathBuf>,
+    /// A bundle (folder or `.tar`) holding the plugin.
+    pub bundle: Option<PathBuf>,
+    /// Which of the bundle's plugins (needed when it holds several of this kind).
+    pub plugin: Option<String>,
     #[serde(default)]
     pub params: toml::Table,
 }
@@ -353,8 +394,15 @@ impl RunConfig {
             }
         }
         for plugin in [&mut config.plugins.router, &mut config.plugins.aux_schedule, &mut config.plugins.sampler].into_iter().flatten() {
-            if let Some(p) = plugin.file.as_mut() {
+            for p in [plugin.file.as_mut(), plugin.bundle.as_mut()].into_iter().flatten() {
                 resolve(p);
+            }
+        }
+        let lock = config.lock_file.get_or_insert_with(|| path.with_extension("lock"));
+        resolve(lock);
+        for key in &mut config.trusted_keys {
+            if !key.trim().starts_with("ed25519:") && Path::new(key.as_str()).is_relative() {
+                *key = base.join(key.as_str()).display().to_string();
             }
         }
         if config.tokenizer != "byte" && Path::new(&config.tokenizer).is_relative() {
@@ -379,10 +427,13 @@ impl RunConfig {
             }
         }
         for (name, plugin) in [("router", &self.plugins.router), ("aux_schedule", &self.plugins.aux_schedule), ("sampler", &self.plugins.sampler)] {
-            if let Some(p) = plugin
-                && p.builtin.is_some() == p.file.is_some()
-            {
-                return Err(format!("[plugins.{name}] needs exactly one of `builtin` and `file`"));
+            if let Some(p) = plugin {
+                if [p.builtin.is_some(), p.file.is_some(), p.bundle.is_some()].iter().filter(|&&x| x).count() != 1 {
+                    return Err(format!("[plugins.{name}] needs exactly one of `builtin`, `file` and `bundle`"));
+                }
+                if p.plugin.is_some() && p.bundle.is_none() {
+                    return Err(format!("[plugins.{name}]: `plugin` picks a plugin from a `bundle`; there is none"));
+                }
             }
         }
         let t = &self.train;

@@ -6,18 +6,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use candle_core::{DType, Tensor};
 use serde_json::json;
 
-use super::checkpoint::{self, DomainProgress, LayerRouting, PluginSnapshot, TrainState};
-use super::config::{ParamGroup, RunConfig};
+use super::checkpoint::{self, DomainProgress, LayerRouting, TrainState};
+use super::config::RunConfig;
 use super::metrics::MetricsLog;
-use super::optimizer::{AdamW, Gradients};
-use super::schedule::learning_rate;
-use super::wit_json::{spec_from_json, spec_to_json, stats_from_json, stats_to_json};
-use crate::data::batch::{training_batch, validation_windows};
+use super::optimizer::AdamW;
+use super::wit_json::{spec_to_json, stats_to_json};
+use crate::data::batch::validation_windows;
 use crate::data::domain::Domain;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::config::ModelConfig;
@@ -26,12 +25,18 @@ use crate::model::loss::next_token_nll;
 use crate::model::params::ParamStore;
 use crate::model::transformer::Transformer;
 use crate::moe::spec::LayerStats;
-use crate::moe::stats::merge;
-use crate::plugins::router::{LayerInfo, TokenLogits};
-use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
-use crate::plugins::{AuxSchedulePlugin, PluginComponent, PluginEngine, PluginError, PluginLimits, RouterPlugin, SamplerPlugin};
+use crate::plugins::router::LayerInfo;
+use crate::plugins::{PluginComponent, PluginEngine, PluginError, PluginLimits};
 
+mod faults;
+mod plugin_state;
+mod reload;
+mod slots;
 mod stages;
+mod step;
+
+pub use slots::Role;
+use slots::{LivePlugins, PluginHost, Slot};
 
 /// The built-in domains are one fixed corpus, the same for every run and seed, so runs
 /// (and the steps of a recipe) are evaluated on the same text.
@@ -42,6 +47,18 @@ const BUILTIN_DATA_SEED: u64 = 0;
 pub enum TrainError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// A plugin failed during a step; the fault policy decides what follows.
+    #[error("the {role} plugin failed: {source}")]
+    PluginFault { role: Role, source: PluginError },
+    /// A plugin fault stopped the run (`on_plugin_fault = "stop"`, or a fault that
+    /// the last good version repeated); the checkpoint holds everything up to it.
+    #[error("the {role} plugin failed: {source}\nthe run stopped ({why}); {checkpoint} holds step {step}; fix the plugin, then continue with `recast train --resume {run}`", checkpoint = checkpoint.display(), run = run.display())]
+    PluginStop { role: Role, source: PluginError, why: String, checkpoint: PathBuf, step: u64, run: PathBuf },
+    /// Plugins differ from the ones the checkpoint recorded.
+    #[error("{checkpoint}: plugins changed since this checkpoint:\n{changes}\nresume with --allow-plugin-change to run the new code with the saved plugin state", checkpoint = checkpoint.display())]
+    PluginChanged { checkpoint: PathBuf, changes: String },
+    #[error(transparent)]
+    Pin(#[from] crate::plugins::lock::PinError),
     #[error(transparent)]
     Model(#[from] crate::model::error::ModelError),
     #[error(transparent)]
@@ -64,12 +81,6 @@ pub struct PluginSet {
     pub router: Option<(PluginComponent, String)>,
     pub aux_schedule: Option<(PluginComponent, String)>,
     pub sampler: Option<(PluginComponent, String)>,
-}
-
-struct LivePlugins {
-    router: Option<RouterPlugin>,
-    aux: Option<AuxSchedulePlugin>,
-    sampler: Option<SamplerPlugin>,
 }
 
 /// The run's two logs.
@@ -98,6 +109,8 @@ pub struct StepReport {
     pub plugin_time: Duration,
     /// Of `plugin_time`, the per-token `route` calls (the escape hatch's overhead).
     pub route_time: Duration,
+    /// Time spent at this step's boundary swapping in reloaded plugins.
+    pub reload_time: Duration,
 }
 
 /// A run in progress.
@@ -116,13 +129,13 @@ pub struct Trainer {
     pub step: u64,
     metrics: MetricsLog,
     journal: MetricsLog,
-    engine: Arc<PluginEngine>,
+    host: PluginHost,
     /// The components and the run config's params; stages override the params.
     base_plugins: PluginSet,
-    /// Params each live plugin was configured with (TOML text), by role.
-    live_params: [Option<String>; 3],
     /// Index of the stage in force, once entered.
     stage: Option<usize>,
+    /// Hot reload of changed plugins, once [`Trainer::watch`] started it.
+    watcher: Option<crate::plugins::reload::ReloadWatcher>,
 }
 
 fn tensor_err(step: u64) -> impl FnOnce(candle_core::Error) -> TrainError {
@@ -161,8 +174,9 @@ impl Trainer {
     }
 
     /// Resume the run in `run_dir` from its newest checkpoint. `plugins` must be the
-    /// same code the checkpoint recorded (same sha256).
-    pub fn resume(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
+    /// same code the checkpoint recorded (same sha256) unless `allow_plugin_change`,
+    /// which loads the recorded states into the new code (journaled).
+    pub fn resume(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>, allow_plugin_change: bool) -> Result<Self, TrainError> {
         let dirs = checkpoint::list(run_dir)?;
         let dir = dirs.last().ok_or_else(|| TrainError::Resume(format!("{}: no checkpoint to resume from", run_dir.display())))?;
         let loaded = checkpoint::load(dir)?;
@@ -179,7 +193,7 @@ impl Trainer {
         let state = loaded.state;
         let mut trainer = Self::assemble(config, run_dir, state.model_config.clone(), params, optimizer, plugins, engine, &tokenizer, logs)?;
         trainer.step = state.step;
-        trainer.restore(&state, dir)?;
+        trainer.restore(&state, dir, allow_plugin_change)?;
         Ok(trainer)
     }
 
@@ -197,14 +211,12 @@ impl Trainer {
             domains.push(domain);
         }
         let progress = domains.iter().map(|d| DomainProgress { name: d.name.clone(), tokens_seen: 0, train_loss: None, valid_loss: None }).collect();
-        let limits = PluginLimits::default();
-        let seed = config.seed;
+        let host = PluginHost { engine, seed: config.seed, limits: PluginLimits::default() };
         let live = LivePlugins {
-            router: plugins.router.as_ref().map(|(c, p)| RouterPlugin::new(&engine, c, p, seed, limits.clone())).transpose()?,
-            aux: plugins.aux_schedule.as_ref().map(|(c, p)| AuxSchedulePlugin::new(&engine, c, p, seed, limits.clone())).transpose()?,
-            sampler: plugins.sampler.as_ref().map(|(c, p)| SamplerPlugin::new(&engine, c, p, seed, limits.clone())).transpose()?,
+            router: plugins.router.as_ref().map(|(c, p)| Slot::new(&host, c, p)).transpose()?,
+            aux: plugins.aux_schedule.as_ref().map(|(c, p)| Slot::new(&host, c, p)).transpose()?,
+            sampler: plugins.sampler.as_ref().map(|(c, p)| Slot::new(&host, c, p)).transpose()?,
         };
-        let live_params = [plugins.router.as_ref().map(|p| p.1.clone()), plugins.aux_schedule.as_ref().map(|p| p.1.clone()), plugins.sampler.as_ref().map(|p| p.1.clone())];
         Ok(Self {
             config,
             run_dir: run_dir.into(),
@@ -219,10 +231,10 @@ impl Trainer {
             step: 0,
             metrics: logs.metrics,
             journal: logs.journal,
-            engine,
+            host,
             base_plugins: plugins.clone(),
-            live_params,
             stage: None,
+            watcher: None,
         })
     }
 
@@ -243,76 +255,17 @@ impl Trainer {
     }
 
     fn initial_specs(&mut self) -> Result<(), TrainError> {
-        let infos = self.layer_infos();
-        if let Some(router) = self.plugins.router.as_mut() {
-            for (layer, info) in self.model.moe_layers_mut().zip(&infos) {
-                layer.spec = router.spec(info)?;
-            }
+        let specs = self.router_specs().map_err(|source| TrainError::PluginFault { role: Role::Router, source })?;
+        for (layer, spec) in self.model.moe_layers_mut().zip(specs) {
+            layer.spec = spec;
         }
         Ok(())
     }
 
-    fn snapshots(&mut self) -> Result<Vec<PluginSnapshot>, TrainError> {
-        let mut out = Vec::new();
-        let p = &mut self.plugins;
-        let mut snap = |role: &str, inst: &mut crate::plugins::PluginInstance| -> Result<(), TrainError> {
-            let state = inst.save_state()?;
-            let c = inst.component();
-            out.push(PluginSnapshot { role: role.into(), label: c.label().into(), digest: c.digest().to_hex(), state: hex::encode(state) });
-            Ok(())
-        };
-        if let Some(r) = p.router.as_mut() {
-            snap("router", r.instance())?;
-        }
-        if let Some(a) = p.aux.as_mut() {
-            snap("aux_schedule", a.instance())?;
-        }
-        if let Some(s) = p.sampler.as_mut() {
-            snap("sampler", s.instance())?;
-        }
-        Ok(out)
-    }
-
-    fn restore(&mut self, state: &TrainState, dir: &Path) -> Result<(), TrainError> {
-        let mut live: Vec<(&str, &mut crate::plugins::PluginInstance)> = Vec::new();
-        let p = &mut self.plugins;
-        if let Some(r) = p.router.as_mut() {
-            live.push(("router", r.instance()));
-        }
-        if let Some(a) = p.aux.as_mut() {
-            live.push(("aux_schedule", a.instance()));
-        }
-        if let Some(s) = p.sampler.as_mut() {
-            live.push(("sampler", s.instance()));
-        }
-        let recorded: Vec<&str> = state.plugins.iter().map(|s| s.role.as_str()).collect();
-        let configured: Vec<&str> = live.iter().map(|(r, _)| *r).collect();
-        if recorded != configured {
-            return Err(TrainError::Resume(format!("{}: the checkpoint used plugins {recorded:?}, the config now names {configured:?}", dir.display())));
-        }
-        for (snap, (_, inst)) in state.plugins.iter().zip(live) {
-            let digest = inst.component().digest().to_hex();
-            if digest != snap.digest {
-                return Err(TrainError::Resume(format!(
-                    "{}: the {} plugin changed since the checkpoint: it was {} (sha256 {}), now {} (sha256 {})",
-                    dir.display(),
-                    snap.role,
-                    snap.label,
-                    snap.digest,
-                    inst.component().label(),
-                    digest
-                )));
-            }
-            let bytes = hex::decode(&snap.state).map_err(|e| TrainError::Resume(format!("{}: {} state is not hex: {e}", dir.join("state.json").display(), snap.role)))?;
-            inst.load_state(&bytes)?;
-        }
-        for (layer, saved) in self.model.moe_layers_mut().zip(&state.layers) {
-            layer.spec = spec_from_json(&saved.spec).map_err(|e| TrainError::Resume(format!("{}: layer {}: {e}", dir.join("state.json").display(), saved.layer)))?;
-            layer.selection_bias = saved.selection_bias.clone();
-        }
-        self.progress = state.domains.clone();
-        self.last_stats = state.last_stats.iter().map(stats_from_json).collect::<Result<_, _>>().map_err(|e| TrainError::Resume(format!("{}: {e}", dir.join("state.json").display())))?;
-        Ok(())
+    /// Append `record` to the run's journal.
+    fn journal(&mut self, record: &serde_json::Value) -> Result<(), TrainError> {
+        let path = self.journal.path().to_path_buf();
+        self.journal.write(record).map_err(|source| TrainError::Io { path, source })
     }
 
     /// Write a checkpoint of the current state.
@@ -329,179 +282,6 @@ impl Trainer {
         };
         let params: BTreeMap<String, Tensor> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
         Ok(checkpoint::save(&self.run_dir, &params, &self.optimizer.moments, &state, self.config.train.keep_checkpoints)?)
-    }
-
-    /// One optimizer step.
-    pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
-        let started = Instant::now();
-        let step = self.step;
-        let current = self.stage_at(step);
-        if let Some((index, start)) = current
-            && self.stage != Some(index)
-        {
-            self.enter_stage(index, start)?;
-        }
-        let stage = current.map(|(i, _)| self.config.stages[i].clone());
-        let t = self.config.train.clone();
-        let sequences = t.batch_size * t.grad_accum;
-        let mut plugin_time = Duration::ZERO;
-
-        let clock = Instant::now();
-        let mixture = match (stage.as_ref().and_then(|s| s.mixture.clone()), self.plugins.sampler.as_mut()) {
-            (Some(weights), _) => Mixture::Weights(weights),
-            (None, Some(s)) => {
-                let request = SampleRequest {
-                    step,
-                    batch_sequences: sequences as u32,
-                    domains: self
-                        .progress
-                        .iter()
-                        .zip(&self.domains)
-                        .enumerate()
-                        .map(|(i, (p, d))| DomainStats { domain: i as u32, name: p.name.clone(), tokens_available: d.train.len() as u64, tokens_seen: p.tokens_seen, train_loss: p.train_loss, valid_loss: p.valid_loss, reference_loss: None })
-                        .collect(),
-                };
-                s.next(&request)?
-            }
-            (None, None) => Mixture::Weights(vec![1.0; self.domains.len()]),
-        };
-        if let Some(aux) = self.plugins.aux.as_mut() {
-            let moe_layers: Vec<u32> = self.model.moe_layers().map(|l| l.layer as u32).collect();
-            let coefficients = aux.coefficients(step, &moe_layers, &self.last_stats)?;
-            for layer in self.model.moe_layers_mut() {
-                if let Some(c) = coefficients.iter().find(|c| c.layer as usize == layer.layer) {
-                    layer.coefficients = crate::moe::spec::AuxCoefficients { load_balance: c.load_balance, z_loss: c.z_loss };
-                }
-            }
-        }
-        plugin_time += clock.elapsed();
-
-        let batch = training_batch(&self.domains, &mixture, self.config.seed, step, sequences, t.seq_len);
-        let per_micro = t.batch_size * t.seq_len;
-        let mut grads: Gradients = BTreeMap::new();
-        let mut domain_loss = vec![(0f64, 0usize); self.domains.len()];
-        let mut stats: Vec<LayerStats> = Vec::new();
-        let mut total_loss = 0f64;
-        let mut route_total = Duration::ZERO;
-        for micro in 0..t.grad_accum {
-            let tokens = &batch.tokens[micro * per_micro..(micro + 1) * per_micro];
-            let infos = self.layer_infos();
-            let mut route_time = Duration::ZERO;
-            let out = match self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) {
-                Some(router) => {
-                    let mut hook = |layer: usize, logits: &TokenLogits| -> Result<_, String> {
-                        let start = Instant::now();
-                        let info = infos.iter().find(|i| i.layer as usize == layer).ok_or_else(|| format!("no MoE layer {layer}"))?;
-                        let r = router.route(info, logits).map_err(|e| e.to_string());
-                        route_time += start.elapsed();
-                        r
-                    };
-                    let out = self.model.forward_routed(tokens, t.batch_size, Some(&mut hook))?;
-                    plugin_time += route_time;
-                    route_total += route_time;
-                    out
-                }
-                None => self.model.forward(tokens, t.batch_size)?,
-            };
-            let nll = next_token_nll(&out.logits, tokens, t.batch_size).map_err(tensor_err(step))?;
-            let ce = nll.mean_all().map_err(tensor_err(step))?;
-            let loss = match &out.aux_loss {
-                Some(aux) => ce.add(&aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?).map_err(tensor_err(step))?,
-                None => ce.clone(),
-            };
-            let scaled = (loss / t.grad_accum as f64).map_err(tensor_err(step))?;
-            let store = scaled.backward().map_err(tensor_err(step))?;
-            for (name, p) in self.params.iter() {
-                if let Some(g) = store.get(p) {
-                    let sum = match grads.remove(name) {
-                        Some(acc) => acc.add(g).map_err(tensor_err(step))?,
-                        None => g.clone(),
-                    };
-                    grads.insert(name.clone(), sum);
-                }
-            }
-            let values: Vec<f32> = nll.to_dtype(DType::F32).and_then(|n| n.to_vec1()).map_err(tensor_err(step))?;
-            let per_seq = t.seq_len - 1;
-            for (s, chunk) in values.chunks(per_seq).enumerate() {
-                let d = batch.domains[micro * t.batch_size + s];
-                domain_loss[d].0 += chunk.iter().map(|&x| x as f64).sum::<f64>();
-                domain_loss[d].1 += chunk.len();
-            }
-            total_loss += ce.to_dtype(DType::F32).and_then(|c| c.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / t.grad_accum as f64;
-            if stats.is_empty() {
-                stats = out.moe_stats;
-            } else {
-                for (into, other) in stats.iter_mut().zip(&out.moe_stats) {
-                    merge(into, other);
-                }
-            }
-        }
-        if !total_loss.is_finite() {
-            return Err(TrainError::Diverged { step, loss: total_loss as f32 });
-        }
-
-        let peak = stage.as_ref().and_then(|s| s.lr).unwrap_or(self.config.optimizer.lr);
-        let lr = learning_rate(peak, &self.config.schedule, step, t.steps);
-        let groups: Vec<ParamGroup> = stage.as_ref().map(|s| s.train.clone()).unwrap_or_default();
-        let trains = |name: &str| groups.is_empty() || groups.iter().any(|g| g.contains(name));
-        let grad_norm = AdamW::grad_norm(&grads).map_err(tensor_err(step))?;
-        let clip = self.config.optimizer.clip_grad_norm;
-        let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-        self.optimizer.step(&self.params, &grads, lr, scale, &trains).map_err(tensor_err(step))?;
-
-        let clock = Instant::now();
-        let infos = self.layer_infos();
-        if let Some(router) = self.plugins.router.as_mut() {
-            let updates = router.on_step(step, &stats, &infos)?;
-            for update in updates {
-                if let Some(layer) = self.model.moe_layers_mut().find(|l| l.layer == update.layer as usize) {
-                    if let Some(delta) = &update.bias_delta {
-                        for (b, d) in layer.selection_bias.iter_mut().zip(delta) {
-                            *b += d;
-                        }
-                    }
-                    if let Some(spec) = update.spec {
-                        layer.spec = spec;
-                    }
-                }
-            }
-        }
-        plugin_time += clock.elapsed();
-
-        for (d, (sum, n)) in domain_loss.iter().enumerate() {
-            let p = &mut self.progress[d];
-            p.tokens_seen += (batch.domains.iter().filter(|&&x| x == d).count() * t.seq_len) as u64;
-            p.train_loss = (*n > 0).then(|| (*sum / *n as f64) as f32);
-        }
-        self.last_stats = stats;
-        self.step += 1;
-        let report = StepReport { step: self.step, loss: total_loss as f32, lr, grad_norm, tokens: sequences * t.seq_len, elapsed: started.elapsed(), plugin_time, route_time: route_total };
-        self.log_step(&report, &domain_loss)?;
-        Ok(report)
-    }
-
-    fn log_step(&mut self, r: &StepReport, domain_loss: &[(f64, usize)]) -> Result<(), TrainError> {
-        let domains: serde_json::Map<String, serde_json::Value> =
-            self.progress.iter().zip(domain_loss).filter(|(_, (_, n))| *n > 0).map(|(p, (s, n))| (p.name.clone(), json!(*s / *n as f64))).collect();
-        let layers: Vec<serde_json::Value> = self
-            .last_stats
-            .iter()
-            .map(|s| {
-                let mut v = stats_to_json(s);
-                if let Some(layer) = self.model.moe_layers().find(|l| l.layer == s.layer as usize) {
-                    v["load_balance_coef"] = json!(layer.coefficients.load_balance);
-                    v["z_loss_coef"] = json!(layer.coefficients.z_loss);
-                }
-                v
-            })
-            .collect();
-        let record = json!({
-            "step": r.step, "loss": r.loss, "domain_loss": domains, "lr": r.lr, "grad_norm": r.grad_norm,
-            "tokens": r.tokens, "tokens_per_s": r.tokens as f64 / r.elapsed.as_secs_f64().max(1e-9),
-            "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "route_ms": r.route_time.as_secs_f64() * 1e3, "layers": layers,
-        });
-        let path = self.metrics.path().to_path_buf();
-        self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
     }
 
     /// Mean next-token loss on every domain's validation split; recorded in the

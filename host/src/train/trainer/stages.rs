@@ -4,7 +4,8 @@
 use serde_json::json;
 
 use super::{Trainer, TrainError};
-use crate::plugins::{AuxSchedulePlugin, PluginComponent, PluginLimits, RouterPlugin, SamplerPlugin};
+use super::slots::Role;
+use crate::plugins::PluginComponent;
 
 impl Trainer {
     /// The stage in force at `step` and the step it starts at.
@@ -20,7 +21,7 @@ impl Trainer {
     }
 
     /// Switch to stage `index`: reconfigure plugins whose params the stage changes
-    /// (carrying their state), re-ask the router for specs at the stage's first step,
+    /// (carrying their state, keeping the version that runs now), re-ask the router for specs at the stage's first step,
     /// and journal the change.
     pub(super) fn enter_stage(&mut self, index: usize, start: u64) -> Result<(), TrainError> {
         let stage = self.config.stages[index].clone();
@@ -32,46 +33,22 @@ impl Trainer {
             toml::to_string(&table).map(Some).map_err(|e| TrainError::Resume(format!("stage {:?} plugin params: {e}", stage.name)))
         };
         let wanted = [
-            merged(&self.base_plugins.router, &stage.plugins.router)?,
-            merged(&self.base_plugins.aux_schedule, &stage.plugins.aux_schedule)?,
-            merged(&self.base_plugins.sampler, &stage.plugins.sampler)?,
+            (Role::Router, merged(&self.base_plugins.router, &stage.plugins.router)?),
+            (Role::AuxSchedule, merged(&self.base_plugins.aux_schedule, &stage.plugins.aux_schedule)?),
+            (Role::Sampler, merged(&self.base_plugins.sampler, &stage.plugins.sampler)?),
         ];
-        let (seed, limits) = (self.config.seed, PluginLimits::default());
         let mut router_changed = false;
-        for (role, params) in wanted.iter().enumerate() {
-            let Some(params) = params else { continue };
-            if self.live_params[role].as_ref() == Some(params) {
+        for (role, params) in wanted {
+            let (Some(params), Some(slot)) = (params, self.plugins.get(role)) else { continue };
+            if slot.params() == params {
                 continue;
             }
-            let engine = &self.engine;
-            match role {
-                0 => {
-                    if let (Some((c, _)), Some(old)) = (&self.base_plugins.router, self.plugins.router.as_mut()) {
-                        let state = old.instance().save_state()?;
-                        let mut new = RouterPlugin::new(engine, c, params, seed, limits.clone())?;
-                        new.instance().load_state(&state)?;
-                        self.plugins.router = Some(new);
-                        router_changed = true;
-                    }
-                }
-                1 => {
-                    if let (Some((c, _)), Some(old)) = (&self.base_plugins.aux_schedule, self.plugins.aux.as_mut()) {
-                        let state = old.instance().save_state()?;
-                        let mut new = AuxSchedulePlugin::new(engine, c, params, seed, limits.clone())?;
-                        new.instance().load_state(&state)?;
-                        self.plugins.aux = Some(new);
-                    }
-                }
-                _ => {
-                    if let (Some((c, _)), Some(old)) = (&self.base_plugins.sampler, self.plugins.sampler.as_mut()) {
-                        let state = old.instance().save_state()?;
-                        let mut new = SamplerPlugin::new(engine, c, params, seed, limits.clone())?;
-                        new.instance().load_state(&state)?;
-                        self.plugins.sampler = Some(new);
-                    }
-                }
+            let component = slot.component();
+            slot.replace(&self.host, &component, &params).map_err(|source| TrainError::PluginFault { role, source })?;
+            if let Some(w) = &self.watcher {
+                w.set_params(role.as_str(), &params);
             }
-            self.live_params[role] = Some(params.clone());
+            router_changed |= role == Role::Router;
         }
         if self.step == start {
             if router_changed {
@@ -81,8 +58,7 @@ impl Trainer {
                 "step": self.step, "event": "stage", "index": index, "name": stage.name, "steps": stage.steps,
                 "train": stage.train, "lr": stage.lr, "mixture": stage.mixture,
             });
-            let path = self.journal.path().to_path_buf();
-            self.journal.write(&record).map_err(|source| TrainError::Io { path, source })?;
+            self.journal(&record)?;
         }
         self.stage = Some(index);
         Ok(())

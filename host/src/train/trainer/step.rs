@@ -1,0 +1,290 @@
+//! One optimizer step, and what a plugin fault in it leads to: every plugin call before
+//! the update can be retried after the fault policy restored the plugin; the router's
+//! `on-step` after the update is retried alone.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use candle_core::DType;
+use serde_json::json;
+
+use super::slots::Role;
+use super::{StepReport, TrainError, Trainer, tensor_err};
+use crate::data::batch::training_batch;
+use crate::model::loss::next_token_nll;
+use crate::moe::spec::LayerStats;
+use crate::moe::stats::merge;
+use crate::plugins::PluginError;
+use crate::plugins::router::TokenLogits;
+use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
+use crate::train::config::ParamGroup;
+use crate::train::optimizer::{AdamW, Gradients};
+use crate::train::schedule::learning_rate;
+use crate::train::wit_json::stats_to_json;
+
+/// A step computed up to the optimizer update.
+struct StepWork {
+    tokens: usize,
+    seq_len: usize,
+    batch_domains: Vec<usize>,
+    domain_loss: Vec<(f64, usize)>,
+    stats: Vec<LayerStats>,
+    total_loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    plugin_time: Duration,
+    route_time: Duration,
+}
+
+fn fault(role: Role) -> impl FnOnce(PluginError) -> TrainError {
+    move |source| TrainError::PluginFault { role, source }
+}
+
+impl Trainer {
+    /// One optimizer step. Plugin versions that changed on disk are swapped in first,
+    /// at the step boundary.
+    pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
+        let started = Instant::now();
+        let step = self.step;
+        let reload_time = self.apply_reloads()?;
+        if let Some((index, start)) = self.stage_at(step)
+            && self.stage != Some(index)
+        {
+            self.enter_stage(index, start)?;
+        }
+        let mut retried = false;
+        let mut work = loop {
+            match self.snapshot_plugins().and_then(|()| self.compute_step(step)) {
+                Err(TrainError::PluginFault { role, source }) => {
+                    self.handle_fault(role, source, retried)?;
+                    retried = true;
+                }
+                other => break other?,
+            }
+        };
+        let mut retried = false;
+        loop {
+            match self.router_feedback(step, &work.stats) {
+                Ok(time) => {
+                    work.plugin_time += time;
+                    break;
+                }
+                Err(TrainError::PluginFault { role, source }) => {
+                    if retried || !self.fault_is_recoverable() {
+                        // The update is done: count the step, then stop with it saved.
+                        self.finish_step(work, started, reload_time)?;
+                        return Err(self.stop_on_fault(role, source, retried));
+                    }
+                    self.handle_fault(role, source, false)?;
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for role in self.plugins.roles() {
+            if let Some(slot) = self.plugins.get(role) {
+                slot.completed_step();
+            }
+        }
+        self.finish_step(work, started, reload_time)
+    }
+
+    /// Remember every plugin's state at the start of the step, to fall back to.
+    fn snapshot_plugins(&mut self) -> Result<(), TrainError> {
+        for role in self.plugins.roles() {
+            if let Some(slot) = self.plugins.get(role) {
+                slot.snapshot().map_err(fault(role))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything of step `step` up to and including the optimizer update: the sampler's
+    /// mixture, the aux schedule's coefficients, forward and backward (with per-token
+    /// routing), the update. A plugin fault returns before anything is changed, so the
+    /// step can be retried.
+    fn compute_step(&mut self, step: u64) -> Result<StepWork, TrainError> {
+        let stage = self.stage_at(step).map(|(i, _)| self.config.stages[i].clone());
+        let t = self.config.train.clone();
+        let sequences = t.batch_size * t.grad_accum;
+        let mut plugin_time = Duration::ZERO;
+
+        let clock = Instant::now();
+        let mixture = match (stage.as_ref().and_then(|s| s.mixture.clone()), self.plugins.sampler.as_mut()) {
+            (Some(weights), _) => Mixture::Weights(weights),
+            (None, Some(s)) => {
+                let request = SampleRequest {
+                    step,
+                    batch_sequences: sequences as u32,
+                    domains: self
+                        .progress
+                        .iter()
+                        .zip(&self.domains)
+                        .enumerate()
+                        .map(|(i, (p, d))| DomainStats { domain: i as u32, name: p.name.clone(), tokens_available: d.train.len() as u64, tokens_seen: p.tokens_seen, train_loss: p.train_loss, valid_loss: p.valid_loss, reference_loss: None })
+                        .collect(),
+                };
+                s.live.next(&request).map_err(fault(Role::Sampler))?
+            }
+            (None, None) => Mixture::Weights(vec![1.0; self.domains.len()]),
+        };
+        if let Some(aux) = self.plugins.aux.as_mut() {
+            let moe_layers: Vec<u32> = self.model.moe_layers().map(|l| l.layer as u32).collect();
+            let coefficients = aux.live.coefficients(step, &moe_layers, &self.last_stats).map_err(fault(Role::AuxSchedule))?;
+            for layer in self.model.moe_layers_mut() {
+                if let Some(c) = coefficients.iter().find(|c| c.layer as usize == layer.layer) {
+                    layer.coefficients = crate::moe::spec::AuxCoefficients { load_balance: c.load_balance, z_loss: c.z_loss };
+                }
+            }
+        }
+        plugin_time += clock.elapsed();
+
+        let batch = training_batch(&self.domains, &mixture, self.config.seed, step, sequences, t.seq_len);
+        let per_micro = t.batch_size * t.seq_len;
+        let mut grads: Gradients = BTreeMap::new();
+        let mut domain_loss = vec![(0f64, 0usize); self.domains.len()];
+        let mut stats: Vec<LayerStats> = Vec::new();
+        let mut total_loss = 0f64;
+        let mut route_total = Duration::ZERO;
+        for micro in 0..t.grad_accum {
+            let tokens = &batch.tokens[micro * per_micro..(micro + 1) * per_micro];
+            let infos = self.layer_infos();
+            let mut route_time = Duration::ZERO;
+            let out = match self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) {
+                Some(router) => {
+                    router.live.instance().set_step(Some(step));
+                    let mut route_fault = None;
+                    let mut hook = |layer: usize, logits: &TokenLogits| -> Result<_, String> {
+                        let start = Instant::now();
+                        let info = infos.iter().find(|i| i.layer as usize == layer).ok_or_else(|| format!("no MoE layer {layer}"))?;
+                        let r = router.live.route(info, logits).map_err(|e| {
+                            let message = e.to_string();
+                            route_fault = Some(e);
+                            message
+                        });
+                        route_time += start.elapsed();
+                        r
+                    };
+                    let out = self.model.forward_routed(tokens, t.batch_size, Some(&mut hook));
+                    if let Some(source) = route_fault {
+                        return Err(TrainError::PluginFault { role: Role::Router, source });
+                    }
+                    let out = out?;
+                    plugin_time += route_time;
+                    route_total += route_time;
+                    out
+                }
+                None => self.model.forward(tokens, t.batch_size)?,
+            };
+            let nll = next_token_nll(&out.logits, tokens, t.batch_size).map_err(tensor_err(step))?;
+            let ce = nll.mean_all().map_err(tensor_err(step))?;
+            let loss = match &out.aux_loss {
+                Some(aux) => ce.add(&aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?).map_err(tensor_err(step))?,
+                None => ce.clone(),
+            };
+            let scaled = (loss / t.grad_accum as f64).map_err(tensor_err(step))?;
+            let store = scaled.backward().map_err(tensor_err(step))?;
+            for (name, p) in self.params.iter() {
+                if let Some(g) = store.get(p) {
+                    let sum = match grads.remove(name) {
+                        Some(acc) => acc.add(g).map_err(tensor_err(step))?,
+                        None => g.clone(),
+                    };
+                    grads.insert(name.clone(), sum);
+                }
+            }
+            let values: Vec<f32> = nll.to_dtype(DType::F32).and_then(|n| n.to_vec1()).map_err(tensor_err(step))?;
+            let per_seq = t.seq_len - 1;
+            for (s, chunk) in values.chunks(per_seq).enumerate() {
+                let d = batch.domains[micro * t.batch_size + s];
+                domain_loss[d].0 += chunk.iter().map(|&x| x as f64).sum::<f64>();
+                domain_loss[d].1 += chunk.len();
+            }
+            total_loss += ce.to_dtype(DType::F32).and_then(|c| c.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / t.grad_accum as f64;
+            if stats.is_empty() {
+                stats = out.moe_stats;
+            } else {
+                for (into, other) in stats.iter_mut().zip(&out.moe_stats) {
+                    merge(into, other);
+                }
+            }
+        }
+        if !total_loss.is_finite() {
+            return Err(TrainError::Diverged { step, loss: total_loss as f32 });
+        }
+
+        let peak = stage.as_ref().and_then(|s| s.lr).unwrap_or(self.config.optimizer.lr);
+        let lr = learning_rate(peak, &self.config.schedule, step, t.steps);
+        let groups: Vec<ParamGroup> = stage.as_ref().map(|s| s.train.clone()).unwrap_or_default();
+        let trains = |name: &str| groups.is_empty() || groups.iter().any(|g| g.contains(name));
+        let grad_norm = AdamW::grad_norm(&grads).map_err(tensor_err(step))?;
+        let clip = self.config.optimizer.clip_grad_norm;
+        let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+        self.optimizer.step(&self.params, &grads, lr, scale, &trains).map_err(tensor_err(step))?;
+        Ok(StepWork { tokens: sequences * t.seq_len, seq_len: t.seq_len, batch_domains: batch.domains, domain_loss, stats, total_loss, lr, grad_norm, plugin_time, route_time: route_total })
+    }
+
+    /// The router's `on-step` after the update of step `step`; its changes apply from
+    /// the next step.
+    fn router_feedback(&mut self, step: u64, stats: &[LayerStats]) -> Result<Duration, TrainError> {
+        let clock = Instant::now();
+        let infos = self.layer_infos();
+        if let Some(router) = self.plugins.router.as_mut() {
+            let updates = router.live.on_step(step, stats, &infos).map_err(fault(Role::Router))?;
+            for update in updates {
+                if let Some(layer) = self.model.moe_layers_mut().find(|l| l.layer == update.layer as usize) {
+                    if let Some(delta) = &update.bias_delta {
+                        for (b, d) in layer.selection_bias.iter_mut().zip(delta) {
+                            *b += d;
+                        }
+                    }
+                    if let Some(spec) = update.spec {
+                        layer.spec = spec;
+                    }
+                }
+            }
+        }
+        Ok(clock.elapsed())
+    }
+
+    /// Count the step as done: domain progress, the step counter, the metrics line.
+    fn finish_step(&mut self, work: StepWork, started: Instant, reload_time: Duration) -> Result<StepReport, TrainError> {
+        let StepWork { tokens, seq_len, batch_domains, domain_loss, stats, total_loss, lr, grad_norm, plugin_time, route_time } = work;
+        for (d, (sum, n)) in domain_loss.iter().enumerate() {
+            let p = &mut self.progress[d];
+            p.tokens_seen += (batch_domains.iter().filter(|&&x| x == d).count() * seq_len) as u64;
+            p.train_loss = (*n > 0).then(|| (*sum / *n as f64) as f32);
+        }
+        self.last_stats = stats;
+        self.step += 1;
+        let report = StepReport { step: self.step, loss: total_loss as f32, lr, grad_norm, tokens, elapsed: started.elapsed(), plugin_time, route_time, reload_time };
+        self.log_step(&report, &domain_loss)?;
+        Ok(report)
+    }
+
+    fn log_step(&mut self, r: &StepReport, domain_loss: &[(f64, usize)]) -> Result<(), TrainError> {
+        let domains: serde_json::Map<String, serde_json::Value> =
+            self.progress.iter().zip(domain_loss).filter(|(_, (_, n))| *n > 0).map(|(p, (s, n))| (p.name.clone(), json!(*s / *n as f64))).collect();
+        let layers: Vec<serde_json::Value> = self
+            .last_stats
+            .iter()
+            .map(|s| {
+                let mut v = stats_to_json(s);
+                if let Some(layer) = self.model.moe_layers().find(|l| l.layer == s.layer as usize) {
+                    v["load_balance_coef"] = json!(layer.coefficients.load_balance);
+                    v["z_loss_coef"] = json!(layer.coefficients.z_loss);
+                }
+                v
+            })
+            .collect();
+        let record = json!({
+            "step": r.step, "loss": r.loss, "domain_loss": domains, "lr": r.lr, "grad_norm": r.grad_norm,
+            "tokens": r.tokens, "tokens_per_s": r.tokens as f64 / r.elapsed.as_secs_f64().max(1e-9),
+            "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "route_ms": r.route_time.as_secs_f64() * 1e3,
+            "reload_ms": r.reload_time.as_secs_f64() * 1e3, "layers": layers,
+        });
+        let path = self.metrics.path().to_path_buf();
+        self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
+    }
+
+}
