@@ -63,10 +63,10 @@ impl Bundle {
         let manifest_bytes = files.get(MANIFEST).cloned().ok_or_else(|| BundleError::NotABundle { bundle: path.to_path_buf(), reason: format!("it has no {MANIFEST}") })?;
         match files.get(MANIFEST_SUM) {
             Some(sum) => {
-                let expected = String::from_utf8_lossy(sum).trim().to_string();
+                let expected = String::from_utf8_lossy(sum).to_string();
                 let actual = Digest::of(&manifest_bytes).to_hex();
-                if expected != actual {
-                    return Err(BundleError::DigestMismatch { bundle: path.to_path_buf(), file: MANIFEST.into(), expected: format!("{expected:?} in {MANIFEST_SUM}"), actual });
+                if expected != format!("{actual}\n") {
+                    return Err(BundleError::DigestMismatch { bundle: path.to_path_buf(), file: MANIFEST.into(), expected: format!("{:?} in {MANIFEST_SUM}", expected.trim_end()), actual });
                 }
             }
             None if packed => return Err(BundleError::MissingFile { bundle: path.to_path_buf(), file: MANIFEST_SUM.into() }),

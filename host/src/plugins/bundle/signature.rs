@@ -120,9 +120,17 @@ impl BundleSignature {
         let bad = |reason: String| BundleError::BadSignature { bundle: bundle.to_path_buf(), reason };
         let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8 text".into()))?;
         let parsed: BundleSignature = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        // Only the exact text `sign` writes: hex is case-insensitive and TOML forgives
+        // whitespace, so a flipped bit could otherwise leave a signature that still holds.
+        if parsed.to_toml() != text {
+            return Err(bad("not in the form `recast bundle sign` writes; the file was altered".into()));
+        }
         let key = PublicKey::parse(&parsed.key, SIGNATURE).map_err(|e| bad(e.to_string()))?;
         let bytes = hex::decode(&parsed.signature).map_err(|e| bad(format!("signature: {e}")))?;
         let signature = Signature::from_slice(&bytes).map_err(|e| bad(format!("signature: {e}")))?;
+        if key.to_string() != parsed.key || hex::encode(&bytes) != parsed.signature {
+            return Err(bad("hex digits must be lower-case as `recast bundle sign` writes them; the file was altered".into()));
+        }
         key.0.verify(manifest, &signature).map_err(|_| bad(format!("the signature by {} does not match bundle.toml; the bundle was altered after signing", key.fingerprint())))?;
         Ok(key)
     }

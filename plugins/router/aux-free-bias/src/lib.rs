@@ -74,7 +74,7 @@ impl Plugin for AuxFreeBias {
     fn load_state(&mut self, state: &[u8]) -> Result<(), String> {
         let mut bias = BTreeMap::new();
         let mut rest = state;
-        let mut word = |rest: &mut &[u8]| -> Result<[u8; 4], String> {
+        let word = |rest: &mut &[u8]| -> Result<[u8; 4], String> {
             let (head, tail) = rest.split_at_checked(4).ok_or("aux-free-bias state is truncated")?;
             *rest = tail;
             Ok([head[0], head[1], head[2], head[3]])
