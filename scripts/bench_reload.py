@@ -11,8 +11,9 @@ sha256), atomically (write a temporary file, rename it over), and reads the jour
       of which: vetting off the training thread Y ms, swap on the training thread Z ms
     step time: during a reload M ms, normal N ms, ratio M/N
 
-"During a reload" are the steps that ran while the new version was compiled and vetted
-and the step that swapped it in; "normal" are all other steps after the warm-up.
+"During a reload" are the steps whose run overlaps the time from a file write to its swap
+(the new version is compiled and vetted meanwhile) and the step that swapped it in;
+"normal" are all other steps after the warm-up.
 
 Usage: python3 scripts/bench_reload.py --recast target/release/recast [--reloads 8] [--threads 2]
 """
@@ -115,9 +116,11 @@ def main():
         swaps = [r for r in records(run / "journal.jsonl") if r.get("event") == "plugin-swap"]
         latency = [s["noticed_unix_ms"] + s["notice_to_swap_ms"] - w * 1e3 for s, w in zip(swaps, writes)]
         metrics = {r["step"]: r for r in records(run / "metrics.jsonl") if "loss" in r}
-        # The swap happened at the start of step index s (metrics "step" s+1); the
-        # vetting ran during the step before it.
-        during = {s["step"] + 1 for s in swaps} | {s["step"] for s in swaps}
+        # A step is "during a reload" when its run overlaps a window from the file write
+        # to the swap (the swap itself happens at the start of the step after).
+        windows = [(w * 1e3, s["noticed_unix_ms"] + s["notice_to_swap_ms"]) for s, w in zip(swaps, writes)]
+        during = {k for k, r in metrics.items() if any(r["unix_ms"] - r["step_ms"] <= end and r["unix_ms"] >= start for start, end in windows)}
+        during |= {s["step"] + 1 for s in swaps}
         reload_steps = [metrics[k]["step_ms"] for k in sorted(during) if k in metrics]
         normal_steps = [r["step_ms"] for k, r in metrics.items() if k > args.warmup and k not in during]
         med = statistics.median
@@ -125,6 +128,7 @@ def main():
         print(f"file write -> swap: median {med(latency):.0f} ms (min {min(latency):.0f}, max {max(latency):.0f})")
         print(f"  of which: vetting off the training thread median {med([s['vetting_ms'] for s in swaps]):.0f} ms, "
               f"swap on the training thread median {med([s['swap_ms'] for s in swaps]):.2f} ms")
+        print(f"steps during a reload: {len(reload_steps)}, normal: {len(normal_steps)}")
         print(f"step time: during a reload median {med(reload_steps):.0f} ms (mean {statistics.mean(reload_steps):.0f}), "
               f"normal median {med(normal_steps):.0f} ms (mean {statistics.mean(normal_steps):.0f}), "
               f"ratio {med(reload_steps) / med(normal_steps):.3f}")

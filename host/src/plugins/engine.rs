@@ -41,6 +41,9 @@ impl PluginEngine {
         };
         let mut config = Config::new();
         config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+        // Compile on the calling thread: a hot reload compiles on the low-priority
+        // watcher thread and must not spread over the cores training uses.
+        config.parallel_compilation(false);
         let engine = Engine::new(&config).map_err(runtime)?;
         let mut linker = Linker::new(&engine);
         AnyPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state).map_err(runtime)?;

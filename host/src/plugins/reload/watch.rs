@@ -100,6 +100,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, raw: Receiver<notify::Result<notify::Event>>) {
+        lower_priority();
         let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -161,4 +162,15 @@ impl Worker {
 /// Whether a change to `path` may change `plugin`'s component.
 fn concerns(plugin: &WatchedPlugin, path: &Path) -> bool {
     plugin.paths.iter().any(|watched| path == watched || (watched.is_dir() && path.starts_with(watched)))
+}
+
+/// Let training threads come first: compiling a new version may take a while longer,
+/// but the steps that run meanwhile barely slow down.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread; failure only leaves the priority.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 15);
+    }
 }

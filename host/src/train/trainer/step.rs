@@ -277,11 +277,12 @@ impl Trainer {
                 v
             })
             .collect();
+        let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let record = json!({
             "step": r.step, "loss": r.loss, "domain_loss": domains, "lr": r.lr, "grad_norm": r.grad_norm,
             "tokens": r.tokens, "tokens_per_s": r.tokens as f64 / r.elapsed.as_secs_f64().max(1e-9),
             "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "route_ms": r.route_time.as_secs_f64() * 1e3,
-            "reload_ms": r.reload_time.as_secs_f64() * 1e3, "layers": layers,
+            "reload_ms": r.reload_time.as_secs_f64() * 1e3, "unix_ms": unix_ms, "layers": layers,
         });
         let path = self.metrics.path().to_path_buf();
         self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
