@@ -1,8 +1,9 @@
 //! Hot reload during a real `recast train`: a new router file is swapped in at a step
 //! boundary with its state (the aux-free bias) carried over; broken replacements (a
-//! trap in `configure`, the wrong world, not a component, an unpinned digest) are
-//! rejected while training goes on; the fault policies `keep-last-good` and `stop`;
-//! and resuming with changed plugin code needs `--allow-plugin-change`.
+//! trap in `configure`, the wrong world, the wrong major version, not a component, an
+//! unpinned digest) are rejected while training goes on; the fault policies
+//! `keep-last-good` and `stop`; and resuming with changed plugin code needs
+//! `--allow-plugin-change`.
 
 mod support;
 
@@ -199,9 +200,10 @@ fn a_new_router_is_swapped_in_with_its_state_and_broken_ones_are_rejected() {
 
     // Broken replacements are rejected, one journal line each, and training goes on.
     let wrong_world = std::fs::read(plugin("constant")).unwrap();
-    let broken: [(&str, Vec<u8>, &str); 3] = [
+    let broken: [(&str, Vec<u8>, &str); 4] = [
         ("traps in configure", std::fs::read(plugin("configure-trap-router")).unwrap(), "trapped"),
         ("wrong world", wrong_world, "router slot needs a router plugin"),
+        ("wrong major version", std::fs::read(plugin("future-router")).unwrap(), "recast:plugins@1.0.0"),
         ("not a component", b"\0asm garbage".to_vec(), "not a WebAssembly component"),
     ];
     for (i, (what, bytes, reason)) in broken.iter().enumerate() {
@@ -215,7 +217,7 @@ fn a_new_router_is_swapped_in_with_its_state_and_broken_ones_are_rejected() {
     }
     assert_eq!(t.journal("plugin-swap").len(), 1, "a broken version was swapped in");
     let log = t.stderr();
-    assert_eq!(log.matches("rejected the new router plugin").count(), 3, "{log}");
+    assert_eq!(log.matches("rejected the new router plugin").count(), 4, "{log}");
 }
 
 #[test]
