@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test Recast has (the README's test command; CI runs it through .ci/run).
-# Installs what it needs: the wasm32 Rust target for plugins (via rustup) and the
-# Python environment of the Hugging Face parity tests (.venv, via scripts/python-env.sh).
+# Installs what it needs: the wasm32 Rust target for plugins (via rustup), the Python
+# environment of the Hugging Face parity tests and the Python and JavaScript plugin
+# toolchains (.venv and scripts/js-tools, via scripts/plugin-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,7 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
     rustup target add wasm32-unknown-unknown
 fi
 
-scripts/python-env.sh
+scripts/plugin-tools.sh
 
 # Heavy tests run in release mode: the plugin runtime's timings (fuel, deadlines) are
 # asserted there, and the release build is shared with the main job.

@@ -111,7 +111,7 @@ fn random_logits(tokens: u32, experts: u32) -> TokenLogits {
 }
 
 /// Median wall time of `repeats` runs of `f`, after one warm-up run.
-fn median(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+pub(super) fn median(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
     f()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
@@ -123,10 +123,10 @@ fn median(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::
     Ok(times[times.len() / 2])
 }
 
-fn micros(d: Duration) -> f64 {
+pub(super) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn millis(d: Duration) -> f64 {
+pub(super) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }

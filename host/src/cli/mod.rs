@@ -2,6 +2,7 @@
 //! its own module.
 
 mod bench;
+mod bench_languages;
 mod bench_model;
 mod bundle;
 mod convert;
@@ -273,17 +274,21 @@ enum PluginCommand {
         /// Which kind of plugin.
         #[arg(long, value_enum)]
         kind: PluginKind,
-        /// Crate name (also the folder name), e.g. `my-router`.
+        /// Plugin name (also the folder name), e.g. `my-router`.
         name: String,
-        /// Folder to create the crate in.
+        /// The plugin's language.
+        #[arg(long, value_enum, default_value_t = plugin_new::Lang::Rust)]
+        lang: plugin_new::Lang,
+        /// Folder to create the plugin in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
         /// Path of the recast-sdk crate (default: the SDK next to this recast build).
         #[arg(long, env = "RECAST_SDK")]
         sdk: Option<PathBuf>,
     },
-    /// Build a plugin crate (or a workspace of them) into WebAssembly components; prints
-    /// the path of each `.wasm` written, one per line, last.
+    /// Build a plugin (a Rust crate, a Python or a JavaScript plugin folder, or a
+    /// workspace of plugins) into WebAssembly components; prints the path of each `.wasm`
+    /// written, one per line, last.
     Build {
         /// Folder with the plugin's Cargo.toml (or a workspace's).
         path: PathBuf,
@@ -310,6 +315,13 @@ enum PluginCommand {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// What a plugin costs in Python and JavaScript next to the same policy in Rust:
+    /// component size, compile time, instantiation and per-step call time.
+    Languages {
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// Cost of plugin calls: `spec` and `on-step` in µs, and a per-token `route` call
     /// as a ratio to the same top-k done natively.
     Plugins {
@@ -450,10 +462,11 @@ fn init_logging(verbose: u8) {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Plugin(PluginCommand::New { kind, name, dir, sdk }) => plugin_new::run(kind, &name, &dir, sdk.as_deref()),
+        Command::Plugin(PluginCommand::New { kind, name, lang, dir, sdk }) => plugin_new::run(kind, &name, lang, &dir, sdk.as_deref()),
         Command::Plugin(PluginCommand::Build { path }) => plugin_build::run(&path),
         Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect::run(&file, json),
         Command::Plugin(PluginCommand::Check { file, params, limits }) => plugin_check::run(&file, params.as_deref(), limits.limits()),
+        Command::Bench(BenchCommand::Languages { repeats }) => bench_languages::languages(repeats.max(1)),
         Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => {
             bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1))
         }

@@ -1,4 +1,5 @@
-//! `recast plugin new --kind KIND NAME`: a plugin crate that builds as is.
+//! `recast plugin new --kind KIND [--lang rust|python|javascript] NAME`: a plugin that
+//! builds as is.
 
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
@@ -8,12 +9,25 @@ use anyhow::{Context, bail};
 use super::templates;
 use crate::plugins::PluginKind;
 
-pub(super) fn run(kind: PluginKind, name: &str, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<()> {
+/// A plugin's source language.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lang {
+    Rust,
+    /// Built with componentize-py.
+    Python,
+    /// Built with componentize-js.
+    Javascript,
+}
+
+pub(super) fn run(kind: PluginKind, name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<()> {
     let valid = !name.is_empty()
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
     if !valid {
         bail!("plugin name {name:?} must start with a lowercase letter and use only a-z, 0-9, '-' and '_'");
+    }
+    if lang != Lang::Rust {
+        return scripted(kind, name, lang, dir);
     }
     let sdk = match sdk {
         Some(p) => p.to_path_buf(),
@@ -42,6 +56,29 @@ pub(super) fn run(kind: PluginKind, name: &str, dir: &Path, sdk: Option<&Path>) 
     }
     eprintln!("created {kind} plugin `{name}` in {}", root.display());
     eprintln!("build it with: recast plugin build {}", root.display());
+    println!("{}", root.display());
+    Ok(())
+}
+
+/// A Python or JavaScript plugin folder: manifest, module, README.
+fn scripted(kind: PluginKind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
+    let Some(source) = templates::script(kind, lang == Lang::Python) else {
+        bail!("init-scheme plugins are written in Rust: their plans use the Rust SDK's builders (recast plugin new --kind init-scheme {name})");
+    };
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let (manifest, module) = match lang {
+        Lang::Python => ("pyproject.toml", "app.py"),
+        _ => ("package.json", "index.js"),
+    };
+    std::fs::write(root.join(module), source.replace("{{name}}", name))?;
+    std::fs::write(root.join(manifest), templates::script_manifest(name, kind, lang == Lang::Python))?;
+    std::fs::write(root.join("README.md"), templates::readme(name, kind))?;
+    eprintln!("created {kind} plugin `{name}` ({lang:?}) in {}", root.display());
+    eprintln!("build it with: recast plugin build {} (needs `bash scripts/plugin-tools.sh` once)", root.display());
     println!("{}", root.display());
     Ok(())
 }

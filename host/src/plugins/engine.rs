@@ -11,6 +11,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
+use super::compile_cache::CompileCache;
 use super::component::PluginComponent;
 use super::digest::Digest;
 use super::error::{FaultCause, PluginError};
@@ -25,6 +26,7 @@ pub struct PluginEngine {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<PluginState>,
     cache: Mutex<HashMap<Digest, PluginComponent>>,
+    compiled: CompileCache,
     _ticker: EpochTicker,
 }
 
@@ -32,6 +34,16 @@ impl PluginEngine {
     /// An engine with fuel metering and epoch interruption on, and a linker that offers
     /// nothing but `recast:plugins/host`.
     pub fn new() -> Result<Self, PluginError> {
+        Self::build(true)
+    }
+
+    /// Like [`PluginEngine::new`] without the on-disk cache of compiled components, so
+    /// that every load compiles (for measuring compilation).
+    pub fn without_disk_cache() -> Result<Self, PluginError> {
+        Self::build(false)
+    }
+
+    fn build(disk_cache: bool) -> Result<Self, PluginError> {
         let runtime = |e: wasmtime::Error| PluginError {
             plugin: "(engine)".into(),
             digest: None,
@@ -48,10 +60,12 @@ impl PluginEngine {
         let mut linker = Linker::new(&engine);
         AnyPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |state| state).map_err(runtime)?;
         let ticker = EpochTicker::start(engine.clone());
-        Ok(PluginEngine { engine, linker, cache: Mutex::new(HashMap::new()), _ticker: ticker })
+        let compiled = if disk_cache { CompileCache::new(&engine) } else { CompileCache::disabled(&engine) };
+        Ok(PluginEngine { engine, linker, cache: Mutex::new(HashMap::new()), compiled, _ticker: ticker })
     }
 
-    /// Read, compile and describe the component in `path` (cached by sha256).
+    /// Read, compile and describe the component in `path` (cached by sha256, in memory
+    /// and, for large components, on disk).
     pub fn load_file(&self, path: &Path) -> Result<PluginComponent, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError {
             plugin: path.display().to_string(),
@@ -70,13 +84,20 @@ impl PluginEngine {
         if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(&digest).cloned()) {
             return Ok(hit);
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError {
-            plugin: label.to_string(),
-            digest: Some(digest),
-            call: "load".into(),
-            step: None,
-            cause: FaultCause::NotAComponent { reason: not_a_component_reason(bytes, &e) },
-        })?;
+        let component = match self.compiled.load(&self.engine, digest, bytes.len()) {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(|e| PluginError {
+                    plugin: label.to_string(),
+                    digest: Some(digest),
+                    call: "load".into(),
+                    step: None,
+                    cause: FaultCause::NotAComponent { reason: not_a_component_reason(bytes, &e) },
+                })?;
+                self.compiled.store(&component, digest, bytes.len());
+                component
+            }
+        };
         let described = PluginComponent::describe(&self.engine, component, label, digest, bytes.len())?;
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(digest, described.clone());

@@ -20,6 +20,7 @@
 
 pub mod aux_schedule;
 pub mod bundle;
+mod compile_cache;
 pub mod component;
 pub mod conformance;
 mod digest;

@@ -1,6 +1,6 @@
-//! `recast plugin build PATH`: cargo builds the crate for `wasm32-unknown-unknown`, then
-//! the core module is wrapped into a component. No WASI adapter is linked in, so the
-//! component imports nothing but `recast:plugins/host`.
+//! Rust plugins: cargo builds the crate for `wasm32-unknown-unknown`, then the core
+//! module is wrapped into a component. No WASI adapter is linked in, so the component
+//! imports nothing but `recast:plugins`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,44 +8,15 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::plugins::{PluginEngine, PluginKind};
+use super::{BuiltPlugin, checked};
 
 /// The Rust target plugins are compiled for.
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
-/// A plugin component that `build_plugins` wrote.
-#[derive(Clone, Debug)]
-pub struct BuiltPlugin {
-    /// Package name, e.g. `topk-softmax`.
-    pub name: String,
-    /// The kind, or `None` when this host refuses the component (see `refused`).
-    pub kind: Option<PluginKind>,
-    /// Why this host would refuse to load the component, if it would.
-    pub refused: Option<String>,
-    /// The component file.
-    pub path: PathBuf,
-    pub size_bytes: usize,
-}
-
-pub(super) fn run(path: &Path) -> anyhow::Result<()> {
-    let built = build_plugins(path)?;
-    for p in &built {
-        match (&p.kind, &p.refused) {
-            (Some(kind), _) => eprintln!("built {kind} plugin `{}` ({} KiB)", p.name, p.size_bytes.div_ceil(1024)),
-            (None, Some(why)) => eprintln!("warning: built `{}`, but this host will refuse it: {why}", p.name),
-            (None, None) => {}
-        }
-    }
-    for p in &built {
-        println!("{}", p.path.display());
-    }
-    Ok(())
-}
-
 /// Build the plugin crate (or every plugin of the workspace) at `path` into components
 /// under `<cargo target dir>/plugins/<name>.wasm`, and say whether this host accepts
 /// each one.
-pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
+pub(super) fn build(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
     let manifest = path.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).with_context(|| format!("no plugin crate at {}: cannot read {}", path.display(), manifest.display()))?;
     let doc: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", manifest.display()))?;
@@ -80,7 +51,6 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
         bail!("{} built no WebAssembly library: a plugin crate needs `[lib] crate-type = [\"cdylib\"]`", path.display());
     }
 
-    let engine = PluginEngine::new()?;
     let mut built = Vec::new();
     for (name, module) in modules {
         // <target>/wasm32-unknown-unknown/release/x.wasm -> <target>/plugins/<name>.wasm
@@ -89,13 +59,8 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
         std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
         let out = out_dir.join(format!("{name}.wasm"));
         let bytes = componentize(&module).with_context(|| format!("turning {} into a component", module.display()))?;
-        let loaded = engine.load_bytes(&out.display().to_string(), &bytes);
         crate::atomic_file::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-        let (kind, refused) = match loaded {
-            Ok(component) => (Some(component.kind()), None),
-            Err(e) => (None, Some(e.cause.to_string())),
-        };
-        built.push(BuiltPlugin { name, kind, refused, path: out, size_bytes: bytes.len() });
+        built.push(checked(name, out, &bytes)?);
     }
     Ok(built)
 }
@@ -107,7 +72,7 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
 /// same for every crate, so builds share compiled dependencies.
 fn path_remap_rustflags() -> String {
     let mut remaps = Vec::new();
-    if let Ok(root) = super::source_root().canonicalize() {
+    if let Ok(root) = super::super::source_root().canonicalize() {
         remaps.push(format!("--remap-path-prefix={}=/recast", root.display()));
     }
     let cargo_home = std::env::var_os("CARGO_HOME")
