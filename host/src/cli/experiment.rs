@@ -61,8 +61,6 @@ fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u64), RunRes
     let csv_path = out.join("results.csv");
     crate::atomic_file::write(&csv_path, csv.as_bytes()).with_context(|| format!("cannot write {}", csv_path.display()))?;
 
-    let mut metric_names: Vec<String> = spec.criteria.iter().map(|c| c.metric.clone()).collect();
-    metric_names.dedup();
     let mut verdicts = Vec::new();
     for c in &spec.criteria {
         let values: BTreeMap<String, f64> = arms.iter().map(|a| (a.clone(), mean_std(&of(a).iter().filter_map(|r| r.metric(&c.metric)).collect::<Vec<_>>()).0)).collect();
@@ -120,7 +118,6 @@ fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u64), RunRes
     line_chart("held-out loss (mean over domains and seeds)", "tokens", &series, &[]).save_png(&png).with_context(|| format!("cannot write {}", png.display()))?;
     let md_path = out.join("results.md");
     crate::atomic_file::write(&md_path, md.as_bytes()).with_context(|| format!("cannot write {}", md_path.display()))?;
-    let _ = metric_names;
     Ok(verdicts)
 }
 
