@@ -15,6 +15,7 @@
 pub mod atomic_file;
 pub mod cli;
 pub mod data;
+pub mod experiment;
 pub mod model;
 pub mod moe;
 pub mod plugins;

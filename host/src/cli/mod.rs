@@ -7,6 +7,7 @@ mod bench_model;
 mod bundle;
 mod convert;
 mod data_prepare;
+mod experiment;
 mod forward;
 mod lock;
 mod plugin_build;
@@ -121,6 +122,21 @@ enum Command {
         /// Stop each training run after this many steps (for smoke tests).
         #[arg(long)]
         max_steps: Option<u64>,
+        #[command(flatten)]
+        threads: ThreadArgs,
+    },
+    /// Run an experiment: arms that differ in one policy, every seed, compared on
+    /// held-out loss and routing; writes results.md, results.csv and loss.png and prints
+    /// whether each of the claim's criteria holds.
+    Experiment {
+        /// The experiment (TOML); see experiments/.
+        experiment: PathBuf,
+        /// Output folder (default: runs/experiments/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A seconds-long version that only proves the pipeline.
+        #[arg(long)]
+        smoke: bool,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -493,6 +509,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Sign { bundle, key }) => bundle::sign(&bundle, &key),
         Command::Keygen { out } => bundle::keygen(&out),
         Command::Lock { config, out } => lock::run(&config, out.as_deref()),
+        Command::Experiment { experiment: file, out, smoke, threads } => {
+            threads.apply();
+            let out = out.unwrap_or_else(|| experiment::default_out(&file));
+            experiment::run(&file, &out, smoke)
+        }
         Command::Recipe { recipe, out, max_steps, threads } => {
             threads.apply();
             recipe::run(&recipe, &out, max_steps)

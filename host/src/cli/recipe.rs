@@ -21,24 +21,24 @@ use crate::upcycle::Format;
 /// A recipe file.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Recipe {
+pub(super) struct Recipe {
     /// What the recipe reproduces (shown when it starts).
     #[serde(default)]
-    description: String,
-    steps: Vec<Step>,
+    pub description: String,
+    pub steps: Vec<Step>,
 }
 
 /// One step: a training run or an upcycling.
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct Step {
-    name: String,
+pub(super) struct Step {
+    pub name: String,
     /// A run config (as in `recast train`); `model.path` may be `@<step>`.
     train: Option<Box<RunConfig>>,
     upcycle: Option<UpcycleStep>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct UpcycleStep {
     /// Source checkpoints: paths or `@<step>`.
@@ -59,20 +59,35 @@ fn recast_format() -> Format {
 pub(super) fn run(file: &Path, out: &Path, max_steps: Option<u64>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read the recipe {}", file.display()))?;
     let recipe: Recipe = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
-    let absolute = std::path::absolute(file)?;
     if !recipe.description.is_empty() {
         println!("{}", recipe.description.trim());
     }
+    run_steps(&recipe.steps, file, &|step: &Step, _: &str| out.join(&step.name), max_steps)?;
+    Ok(())
+}
+
+/// Run `steps` (from the file `file`, against which relative paths resolve) in order,
+/// each into the folder `dir_of(step, fingerprint)` gives, where the fingerprint is a
+/// sha256 of the step's definition with its `@` references resolved, so that equal
+/// steps may share a folder. Finished steps are skipped, interrupted training resumed.
+/// Returns each step's folder.
+pub(super) fn run_steps(steps: &[Step], file: &Path, dir_of: &dyn Fn(&Step, &str) -> PathBuf, max_steps: Option<u64>) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let absolute = std::path::absolute(file)?;
     let mut products: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
     let resolve = |r: &str, products: &BTreeMap<String, PathBuf>, step: &str| -> anyhow::Result<PathBuf> {
         match r.strip_prefix('@') {
             Some(name) => products.get(name).cloned().ok_or_else(|| anyhow::anyhow!("{}: step `{step}` uses @{name}, which no earlier step makes", file.display())),
             None => Ok(absolute.parent().unwrap_or(Path::new(".")).join(r)),
         }
     };
-    for step in &recipe.steps {
-        let dir = out.join(&step.name);
-        println!("== {}: {}", step.name, if step.train.is_some() { "train" } else { "upcycle" });
+    for step in steps {
+        let mut definition = toml::to_string(step).context("cannot record the step")?;
+        for (name, product) in &products {
+            definition = definition.replace(&format!("\"@{name}\""), &format!("{:?}", product.display().to_string()));
+        }
+        let dir = dir_of(step, &crate::plugins::Digest::of(definition.as_bytes()).to_hex()[..12]);
+        println!("== {}: {} ({})", step.name, if step.train.is_some() { "train" } else { "upcycle" }, dir.display());
         match (&step.train, &step.upcycle) {
             (Some(config), None) => {
                 let mut config = (**config).clone();
@@ -99,12 +114,13 @@ pub(super) fn run(file: &Path, out: &Path, max_steps: Option<u64>) -> anyhow::Re
                     run_upcycle(UpcycleArgs { sources, scheme: u.scheme.clone(), params: Some(params), out: dir.clone(), format: u.format, dtype: None, max_shard_bytes: 5_000_000_000, seed: u.seed })
                         .with_context(|| format!("recipe step `{}`", step.name))?;
                 }
-                products.insert(step.name.clone(), dir);
+                products.insert(step.name.clone(), dir.clone());
             }
             _ => bail!("{}: step `{}` needs exactly one of [steps.train] and [steps.upcycle]", file.display(), step.name),
         }
+        dirs.insert(step.name.clone(), dir);
     }
-    Ok(())
+    Ok(dirs)
 }
 
 /// Start or resume one training run and drive it to its end (or `max_steps`).

@@ -1,0 +1,152 @@
+//! An experiment file: the claim, a recipe's steps, the arms (each a set of overrides
+//! of those steps), the seeds, the step whose training is compared, the overrides that
+//! make a seconds-long `--smoke` version, and the pass criteria.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::criteria::Criterion;
+
+/// An experiment file (`experiments/*.toml`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// The claim, as METHODS.md §5 states it.
+    pub claim: String,
+    /// Setup and caveats, for the results page.
+    #[serde(default)]
+    pub description: String,
+    /// Every arm runs once per seed; the seed is added to every step's own seed.
+    pub seeds: Vec<u64>,
+    /// The training step whose held-out loss and routing the arms are compared on.
+    pub evaluate: String,
+    /// The base recipe: `[[steps]]` as in `recast recipe`.
+    pub steps: Vec<toml::Value>,
+    /// The arms, in the order tables and plots show them.
+    pub arms: Vec<Arm>,
+    /// Overrides for `--smoke` (`STEP.path = value`, `*` for every step that has the path).
+    #[serde(default)]
+    pub smoke: toml::Table,
+    /// What must hold for the claim to be reproduced.
+    #[serde(default)]
+    pub criteria: Vec<Criterion>,
+}
+
+/// One arm: a name and overrides of the base steps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    pub name: String,
+    /// `"STEP.path.to.key" = value`; a value of `"-"` removes the key.
+    #[serde(default)]
+    pub set: toml::Table,
+}
+
+/// An experiment file that cannot be used, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct SpecError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl ExperimentSpec {
+    /// Parse `text` from `path`, checking names and references.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SpecError> {
+        let err = |reason: String| SpecError { path: path.display().to_string(), reason };
+        let spec: ExperimentSpec = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        if spec.seeds.is_empty() || spec.arms.is_empty() {
+            return Err(err("needs at least one seed and one arm".into()));
+        }
+        let names: Vec<&str> = spec.steps.iter().filter_map(|s| s.get("name").and_then(|n| n.as_str())).collect();
+        if !names.contains(&spec.evaluate.as_str()) {
+            return Err(err(format!("evaluate = {:?} names no step (steps: {})", spec.evaluate, names.join(", "))));
+        }
+        for arm in &spec.arms {
+            for key in arm.set.keys() {
+                let step = key.split('.').next().unwrap_or_default();
+                if step != "*" && !names.contains(&step) {
+                    return Err(err(format!("arm {:?} sets {key:?}, but there is no step {step:?}", arm.name)));
+                }
+            }
+        }
+        for c in &spec.criteria {
+            c.check_arms(spec.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().as_slice()).map_err(err)?;
+        }
+        Ok(spec)
+    }
+
+    /// The steps of `arm` for `seed`, with the smoke overrides when `smoke`.
+    pub fn steps_for(&self, arm: &Arm, seed: u64, smoke: bool) -> Result<Vec<toml::Value>, String> {
+        let mut steps = self.steps.clone();
+        for (key, value) in &arm.set {
+            apply(&mut steps, key, value)?;
+        }
+        if smoke {
+            for (key, value) in &self.smoke {
+                apply(&mut steps, key, value)?;
+            }
+        }
+        for step in &mut steps {
+            for kind in ["train", "upcycle"] {
+                if let Some(table) = step.get_mut(kind).and_then(|t| t.as_table_mut()) {
+                    let base = table.get("seed").and_then(|s| s.as_integer()).unwrap_or(0);
+                    table.insert("seed".into(), toml::Value::Integer(base + seed as i64));
+                }
+            }
+        }
+        Ok(steps)
+    }
+}
+
+/// Set (or with `"-"` remove) `STEP.a.b.c` in `steps`; `*` as STEP sets it in every step
+/// where `a.b` exists.
+fn apply(steps: &mut [toml::Value], key: &str, value: &toml::Value) -> Result<(), String> {
+    let mut parts = key.split('.');
+    let step_name = parts.next().unwrap_or_default();
+    let path: Vec<&str> = parts.collect();
+    let Some((last, parents)) = path.split_last() else { return Err(format!("{key:?}: expected STEP.key")) };
+    let mut matched = false;
+    for step in steps.iter_mut() {
+        let name = step.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        if step_name != "*" && step_name != name {
+            continue;
+        }
+        let mut table = step.as_table_mut();
+        for p in parents {
+            table = match table {
+                Some(t) if step_name == "*" => t.get_mut(*p).and_then(|v| v.as_table_mut()),
+                Some(t) => Some(t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().ok_or_else(|| format!("{key:?}: `{p}` is not a table"))?),
+                None => None,
+            };
+        }
+        if let Some(t) = table {
+            if value.as_str() == Some("-") {
+                t.remove(*last);
+            } else {
+                t.insert(last.to_string(), value.clone());
+            }
+            matched = true;
+        }
+    }
+    if matched || step_name == "*" { Ok(()) } else { Err(format!("{key:?}: no step {step_name:?}")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_reach_named_and_starred_steps() {
+        let mut steps: Vec<toml::Value> = vec![toml::from_str("name = \"a\"\n[train.train]\nsteps = 100\n").unwrap(), toml::from_str("name = \"b\"\n[upcycle]\nscheme = \"x\"\n").unwrap()];
+        apply(&mut steps, "*.train.train.steps", &toml::Value::Integer(3)).unwrap();
+        apply(&mut steps, "b.upcycle.params.ratio", &toml::Value::Float(0.5)).unwrap();
+        apply(&mut steps, "b.upcycle.scheme", &toml::Value::String("-".into())).unwrap();
+        assert_eq!(steps[0]["train"]["train"]["steps"].as_integer(), Some(3));
+        assert!(steps[1].get("train").is_none(), "* created a path that did not exist");
+        assert_eq!(steps[1]["upcycle"]["params"]["ratio"].as_float(), Some(0.5));
+        assert!(steps[1]["upcycle"].get("scheme").is_none());
+        assert!(apply(&mut steps, "c.x.y", &toml::Value::Integer(1)).is_err());
+    }
+}

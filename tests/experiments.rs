@@ -1,0 +1,50 @@
+//! Every experiment in `experiments/` runs end to end with `--smoke` (seconds-long
+//! settings): all arms and seeds train, steps identical across arms run once, the
+//! results page, table and plot are written with one verdict per criterion, and a rerun
+//! skips everything already done.
+
+mod support;
+
+use support::{repo, run, text};
+
+#[test]
+fn every_experiment_runs_with_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("experiments")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let spec: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+        let arms: Vec<String> = spec["arms"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
+        let seeds = spec["seeds"].as_array().unwrap().len();
+        let criteria = spec.get("criteria").and_then(|c| c.as_array()).map_or(0, Vec::len);
+        let out = dir.path().join(file.file_stem().unwrap());
+        let args = ["experiment", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--smoke", "--threads", "1"];
+        let first = run(&args);
+        assert!(first.status.success(), "{}\n{}", file.display(), text(&first));
+        let stdout = String::from_utf8_lossy(&first.stdout);
+        let verdicts = stdout.lines().filter(|l| l.starts_with("holds: ") || l.starts_with("does not hold: ")).count();
+        assert_eq!(verdicts, criteria, "{}\n{stdout}", file.display());
+
+        let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+        for arm in &arms {
+            assert!(md.contains(&format!("| {arm} |")), "{}: no row for {arm}\n{md}", file.display());
+        }
+        assert!(md.contains("Smoke run"), "{md}");
+        let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + arms.len() * seeds, "{csv}");
+        assert!(std::fs::metadata(out.join("loss.png")).unwrap().len() > 1000);
+
+        // Steps no arm changes run once per seed, not once per arm.
+        let first_step = spec["steps"].as_array().unwrap()[0]["name"].as_str().unwrap().to_string();
+        let changed_by_an_arm = spec["arms"].as_array().unwrap().iter().any(|a| a.get("set").and_then(|s| s.as_table()).is_some_and(|s| s.keys().any(|k| k.starts_with(&format!("{first_step}.")))));
+        if !changed_by_an_arm && spec["steps"].as_array().unwrap().len() > 1 {
+            let runs = std::fs::read_dir(out.join("smoke-runs")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(&format!("{first_step}-"))).count();
+            assert_eq!(runs, seeds, "{}: step {first_step} ran {runs} times", file.display());
+        }
+
+        let again = run(&args);
+        assert!(again.status.success(), "{}", text(&again));
+        assert!(!String::from_utf8_lossy(&again.stdout).contains("step 1/"), "a rerun trained again:\n{}", text(&again));
+    }
+}
