@@ -24,24 +24,7 @@ pub(super) fn plugins(router: Option<&Path>, tokens: u32, experts: u32, top_k: u
     let mut plugin = RouterPlugin::new(&engine, &component, &params, 0, PluginLimits::default())?;
     println!("router {} ({}, {} KiB)", file.display(), component.digest(), component.size_bytes().div_ceil(1024));
 
-    let layers: Vec<LayerInfo> = (0..8)
-        .map(|layer| LayerInfo { layer, num_layers: 8, hidden: 512, num_experts: experts, expert_intermediate: vec![1408; experts as usize], shared_experts: 0, tokens_per_batch: tokens })
-        .collect();
-    let stats: Vec<LayerStats> = layers
-        .iter()
-        .map(|l| LayerStats {
-            layer: l.layer,
-            tokens,
-            top_k,
-            expert_load: vec![tokens * top_k / experts; experts as usize],
-            dropped: 0,
-            overflow_rate: 0.0,
-            gate_entropy: 1.5,
-            max1_over_max2: 1.2,
-            load_balance_loss: 1.0,
-            z_loss: 3.0,
-        })
-        .collect();
+    let (layers, stats) = synthetic_layers(8, experts, tokens, top_k, |_| tokens * top_k / experts);
 
     const CALLS: u32 = 2000;
     let spec = median(repeats, || {
@@ -85,6 +68,30 @@ pub(super) fn plugins(router: Option<&Path>, tokens: u32, experts: u32, top_k: u
         bail!("the plugin's route and the native top-k disagree");
     }
     Ok(())
+}
+
+/// `count` MoE layers of `experts` experts (width 1408, d 512) routing `tokens` tokens
+/// top-`top_k`, and one step's statistics for each with expert `e` receiving `load(e)`.
+pub(super) fn synthetic_layers(count: u32, experts: u32, tokens: u32, top_k: u32, load: impl Fn(u32) -> u32) -> (Vec<LayerInfo>, Vec<LayerStats>) {
+    let layers: Vec<LayerInfo> = (0..count)
+        .map(|layer| LayerInfo { layer, num_layers: count, hidden: 512, num_experts: experts, expert_intermediate: vec![1408; experts as usize], shared_experts: 0, tokens_per_batch: tokens })
+        .collect();
+    let stats = layers
+        .iter()
+        .map(|l| LayerStats {
+            layer: l.layer,
+            tokens,
+            top_k,
+            expert_load: (0..experts).map(&load).collect(),
+            dropped: 0,
+            overflow_rate: 0.0,
+            gate_entropy: 1.5,
+            max1_over_max2: 1.2,
+            load_balance_loss: 1.0,
+            z_loss: 3.0,
+        })
+        .collect();
+    (layers, stats)
 }
 
 /// Build the reference `topk-softmax` router from this source tree.

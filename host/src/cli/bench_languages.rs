@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::bench::{median, micros, millis};
+use super::bench::{median, micros, millis, synthetic_layers};
 use crate::plugins::aux_schedule::AuxSchedulePlugin;
-use crate::plugins::router::{LayerInfo, LayerStats, RouterPlugin};
+use crate::plugins::router::RouterPlugin;
 use crate::plugins::sampler::{DomainStats, SampleRequest, SamplerPlugin};
 use crate::plugins::{PluginComponent, PluginEngine, PluginLimits};
 
@@ -30,22 +30,8 @@ pub(super) fn languages(repeats: usize) -> anyhow::Result<()> {
     let engine = PluginEngine::without_disk_cache()?;
     let limits = PluginLimits::default;
 
-    let layers: Vec<LayerInfo> = (0..8).map(|layer| LayerInfo { layer, num_layers: 8, hidden: 512, num_experts: 64, expert_intermediate: vec![1408; 64], shared_experts: 0, tokens_per_batch: 4096 }).collect();
-    let stats: Vec<LayerStats> = layers
-        .iter()
-        .map(|l| LayerStats {
-            layer: l.layer,
-            tokens: 4096,
-            top_k: 2,
-            expert_load: (0..64).map(|e| 100 + (e * 37) % 50).collect(),
-            dropped: 0,
-            overflow_rate: 0.0,
-            gate_entropy: 1.5,
-            max1_over_max2: 1.2,
-            load_balance_loss: 1.0,
-            z_loss: 3.0,
-        })
-        .collect();
+    let uneven = |e: u32| 100 + (e * 37) % 50;
+    let (layers, stats) = synthetic_layers(8, 64, 4096, 2, uneven);
     let moe_layers: Vec<u32> = layers.iter().map(|l| l.layer).collect();
     let request = SampleRequest {
         step: 7,
@@ -111,8 +97,7 @@ pub(super) fn languages(repeats: usize) -> anyhow::Result<()> {
     }
     // The largest router call a real model makes: DeepSeek-V3 has 58 MoE layers of 256
     // experts. Its fuel must stay well inside the default budget.
-    let big: Vec<LayerInfo> = (0..58).map(|layer| LayerInfo { num_experts: 256, expert_intermediate: vec![2048; 256], layer, ..layers[0].clone() }).collect();
-    let big_stats: Vec<LayerStats> = big.iter().map(|l| LayerStats { layer: l.layer, expert_load: (0..256).map(|e| 100 + (e * 37) % 50).collect(), ..stats[0].clone() }).collect();
+    let (big, big_stats) = synthetic_layers(58, 256, 4096, 2, uneven);
     let mut py = RouterPlugin::new(&engine, &engine.load_bytes("py-aux-free-bias", &std::fs::read(file("py-aux-free-bias")?)?)?, "gamma = 0.001", 0, limits())?;
     let start = Instant::now();
     py.on_step(1, &big_stats, &big)?;
