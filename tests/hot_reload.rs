@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{plugin, recast, run, text};
+use support::{TINY_MOE, plugin, recast, run, text};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -22,17 +22,7 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
         r#"seed = 3
 {extra}
 
-[model.init]
-architecture = "mixtral"
-hidden_size = 32
-num_layers = 2
-num_heads = 4
-num_kv_heads = 2
-intermediate_size = 48
-num_experts = 4
-top_k = 2
-std = 0.05
-
+{TINY_MOE}
 [[data.domains]]
 name = "arithmetic"
 builtin = "arithmetic"

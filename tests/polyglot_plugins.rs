@@ -10,7 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use support::{plugin, repo, run, text};
+use support::{TINY_MOE, plugin, repo, run, text};
 
 #[test]
 fn each_builds_and_passes_plugin_check() {
@@ -29,17 +29,7 @@ fn config(dir: &Path, name: &str, router: &str, sampler: &str, aux: &str) -> Pat
     let body = format!(
         r#"seed = 5
 
-[model.init]
-architecture = "mixtral"
-hidden_size = 32
-num_layers = 2
-num_heads = 4
-num_kv_heads = 2
-intermediate_size = 48
-num_experts = 4
-top_k = 2
-std = 0.05
-
+{TINY_MOE}
 [[data.domains]]
 name = "arithmetic"
 builtin = "arithmetic"

@@ -8,24 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{plugin, recast, run, text};
+use support::{TINY_MOE, plugin, recast, run, text};
 
 fn config(dir: &Path, extra_train: &str) -> PathBuf {
     let path = dir.join("run.toml");
     let body = format!(
         r#"seed = 7
 
-[model.init]
-architecture = "mixtral"
-hidden_size = 32
-num_layers = 2
-num_heads = 4
-num_kv_heads = 2
-intermediate_size = 48
-num_experts = 4
-top_k = 2
-std = 0.05
-
+{TINY_MOE}
 [[data.domains]]
 name = "arithmetic"
 builtin = "arithmetic"

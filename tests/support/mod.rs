@@ -48,3 +48,17 @@ pub fn plugins() -> &'static HashMap<String, PathBuf> {
 pub fn plugin(name: &str) -> &'static Path {
     plugins().get(name).unwrap_or_else(|| panic!("plugin {name} was not built")).as_path()
 }
+
+/// The `[model.init]` table of the tests' tiny MoE (2 layers, d 32, 4 experts, top-2):
+/// a training step takes milliseconds.
+pub const TINY_MOE: &str = r#"[model.init]
+architecture = "mixtral"
+hidden_size = 32
+num_layers = 2
+num_heads = 4
+num_kv_heads = 2
+intermediate_size = 48
+num_experts = 4
+top_k = 2
+std = 0.05
+"#;

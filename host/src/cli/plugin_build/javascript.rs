@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use super::python::kind_of;
 use super::{BuiltPlugin, checked, tools};
+use crate::plugins::PluginEngine;
 
 /// Whether `dir` is a JavaScript plugin: a `package.json` with a `"recast"` key.
 pub(super) fn is_plugin(dir: &Path) -> bool {
@@ -22,7 +23,7 @@ fn manifest(dir: &Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
-pub(super) fn build(dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
+pub(super) fn build(engine: &PluginEngine, dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
     let doc = manifest(dir)?;
     let file = dir.join("package.json");
     let name = doc["name"].as_str().with_context(|| format!("{}: needs a \"name\"", file.display()))?.to_string();
@@ -35,8 +36,8 @@ pub(super) fn build(dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
     let mut version = Command::new(&tool);
     version.arg("--version");
     let mut inputs = vec![("tool".to_string(), tools::run(version, "componentize-js --version")?.into_bytes()), ("world".into(), kind.world().into_bytes()), ("main".into(), main.as_bytes().to_vec())];
-    inputs.extend(tools::sources(dir, ".js")?);
-    inputs.extend(tools::sources(&sdk, ".js")?);
+    let modules: Vec<(String, Vec<u8>)> = tools::sources(dir, ".js")?.into_iter().chain(tools::sources(&sdk, ".js")?).collect();
+    inputs.extend(modules.iter().cloned());
     inputs.extend(tools::wit_inputs(&wit)?);
     let digest = tools::inputs_digest(&inputs);
     let out = out_dir.join(format!("{name}.wasm"));
@@ -46,8 +47,8 @@ pub(super) fn build(dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
 
     // The plugin's modules and the SDK side by side, so `import "./recast-sdk.js"` resolves.
     let stage = tempfile::tempdir().context("cannot create a staging folder")?;
-    for (file_name, bytes) in tools::sources(dir, ".js")?.into_iter().chain(tools::sources(&sdk, ".js")?) {
-        std::fs::write(stage.path().join(&file_name), bytes).with_context(|| format!("cannot stage {file_name}"))?;
+    for (file_name, bytes) in &modules {
+        std::fs::write(stage.path().join(file_name), bytes).with_context(|| format!("cannot stage {file_name}"))?;
     }
     std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let tmp = out_dir.join(format!(".{name}.wasm.tmp"));
@@ -57,7 +58,7 @@ pub(super) fn build(dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
     tools::run(cmd, &format!("componentize-js for {}", dir.display()))?;
     let bytes = super::read(&tmp)?;
     std::fs::rename(&tmp, &out).with_context(|| format!("cannot write {}", out.display()))?;
-    let built = checked(name, out, &bytes)?;
+    let built = checked(engine, name, out, &bytes)?;
     tools::record(&built, &digest)?;
     Ok(built)
 }

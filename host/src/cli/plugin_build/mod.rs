@@ -49,11 +49,13 @@ pub(super) fn run(path: &Path) -> anyhow::Result<()> {
 /// `path` (its Rust crates, then its Python and JavaScript plugin folders), into
 /// components under `<target>/plugins/<name>.wasm`.
 pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
+    // One engine checks every component this call writes.
+    let engine = PluginEngine::new()?;
     if python::is_plugin(path) {
-        return Ok(vec![python::build(path, &out_dir_for(path))?]);
+        return Ok(vec![python::build(&engine, path, &out_dir_for(path))?]);
     }
     if javascript::is_plugin(path) {
-        return Ok(vec![javascript::build(path, &out_dir_for(path))?]);
+        return Ok(vec![javascript::build(&engine, path, &out_dir_for(path))?]);
     }
     if !path.join("Cargo.toml").exists() {
         anyhow::bail!(
@@ -61,14 +63,14 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
             path.display()
         );
     }
-    let mut built = rust::build(path)?;
+    let mut built = rust::build(&engine, path)?;
     if is_virtual_workspace(path) {
         let out_dir = std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?.join("target").join("plugins");
         for dir in plugin_folders(path) {
             if python::is_plugin(&dir) {
-                built.push(python::build(&dir, &out_dir)?);
+                built.push(python::build(&engine, &dir, &out_dir)?);
             } else if javascript::is_plugin(&dir) {
-                built.push(javascript::build(&dir, &out_dir)?);
+                built.push(javascript::build(&engine, &dir, &out_dir)?);
             }
         }
     }
@@ -76,8 +78,7 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
 }
 
 /// Load `bytes` (written to `path`) once to learn its kind or why this host refuses it.
-pub(super) fn checked(name: String, path: PathBuf, bytes: &[u8]) -> anyhow::Result<BuiltPlugin> {
-    let engine = PluginEngine::new()?;
+pub(super) fn checked(engine: &PluginEngine, name: String, path: PathBuf, bytes: &[u8]) -> anyhow::Result<BuiltPlugin> {
     let (kind, refused) = match engine.load_bytes(&path.display().to_string(), bytes) {
         Ok(component) => (Some(component.kind()), None),
         Err(e) => (None, Some(e.cause.to_string())),

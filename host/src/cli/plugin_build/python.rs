@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use super::{BuiltPlugin, checked, tools};
+use crate::plugins::PluginEngine;
 use crate::plugins::PluginKind;
 
 /// Whether `dir` is a Python plugin: a `pyproject.toml` with a `[tool.recast]` table.
@@ -22,7 +23,7 @@ fn manifest(dir: &Path) -> anyhow::Result<toml::Table> {
     text.parse().with_context(|| format!("{} is not valid TOML", path.display()))
 }
 
-pub(super) fn build(dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
+pub(super) fn build(engine: &PluginEngine, dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
     let doc = manifest(dir)?;
     let file = dir.join("pyproject.toml");
     let name = doc.get("project").and_then(|p| p.get("name")).and_then(|n| n.as_str()).with_context(|| format!("{}: [project] needs a `name`", file.display()))?.to_string();
@@ -53,7 +54,7 @@ pub(super) fn build(dir: &Path, out_dir: &Path) -> anyhow::Result<BuiltPlugin> {
     tools::run(cmd, &format!("componentize-py for {}", dir.display()))?;
     let bytes = super::read(&tmp)?;
     std::fs::rename(&tmp, &out).with_context(|| format!("cannot write {}", out.display()))?;
-    let built = checked(name, out, &bytes)?;
+    let built = checked(engine, name, out, &bytes)?;
     tools::record(&built, &digest)?;
     Ok(built)
 }

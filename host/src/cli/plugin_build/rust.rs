@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 
 use super::{BuiltPlugin, checked};
+use crate::plugins::PluginEngine;
 
 /// The Rust target plugins are compiled for.
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -16,7 +17,7 @@ pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// Build the plugin crate (or every plugin of the workspace) at `path` into components
 /// under `<cargo target dir>/plugins/<name>.wasm`, and say whether this host accepts
 /// each one.
-pub(super) fn build(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
+pub(super) fn build(engine: &PluginEngine, path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
     let manifest = path.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).with_context(|| format!("no plugin crate at {}: cannot read {}", path.display(), manifest.display()))?;
     let doc: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", manifest.display()))?;
@@ -60,7 +61,7 @@ pub(super) fn build(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
         let out = out_dir.join(format!("{name}.wasm"));
         let bytes = componentize(&module).with_context(|| format!("turning {} into a component", module.display()))?;
         crate::atomic_file::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-        built.push(checked(name, out, &bytes)?);
+        built.push(checked(engine, name, out, &bytes)?);
     }
     Ok(built)
 }
