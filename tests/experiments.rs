@@ -32,8 +32,15 @@ fn every_experiment_runs_with_smoke() {
         }
         assert!(md.contains("Smoke run"), "{md}");
         let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
-        assert_eq!(csv.lines().count(), 1 + arms.len() * seeds, "{csv}");
+        let evaluated = csv.lines().filter(|l| l.split(',').nth(3) == Some("true")).count();
+        assert_eq!(evaluated, arms.len() * seeds, "{csv}");
         assert!(std::fs::metadata(out.join("loss.png")).unwrap().len() > 1000);
+        // Routing plots whenever the compared step routes, and the page shows them.
+        if md.contains("![drop rate") {
+            for png in ["drop-rate.png", "gate-sharpness.png", "expert-load.png"] {
+                assert!(std::fs::metadata(out.join(png)).unwrap().len() > 1000, "{}: {png}", file.display());
+            }
+        }
 
         // Steps no arm changes run once per seed, not once per arm.
         let first_step = spec["steps"].as_array().unwrap()[0]["name"].as_str().unwrap().to_string();
@@ -47,4 +54,34 @@ fn every_experiment_runs_with_smoke() {
         assert!(again.status.success(), "{}", text(&again));
         assert!(!String::from_utf8_lossy(&again.stdout).contains("step 1/"), "a rerun trained again:\n{}", text(&again));
     }
+}
+
+/// `--data NAME=DIR` trains every step on prepared text for that domain: the runs'
+/// configs name the shards, and a domain the experiment lacks is refused by name.
+#[test]
+fn experiments_run_on_prepared_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("data");
+    let sources = repo().join("host").join("src").join("experiment");
+    let prepared = run(&["data", "prepare", "--out", shards.to_str().unwrap(), "--domain", &format!("code={}", sources.display())]);
+    assert!(prepared.status.success(), "{}", text(&prepared));
+    let code = shards.join("code");
+    let file = repo().join("experiments").join("sparse-upcycling.toml");
+    let out = dir.path().join("out");
+    let args = ["experiment", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--smoke", "--threads", "1", "--data", &format!("code={}", code.display())];
+    let ran = run(&args);
+    assert!(ran.status.success(), "{}", text(&ran));
+    let mut configs = 0;
+    for entry in std::fs::read_dir(out.join("smoke-runs")).unwrap() {
+        let config = entry.unwrap().path().join("config.toml");
+        if let Ok(text) = std::fs::read_to_string(&config) {
+            assert!(text.contains(&code.display().to_string()), "{}: {text}", config.display());
+            configs += 1;
+        }
+    }
+    assert!(configs >= 2, "{configs} training runs");
+
+    let wrong = run(&["experiment", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--smoke", "--data", &format!("math={}", code.display())]);
+    assert!(!wrong.status.success());
+    assert!(text(&wrong).contains("no step has a domain named \"math\""), "{}", text(&wrong));
 }

@@ -172,3 +172,27 @@ fn expert_choice_gives_each_expert_its_capacity() {
     assert_eq!(out.stats.expert_load, vec![20; 4]); // floor(40 * 2 / 4)
     assert_eq!(out.output.dtype(), DType::F32);
 }
+
+#[test]
+fn gate_means_are_the_softmax_of_the_router_logits_averaged_over_tokens() {
+    let mut rng = SplitMix64(9);
+    let x = randn(&mut rng, &[32, D_MODEL], 1.0);
+    let router = randn(&mut rng, &[3, D_MODEL], 1.0);
+    let experts: Vec<Ffn> = (0..3).map(|_| ffn(&mut rng, 8)).collect();
+    let out = layer(experts, router.clone(), spec(2, true)).forward(&x).expect("forward");
+    // Independently: softmax of x·Wᵀ row by row, in f64, then the column means.
+    let z: Vec<Vec<f32>> = x.matmul(&router.t().expect("t")).expect("z").to_vec2().expect("vec");
+    let mut want = [0f64; 3];
+    for row in &z {
+        let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for (w, v) in want.iter_mut().zip(&e) {
+            *w += v / sum / z.len() as f64;
+        }
+    }
+    assert_eq!(out.gate_mean.len(), 3);
+    for (got, want) in out.gate_mean.iter().zip(want) {
+        assert!((*got as f64 - want).abs() < 1e-5, "{:?} vs {want}", out.gate_mean);
+    }
+}

@@ -137,6 +137,10 @@ enum Command {
         /// A seconds-long version that only proves the pipeline.
         #[arg(long)]
         smoke: bool,
+        /// Use prepared shards for a domain in every step: NAME=DIR (a folder from
+        /// `recast data prepare`); repeat for several domains.
+        #[arg(long = "data", value_name = "NAME=DIR")]
+        data: Vec<String>,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -483,9 +487,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect::run(&file, json),
         Command::Plugin(PluginCommand::Check { file, params, limits }) => plugin_check::run(&file, params.as_deref(), limits.limits()),
         Command::Bench(BenchCommand::Languages { repeats }) => bench_languages::languages(repeats.max(1)),
-        Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => {
-            bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1))
-        }
+        Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1)),
         Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, threads, repeats }) => {
             threads.apply();
             bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn, dtype: dtype.dtype() }, repeats)
@@ -509,10 +511,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Sign { bundle, key }) => bundle::sign(&bundle, &key),
         Command::Keygen { out } => bundle::keygen(&out),
         Command::Lock { config, out } => lock::run(&config, out.as_deref()),
-        Command::Experiment { experiment: file, out, smoke, threads } => {
+        Command::Experiment { experiment: file, out, smoke, data, threads } => {
             threads.apply();
             let out = out.unwrap_or_else(|| experiment::default_out(&file));
-            experiment::run(&file, &out, smoke)
+            experiment::run(&file, &out, smoke, &data)
         }
         Command::Recipe { recipe, out, max_steps, threads } => {
             threads.apply();
@@ -532,16 +534,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction }) => data_prepare::run(&out, &domains, &tokenizer, &jsonl_field, valid_fraction),
-        Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed } => upcycle::run(upcycle::UpcycleArgs {
-            sources,
-            scheme,
-            params,
-            out,
-            format,
-            dtype: dtype.map(DTypeArg::dtype),
-            max_shard_bytes: max_shard_size,
-            seed,
-        }),
+        Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed } => {
+            upcycle::run(upcycle::UpcycleArgs { sources, scheme, params, out, format, dtype: dtype.map(DTypeArg::dtype), max_shard_bytes: max_shard_size, seed })
+        }
         Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
     }
 }

@@ -26,6 +26,42 @@ pub struct RunResult {
     pub max1_over_max2: Option<f64>,
     /// Over the last tenth of the steps: mean over layers of max load / mean load − 1.
     pub maxvio: Option<f64>,
+    /// Held-out loss per domain at the evaluation before the first step.
+    pub initial_loss: BTreeMap<String, f64>,
+    /// At the last evaluation: per domain, per MoE layer, the mean gate weight of every
+    /// expert.
+    pub gates: BTreeMap<String, Vec<Vec<f64>>>,
+    /// Routing statistics per step, means over MoE layers.
+    pub routing_curve: Vec<RoutingPoint>,
+}
+
+/// One step's routing statistics (means over MoE layers) and the tokens seen by then.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoutingPoint {
+    pub tokens: f64,
+    pub drop_rate: Option<f64>,
+    pub max1_over_max2: Option<f64>,
+    pub maxvio: Option<f64>,
+}
+
+/// Drop rate, Max1/Max2 and MaxVio of one step's record, means over its MoE layers.
+fn routing_of(record: &Value, tokens: f64) -> RoutingPoint {
+    let layers: Vec<&Value> = record["layers"].as_array().map(|l| l.iter().collect()).unwrap_or_default();
+    let mean = |f: &dyn Fn(&Value) -> Option<f64>| -> Option<f64> {
+        let values: Vec<f64> = layers.iter().filter_map(|l| f(l)).collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let drop = mean(&|l| {
+        let routed = l["tokens"].as_f64()? * l["top_k"].as_f64()?;
+        (routed > 0.0).then(|| l["dropped"].as_f64().unwrap_or(0.0) / routed)
+    });
+    let sharpness = mean(&|l| l["max1_over_max2"].as_f64());
+    let maxvio = mean(&|l| {
+        let load: Vec<f64> = l["expert_load"].as_array()?.iter().filter_map(Value::as_f64).collect();
+        let mean = load.iter().sum::<f64>() / load.len().max(1) as f64;
+        (mean > 0.0).then(|| load.iter().cloned().fold(0.0, f64::max) / mean - 1.0)
+    });
+    RoutingPoint { tokens, drop_rate: drop, max1_over_max2: sharpness, maxvio }
 }
 
 impl RunResult {
@@ -41,33 +77,37 @@ impl RunResult {
             tokens += r["tokens"].as_u64().unwrap_or(0);
             out.seconds += r["step_ms"].as_f64().unwrap_or(0.0) / 1e3;
             tokens_at.insert(r["step"].as_u64().unwrap_or(0), tokens);
+            let point = routing_of(r, tokens as f64);
+            if point.drop_rate.is_some() || point.max1_over_max2.is_some() || point.maxvio.is_some() {
+                out.routing_curve.push(point);
+            }
         }
         out.tokens = tokens;
         for r in records.iter().filter(|r| r.get("eval").is_some()) {
-            let Some(losses) = r["eval"].as_object() else { continue };
+            let Some(losses) = r["eval"].as_object() else {
+                continue;
+            };
             let step = r["step"].as_u64().unwrap_or(0);
             let mean = losses.values().filter_map(Value::as_f64).sum::<f64>() / losses.len().max(1) as f64;
             out.curve.push((tokens_at.get(&step).copied().unwrap_or(0) as f64, mean));
-            if step > 0 && out.early_loss.is_none() {
+            out.final_loss = losses.iter().filter_map(|(d, v)| v.as_f64().map(|v| (d.clone(), v))).collect();
+            if step == 0 {
+                out.initial_loss = out.final_loss.clone();
+            } else if out.early_loss.is_none() {
                 out.early_loss = Some(mean);
             }
-            out.final_loss = losses.iter().filter_map(|(d, v)| v.as_f64().map(|v| (d.clone(), v))).collect();
+            out.gates =
+                r["eval_gates"].as_object().map(|g| g.iter().filter_map(|(d, v)| serde_json::from_value::<Vec<Vec<f64>>>(v.clone()).ok().map(|m| (d.clone(), m))).collect()).unwrap_or_default();
         }
-        let tail = &steps[steps.len() - steps.len().div_ceil(10).min(steps.len())..];
-        let per_layer = |f: &dyn Fn(&Value) -> Option<f64>| -> Option<f64> {
-            let values: Vec<f64> = tail.iter().flat_map(|r| r["layers"].as_array().into_iter().flatten()).filter_map(f).collect();
+        let curve = &out.routing_curve;
+        let tail = &curve[curve.len() - curve.len().div_ceil(10)..];
+        let tail_mean = |pick: fn(&RoutingPoint) -> Option<f64>| -> Option<f64> {
+            let values: Vec<f64> = tail.iter().filter_map(pick).collect();
             (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
         };
-        out.drop_rate = per_layer(&|l| {
-            let routed = l["tokens"].as_f64()? * l["top_k"].as_f64()?;
-            (routed > 0.0).then(|| l["dropped"].as_f64().unwrap_or(0.0) / routed)
-        });
-        out.max1_over_max2 = per_layer(&|l| l["max1_over_max2"].as_f64());
-        out.maxvio = per_layer(&|l| {
-            let load: Vec<f64> = l["expert_load"].as_array()?.iter().filter_map(Value::as_f64).collect();
-            let mean = load.iter().sum::<f64>() / load.len().max(1) as f64;
-            (mean > 0.0).then(|| load.iter().cloned().fold(0.0, f64::max) / mean - 1.0)
-        });
+        out.drop_rate = tail_mean(|r| r.drop_rate);
+        out.max1_over_max2 = tail_mean(|r| r.max1_over_max2);
+        out.maxvio = tail_mean(|r| r.maxvio);
         Ok(out)
     }
 
@@ -76,20 +116,9 @@ impl RunResult {
         self.final_loss.values().sum::<f64>() / self.final_loss.len().max(1) as f64
     }
 
-    /// The value of a criterion's metric: `final_loss`, `final_loss:DOMAIN`,
-    /// `early_loss`, `drop_rate`, `max1_over_max2` or `maxvio`.
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        match name.split_once(':') {
-            Some(("final_loss", domain)) => self.final_loss.get(domain).copied(),
-            _ => match name {
-                "final_loss" => Some(self.mean_final()),
-                "early_loss" => self.early_loss,
-                "drop_rate" => self.drop_rate,
-                "max1_over_max2" => self.max1_over_max2,
-                "maxvio" => self.maxvio,
-                _ => None,
-            },
-        }
+    /// Mean held-out loss over domains before the first step.
+    pub fn mean_initial(&self) -> Option<f64> {
+        (!self.initial_loss.is_empty()).then(|| self.initial_loss.values().sum::<f64>() / self.initial_loss.len() as f64)
     }
 }
 

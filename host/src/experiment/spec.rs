@@ -72,9 +72,37 @@ impl ExperimentSpec {
             }
         }
         for c in &spec.criteria {
-            c.check_arms(spec.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().as_slice()).map_err(err)?;
+            c.check(spec.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().as_slice()).map_err(err)?;
+            for metric in std::iter::once(&c.metric).chain(&c.minus).chain(&c.reference) {
+                if let Some(step) = metric.split_once('@').map(|(_, s)| s)
+                    && !names.contains(&step)
+                {
+                    return Err(err(format!("criterion {:?} reads {metric:?}, but there is no step {step:?}", c.says)));
+                }
+            }
         }
         Ok(spec)
+    }
+
+    /// Train every step on the prepared shards in `dir` for the domain `name` instead
+    /// of what the file gives it (a built-in generator or other shards), so that an
+    /// experiment runs on real text. Refused when no step has a domain of that name.
+    pub fn use_shards(&mut self, name: &str, dir: &Path) -> Result<(), String> {
+        let mut found = false;
+        let mut known = std::collections::BTreeSet::new();
+        for step in &mut self.steps {
+            let domains = step.get_mut("train").and_then(|t| t.get_mut("data")).and_then(|d| d.get_mut("domains")).and_then(|d| d.as_array_mut());
+            for domain in domains.into_iter().flatten().filter_map(|d| d.as_table_mut()) {
+                let this = domain.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+                if this == name {
+                    domain.remove("builtin");
+                    domain.insert("shards".into(), toml::Value::String(dir.display().to_string()));
+                    found = true;
+                }
+                known.insert(this);
+            }
+        }
+        if found { Ok(()) } else { Err(format!("no step has a domain named {name:?} (domains: {})", known.into_iter().collect::<Vec<_>>().join(", "))) }
     }
 
     /// The steps of `arm` for `seed`, with the smoke overrides when `smoke`.
@@ -106,7 +134,9 @@ fn apply(steps: &mut [toml::Value], key: &str, value: &toml::Value) -> Result<()
     let mut parts = key.split('.');
     let step_name = parts.next().unwrap_or_default();
     let path: Vec<&str> = parts.collect();
-    let Some((last, parents)) = path.split_last() else { return Err(format!("{key:?}: expected STEP.key")) };
+    let Some((last, parents)) = path.split_last() else {
+        return Err(format!("{key:?}: expected STEP.key"));
+    };
     let mut matched = false;
     for step in steps.iter_mut() {
         let name = step.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
@@ -148,5 +178,20 @@ mod tests {
         assert_eq!(steps[1]["upcycle"]["params"]["ratio"].as_float(), Some(0.5));
         assert!(steps[1]["upcycle"].get("scheme").is_none());
         assert!(apply(&mut steps, "c.x.y", &toml::Value::Integer(1)).is_err());
+    }
+
+    #[test]
+    fn prepared_shards_replace_a_domain_in_every_step() {
+        let text = "claim = \"c\"\nseeds = [0]\nevaluate = \"b\"\n[[arms]]\nname = \"x\"\n[[steps]]\nname = \"a\"\n[[steps.train.data.domains]]\nname = \"code\"\nbuiltin = \"code\"\n[[steps.train.data.domains]]\nname = \"prose\"\nbuiltin = \"prose\"\n[[steps]]\nname = \"b\"\n[[steps.train.data.domains]]\nname = \"code\"\nbuiltin = \"code\"\n";
+        let mut spec = ExperimentSpec::parse(text, Path::new("e.toml")).unwrap();
+        spec.use_shards("code", Path::new("/data/code")).unwrap();
+        for step in &spec.steps {
+            let code = &step["train"]["data"]["domains"][0];
+            assert_eq!(code["shards"].as_str(), Some("/data/code"));
+            assert!(code.get("builtin").is_none());
+        }
+        assert_eq!(spec.steps[0]["train"]["data"]["domains"][1]["builtin"].as_str(), Some("prose"));
+        let err = spec.use_shards("math", Path::new("/data/math")).unwrap_err();
+        assert!(err.contains("code, prose"), "{err}");
     }
 }

@@ -46,6 +46,8 @@ pub struct ForwardOutput {
     pub aux_loss: Option<Tensor>,
     /// One record per MoE layer, in layer order.
     pub moe_stats: Vec<LayerStats>,
+    /// Per MoE layer, the mean router probability of every expert.
+    pub gate_means: Vec<Vec<f32>>,
 }
 
 impl Transformer {
@@ -97,6 +99,7 @@ impl Transformer {
         let masks = Masks::new(&self.config.attention_window, seq, dtype, device)?;
         let mut aux_loss: Option<Tensor> = None;
         let mut moe_stats = Vec::new();
+        let mut gate_means = Vec::new();
         let eps = self.config.rms_norm_eps;
         for (l, block) in self.blocks.iter().enumerate() {
             let a = block.attention.forward(&rms_norm(&h, &block.input_norm, eps)?, batch, seq, &rope, masks.for_layer(l))?;
@@ -113,13 +116,14 @@ impl Transformer {
                         });
                     }
                     moe_stats.push(out.stats);
+                    gate_means.push(out.gate_mean);
                     out.output
                 }
             };
             h = h.add(&m)?;
         }
         let logits = linear(&rms_norm(&h, &self.norm, eps)?, &self.head, None)?;
-        Ok(ForwardOutput { logits, aux_loss, moe_stats })
+        Ok(ForwardOutput { logits, aux_loss, moe_stats, gate_means })
     }
 
     /// The MoE layers, for setting routing specs, biases and coefficients.
@@ -205,12 +209,7 @@ fn block(config: &ModelConfig, l: usize, r: &mut impl ParamSource) -> Result<Blo
         }
         _ => Mlp::Dense(ffn(r, &format!("{p}.mlp"), d, config.intermediate_size)?),
     };
-    Ok(Block {
-        input_norm: r.tensor(&format!("{p}.input_layernorm.weight"), &[d])?,
-        attention,
-        post_attention_norm: r.tensor(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-        mlp,
-    })
+    Ok(Block { input_norm: r.tensor(&format!("{p}.input_layernorm.weight"), &[d])?, attention, post_attention_norm: r.tensor(&format!("{p}.post_attention_layernorm.weight"), &[d])?, mlp })
 }
 
 fn ffn(r: &mut impl ParamSource, prefix: &str, d: usize, width: usize) -> Result<Ffn, ModelError> {

@@ -10,10 +10,10 @@ use super::gates::{expert_choice_gates, router_dtype, router_scores, token_choic
 use super::losses;
 use super::selection::{self, Selection, token_choice_capacity, top_k};
 use super::spec::{AuxCoefficients, DropPolicy, LayerStats, RouterSpec, RoutingMode, SelectionBias};
-use crate::plugins::router::{RouteAssignment, TokenLogits};
 use super::stats::layer_stats;
 use crate::model::ffn::Ffn;
 use crate::model::ops::{linear, sigmoid};
+use crate::plugins::router::{RouteAssignment, TokenLogits};
 
 /// One MoE layer's weights and routing state.
 pub struct MoeLayer {
@@ -44,6 +44,9 @@ pub struct MoeOutput {
     pub aux_loss: Option<Tensor>,
     /// Statistics for the plugins.
     pub stats: LayerStats,
+    /// Mean router probability of every expert over the tokens: which experts the
+    /// gate favours on this input (evaluation reports it per domain).
+    pub gate_mean: Vec<f32>,
 }
 
 /// The per-token `route` escape hatch: router logits in, assignments out (already
@@ -108,8 +111,8 @@ impl MoeLayer {
         if let Some(shared) = self.shared_output(x)? {
             output = output.add(&shared)?;
         }
-        let (aux_loss, stats) = self.losses_and_stats(&scores.probs, &z, &selection, tokens, k)?;
-        Ok(MoeOutput { output, aux_loss, stats })
+        let (aux_loss, stats, gate_mean) = self.losses_and_stats(&scores.probs, &z, &selection, tokens, k)?;
+        Ok(MoeOutput { output, aux_loss, stats, gate_mean })
     }
 
     /// The shared experts' summed output, gated if the spec says so.
@@ -129,7 +132,7 @@ impl MoeLayer {
         }
     }
 
-    fn losses_and_stats(&self, probs: &Tensor, z: &Tensor, selection: &Selection, tokens: usize, k: usize) -> Result<(Option<Tensor>, LayerStats)> {
+    fn losses_and_stats(&self, probs: &Tensor, z: &Tensor, selection: &Selection, tokens: usize, k: usize) -> Result<(Option<Tensor>, LayerStats, Vec<f32>)> {
         let lb = losses::load_balance(probs, &selection.load)?;
         let zl = losses::z_loss(z)?;
         let c = self.coefficients;
@@ -138,6 +141,13 @@ impl MoeLayer {
         let experts = probs.dim(D::Minus1)?;
         let scalar = |t: &Tensor| -> Result<f32> { t.to_dtype(DType::F32)?.to_scalar::<f32>() };
         let stats = layer_stats(self.layer, tokens, k, selection, &probs_values, experts, (scalar(&lb)?, scalar(&zl)?));
-        Ok((aux_loss, stats))
+        let mut gate_mean = vec![0f32; experts];
+        for row in probs_values.chunks_exact(experts.max(1)) {
+            for (m, p) in gate_mean.iter_mut().zip(row) {
+                *m += p;
+            }
+        }
+        gate_mean.iter_mut().for_each(|m| *m /= tokens.max(1) as f32);
+        Ok((aux_loss, stats, gate_mean))
     }
 }

@@ -156,7 +156,9 @@ impl Trainer {
                 let params = random_params(&mc, InitOptions { std: init.std, seed: config.seed, dtype: DType::F32 })?;
                 (mc, params)
             }
-            (None, None) => return Err(TrainError::Resume("[model] needs `path` or `init`".into())),
+            (None, None) => {
+                return Err(TrainError::Resume("[model] needs `path` or `init`".into()));
+            }
         };
         if model_config.vocab_size < tokenizer.vocab_size() {
             return Err(TrainError::Resume(format!("the model's vocabulary ({}) is smaller than the tokenizer's ({})", model_config.vocab_size, tokenizer.vocab_size())));
@@ -198,14 +200,26 @@ impl Trainer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn assemble(config: RunConfig, run_dir: &Path, model_config: ModelConfig, params: ParamStore, optimizer: AdamW, plugins: &PluginSet, engine: Arc<PluginEngine>, tokenizer: &Tokenizer, logs: Logs) -> Result<Self, TrainError> {
+    fn assemble(
+        config: RunConfig,
+        run_dir: &Path,
+        model_config: ModelConfig,
+        params: ParamStore,
+        optimizer: AdamW,
+        plugins: &PluginSet,
+        engine: Arc<PluginEngine>,
+        tokenizer: &Tokenizer,
+        logs: Logs,
+    ) -> Result<Self, TrainError> {
         let model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
         let mut domains = Vec::new();
         for d in &config.data.domains {
             let domain = match (&d.builtin, &d.shards) {
                 (Some(which), _) => Domain::builtin(&d.name, which, tokenizer, BUILTIN_DATA_SEED)?,
                 (None, Some(dir)) => Domain::from_shards(&d.name, dir, tokenizer)?,
-                (None, None) => return Err(TrainError::Resume(format!("domain {:?} has no source", d.name))),
+                (None, None) => {
+                    return Err(TrainError::Resume(format!("domain {:?} has no source", d.name)));
+                }
             };
             domain.check_length(config.train.seq_len)?;
             domains.push(domain);
@@ -285,27 +299,41 @@ impl Trainer {
     }
 
     /// Mean next-token loss on every domain's validation split; recorded in the
-    /// metrics and handed to the sampler from the next step.
+    /// metrics (with each MoE layer's mean gate weight per expert and domain, which
+    /// shows whether experts specialise) and handed to the sampler from the next step.
     pub fn evaluate(&mut self) -> Result<Vec<(String, f32)>, TrainError> {
         let t = &self.config.train;
         let mut out = Vec::new();
+        let mut gates = serde_json::Map::new();
         for (d, domain) in self.domains.iter().enumerate() {
             let tokens = validation_windows(domain, t.eval_sequences, t.seq_len);
             let (mut sum, mut n) = (0f64, 0usize);
+            let mut gate_sums: Vec<Vec<f64>> = Vec::new();
             for chunk in tokens.chunks(t.batch_size * t.seq_len) {
                 let batch = chunk.len() / t.seq_len;
-                let logits = self.model.forward(chunk, batch)?.logits.detach();
+                let forward = self.model.forward(chunk, batch)?;
+                let logits = forward.logits.detach();
                 let nll: Vec<f32> = next_token_nll(&logits, chunk, batch).and_then(|x| x.to_dtype(DType::F32)?.to_vec1()).map_err(tensor_err(self.step))?;
                 sum += nll.iter().map(|&x| x as f64).sum::<f64>();
                 n += nll.len();
+                gate_sums.resize_with(forward.gate_means.len(), Vec::new);
+                for (acc, layer) in gate_sums.iter_mut().zip(&forward.gate_means) {
+                    acc.resize(layer.len(), 0.0);
+                    acc.iter_mut().zip(layer).for_each(|(a, g)| *a += *g as f64 * chunk.len() as f64);
+                }
             }
             let loss = (sum / n.max(1) as f64) as f32;
             self.progress[d].valid_loss = Some(loss);
             out.push((domain.name.clone(), loss));
+            if !gate_sums.is_empty() {
+                let means: Vec<Vec<f64>> = gate_sums.iter().map(|l| l.iter().map(|s| s / tokens.len().max(1) as f64).collect()).collect();
+                gates.insert(domain.name.clone(), json!(means));
+            }
         }
         let losses: serde_json::Map<String, serde_json::Value> = out.iter().map(|(n, l)| (n.clone(), json!(l))).collect();
         let path = self.metrics.path().to_path_buf();
-        self.metrics.write(&json!({ "step": self.step, "eval": losses })).map_err(|source| TrainError::Io { path, source })?;
+        let record = if gates.is_empty() { json!({ "step": self.step, "eval": losses }) } else { json!({ "step": self.step, "eval": losses, "eval_gates": gates }) };
+        self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })?;
         Ok(out)
     }
 
