@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::{repo, run, text};
+use support::{recast, repo, run, text};
 
 #[test]
 fn every_experiment_runs_with_smoke() {
@@ -68,8 +68,9 @@ fn experiments_run_on_prepared_domains() {
     let code = shards.join("code");
     let file = repo().join("experiments").join("sparse-upcycling.toml");
     let out = dir.path().join("out");
-    let args = ["experiment", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--smoke", "--threads", "1", "--data", &format!("code={}", code.display())];
-    let ran = run(&args);
+    // A relative --out (from the working folder, here the temporary one) works too.
+    let args = ["experiment", file.to_str().unwrap(), "--out", "out", "--smoke", "--threads", "1", "--data", &format!("code={}", code.display())];
+    let ran = recast().current_dir(dir.path()).args(args).output().unwrap();
     assert!(ran.status.success(), "{}", text(&ran));
     let mut configs = 0;
     for entry in std::fs::read_dir(out.join("smoke-runs")).unwrap() {

@@ -86,7 +86,9 @@ pub(super) fn run_steps(steps: &[Step], file: &Path, dir_of: &dyn Fn(&Step, &str
         for (name, product) in &products {
             definition = definition.replace(&format!("\"@{name}\""), &format!("{:?}", product.display().to_string()));
         }
-        let dir = dir_of(step, &crate::plugins::Digest::of(definition.as_bytes()).to_hex()[..12]);
+        // Absolute, because later steps read this step's product from a config whose
+        // relative paths resolve against the recipe file's folder.
+        let dir = std::path::absolute(dir_of(step, &crate::plugins::Digest::of(definition.as_bytes()).to_hex()[..12]))?;
         println!("== {}: {} ({})", step.name, if step.train.is_some() { "train" } else { "upcycle" }, dir.display());
         match (&step.train, &step.upcycle) {
             (Some(config), None) => {

@@ -144,7 +144,7 @@ impl Criterion {
             (Some(m), _, _) => format!("; bound ≤ {m}"),
             (_, Some(m), _) => format!("; bound ≥ {m}"),
             (_, _, Some(m)) => format!("; bound ±{m}"),
-            _ if self.margin != 0.0 => format!("; margin {}", self.margin),
+            _ if self.margin != 0.0 => format!("; margin {}", figure(self.margin)),
             _ => String::new(),
         };
         Verdict { says: self.says.clone(), holds, figures: format!("{name}: {}{bound}", show(&arms)) }
