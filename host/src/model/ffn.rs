@@ -4,6 +4,7 @@
 use candle_core::{Result, Tensor};
 
 use super::ops::linear;
+use super::swiglu::swiglu;
 
 /// `FFN(x) = (silu(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ` with Hugging Face layouts
 /// (`gate`, `up`: `[width, d]`; `down`: `[d, width]`).
@@ -17,7 +18,7 @@ pub struct Ffn {
 impl Ffn {
     /// `x`: `[n, d]` → `[n, d]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hidden = linear(x, &self.gate, None)?.silu()?.mul(&linear(x, &self.up, None)?)?;
+        let hidden = swiglu(&linear(x, &self.gate, None)?, &linear(x, &self.up, None)?)?;
         linear(&hidden, &self.down, None)
     }
 

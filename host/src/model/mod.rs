@@ -23,4 +23,5 @@ pub mod loss;
 pub mod ops;
 pub mod params;
 pub mod rope;
+pub mod swiglu;
 pub mod transformer;
