@@ -68,7 +68,6 @@ pub(super) fn run(file: &Path, out: &Path, smoke: bool, data: &[String]) -> anyh
 fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u64), StepResults>, out: &Path, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let arms: Vec<String> = spec.arms.iter().map(|a| a.name.clone()).collect();
-    let seeds_of = |arm: &str| seeds_of(spec, results, arm);
     let of = |arm: &str| evaluated_runs(spec, results, arm);
     let evaluated: Vec<&RunResult> = results.values().filter_map(|r| r.get(&spec.evaluate)).collect();
     let domains: Vec<String> = evaluated.first().map(|r| r.final_loss.keys().cloned().collect()).unwrap_or_default();
@@ -76,7 +75,7 @@ fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u64), StepRe
 
     write_csv(results, &spec.evaluate, &domains, &out.join("results.csv"))?;
 
-    let by_arm: BTreeMap<String, Vec<&StepResults>> = arms.iter().map(|a| (a.clone(), seeds_of(a))).collect();
+    let by_arm: BTreeMap<String, Vec<&StepResults>> = arms.iter().map(|a| (a.clone(), seeds_of(spec, results, a))).collect();
     let verdicts: Vec<Verdict> = spec.criteria.iter().map(|c| c.evaluate(&by_arm, &arms, &spec.evaluate)).collect();
 
     let mut md = format!("# {}\n\n", spec.claim);
@@ -113,7 +112,7 @@ fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u64), StepRe
             ms(&|r| r.maxvio)
         );
     }
-    md.push_str(&gate_table(&arms, &|arm: &str| evaluated_runs(spec, results, arm)));
+    md.push_str(&gate_table(&arms, &of));
     md.push_str("\n## Verdicts\n\n");
     for v in &verdicts {
         let _ = writeln!(md, "- **{}**: {} ({})", if v.holds { "holds" } else { "does not hold" }, v.says, v.figures);

@@ -96,8 +96,9 @@ impl RunResult {
             } else if out.early_loss.is_none() {
                 out.early_loss = Some(mean);
             }
-            out.gates =
-                r["eval_gates"].as_object().map(|g| g.iter().filter_map(|(d, v)| serde_json::from_value::<Vec<Vec<f64>>>(v.clone()).ok().map(|m| (d.clone(), m))).collect()).unwrap_or_default();
+        }
+        if let Some(gates) = records.iter().rev().find(|r| r.get("eval").is_some()).and_then(|r| r["eval_gates"].as_object()) {
+            out.gates = gates.iter().filter_map(|(d, v)| serde_json::from_value::<Vec<Vec<f64>>>(v.clone()).ok().map(|m| (d.clone(), m))).collect();
         }
         let curve = &out.routing_curve;
         let tail = &curve[curve.len() - curve.len().div_ceil(10)..];

@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::criteria::Criterion;
+use super::metric::MetricRef;
 
 /// An experiment file (`experiments/*.toml`).
 #[derive(Clone, Debug, Deserialize)]
@@ -74,8 +75,8 @@ impl ExperimentSpec {
         for c in &spec.criteria {
             c.check(spec.arms.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().as_slice()).map_err(err)?;
             for metric in std::iter::once(&c.metric).chain(&c.minus).chain(&c.reference) {
-                if let Some(step) = metric.split_once('@').map(|(_, s)| s)
-                    && !names.contains(&step)
+                if let Ok(MetricRef { step: Some(step), .. }) = MetricRef::parse(metric)
+                    && !names.contains(&step.as_str())
                 {
                     return Err(err(format!("criterion {:?} reads {metric:?}, but there is no step {step:?}", c.says)));
                 }
