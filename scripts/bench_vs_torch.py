@@ -7,6 +7,9 @@ ratio torch/recast (> 1 means Recast is faster). Two benchmarks:
   moe-layer   one MoE layer, forward + backward: 4096 tokens, hidden 512, 8 experts, top-2,
               SwiGLU expert width 1408; PyTorch does sort-by-expert dispatch, one gather,
               per-expert GEMMs and one index_add_ back (the usual eager implementation).
+  moe-layer-bf16
+              the same in mixed precision: PyTorch under bf16 autocast, Recast with
+              `--dtype bf16` (f32 weights, bf16 matmuls with f32 accumulation).
   model-step  a small Mixtral (vocab 8192, hidden 256, 4 layers, 8 experts top-2), forward +
               backward of the next-token cross-entropy on a [4, 256] batch; PyTorch side is
               Hugging Face transformers with eager attention.
@@ -14,12 +17,16 @@ ratio torch/recast (> 1 means Recast is faster). Two benchmarks:
               same Mixtral shape and batch in transformers with its router aux loss,
               backward, gradient clipping and torch.optim.AdamW; printed as tokens/s, with
               Recast's plugin time as a share of its step time.
+  train-step-bf16
+              the same with PyTorch's forward under bf16 autocast and Recast's
+              `--precision bf16`.
 
 Recast runs first in each benchmark, so PyTorch's worker threads are idle while it runs.
 
 Usage:
     .venv/bin/python scripts/bench_vs_torch.py --recast target/release/recast \
-        [--threads N] [--what moe-layer,model-step,train-step] [--config RUN.toml]
+        [--threads N] [--what moe-layer,moe-layer-bf16,model-step,train-step,train-step-bf16]
+        [--config RUN.toml]
 """
 
 import argparse
@@ -120,10 +127,10 @@ def moe_layer(x, router, gate, up, down, top_k: int) -> torch.Tensor:
         for e, chunk in enumerate(rows.split(counts))
     ]
     weighted = torch.cat(outputs) * weights.reshape(-1)[order].unsqueeze(1)
-    return torch.zeros_like(x).index_add_(0, token_of, weighted)
+    return weighted.new_zeros(x.shape).index_add_(0, token_of, weighted)
 
 
-def torch_moe_layer_ms() -> float:
+def torch_moe_layer_ms(bf16: bool = False) -> float:
     gen = torch.Generator().manual_seed(SEED)
     t, d, e, f = MOE["tokens"], MOE["hidden"], MOE["experts"], MOE["ffn"]
 
@@ -140,16 +147,24 @@ def torch_moe_layer_ms() -> float:
     def step():
         for leaf in leaves:
             leaf.grad = None
-        moe_layer(x, router, gate, up, down, MOE["top_k"]).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = moe_layer(x, router, gate, up, down, MOE["top_k"])
+        out.float().sum().backward()
 
     return median_ms(step, MOE_WARMUP, MOE_RUNS)
 
 
-def bench_moe_layer(recast: Path, threads: int) -> None:
+def bench_moe_layer(recast: Path, threads: int, bf16: bool = False) -> None:
     argv = [str(recast), "bench", "moe-layer", "--tokens", MOE["tokens"], "--hidden", MOE["hidden"],
-            "--experts", MOE["experts"], "--top-k", MOE["top_k"], "--ffn", MOE["ffn"], "--threads", threads]
+            "--experts", MOE["experts"], "--top-k", MOE["top_k"], "--ffn", MOE["ffn"], "--threads", threads,
+            "--dtype", "bf16" if bf16 else "f32"]
     recast_ms = run_recast(argv, "moe-layer fwd+bwd")
-    report("moe-layer fwd+bwd", torch_moe_layer_ms(), recast_ms)
+    name = "moe-layer fwd+bwd" + (" (bf16 autocast / recast --dtype bf16)" if bf16 else "")
+    report(name, torch_moe_layer_ms(bf16), recast_ms)
+
+
+def bench_moe_layer_bf16(recast: Path, threads: int) -> None:
+    bench_moe_layer(recast, threads, bf16=True)
 
 
 # ---------------------------------------------------------------- model-step
@@ -191,7 +206,7 @@ def bench_model_step(recast: Path, threads: int) -> None:
 TRAIN_WARMUP, TRAIN_RUNS = 2, 5
 
 
-def torch_train_tokens_per_s(config: dict) -> float:
+def torch_train_tokens_per_s(config: dict, bf16: bool = False) -> float:
     """Tokens/s of transformers + AdamW on the run config's model shape and batch."""
     shape, train, opt = config["model"]["init"], config["train"], config.get("optimizer", {})
     coefficients = config.get("plugins", {}).get("aux_schedule", {}).get("params", {})
@@ -219,7 +234,9 @@ def torch_train_tokens_per_s(config: dict) -> float:
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        model(tokens, labels=tokens).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(tokens, labels=tokens).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), opt.get("clip_grad_norm", 1.0))
         optimizer.step()
 
@@ -227,18 +244,21 @@ def torch_train_tokens_per_s(config: dict) -> float:
     return sequences * train["seq_len"] / (ms / 1e3)
 
 
-def bench_train_step(recast: Path, threads: int, config_path: Path) -> None:
+def bench_train_step(recast: Path, threads: int, config_path: Path, bf16: bool = False) -> None:
     config = tomllib.loads(config_path.read_text())
-    argv = [str(recast), "bench", "train-step", config_path, "--steps", TRAIN_RUNS, "--threads", threads]
+    argv = [str(recast), "bench", "train-step", config_path, "--steps", TRAIN_RUNS, "--threads", threads,
+            "--precision", "bf16" if bf16 else "f32"]
     recast_tps = run_recast(argv, "tokens/s", unit="")
-    torch_tps = torch_train_tokens_per_s(config)
-    print(f"train step: torch {torch_tps:.0f} tokens/s, recast {recast_tps:.0f} tokens/s")
+    torch_tps = torch_train_tokens_per_s(config, bf16)
+    label = "train step (bf16 autocast / recast --precision bf16)" if bf16 else "train step"
+    print(f"{label}: torch {torch_tps:.0f} tokens/s, recast {recast_tps:.0f} tokens/s")
     print(f"ratio (recast/torch tokens/s): {recast_tps / torch_tps:.2f}")
 
 
 # ---------------------------------------------------------------- main
 
-BENCHES = {"moe-layer": bench_moe_layer, "model-step": bench_model_step, "train-step": bench_train_step}
+BENCHES = {"moe-layer": bench_moe_layer, "moe-layer-bf16": bench_moe_layer_bf16, "model-step": bench_model_step,
+           "train-step": bench_train_step, "train-step-bf16": bench_train_step}
 
 
 def parse_args() -> argparse.Namespace:
@@ -264,12 +284,12 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
-    print(f"threads: {args.threads}, torch {torch.__version__}, float32, CPU")
+    print(f"threads: {args.threads}, torch {torch.__version__}, CPU")
     try:
         for name in args.what:
             print(f"\n== {name}")
-            if name == "train-step":
-                bench_train_step(args.recast, args.threads, args.config)
+            if name.startswith("train-step"):
+                bench_train_step(args.recast, args.threads, args.config, bf16=name.endswith("bf16"))
             else:
                 BENCHES[name](args.recast, args.threads)
     except RecastFailed as err:

@@ -3,10 +3,12 @@
 # train a small MoE from scratch on the three built-in domains (arithmetic, code,
 # prose) with the reference router, aux-loss and sampler plugins steering every step,
 # then evaluate it and write the report (loss curves, expert-load heatmap, summary).
-# Installs what it needs (the wasm32 Rust target, through `recast plugin build`).
+# Installs what it needs (MKL for the linear layers, through scripts/cpu-blas.sh; the
+# wasm32 Rust target, through `recast plugin build`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/cpu-blas.sh
 cargo build --release -p recast-host
 recast=target/release/recast
 run=runs/tiny-moe

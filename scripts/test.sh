@@ -2,7 +2,8 @@
 # Runs every test Recast has (the README's test command; CI runs it through .ci/run).
 # Installs what it needs: the wasm32 Rust target for plugins (via rustup), the Python
 # environment of the Hugging Face parity tests and the Python and JavaScript plugin
-# toolchains (.venv and scripts/js-tools, via scripts/plugin-tools.sh).
+# toolchains (.venv and scripts/js-tools, via scripts/plugin-tools.sh), and MKL for the
+# linear layers (.blas, via scripts/cpu-blas.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,12 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
 fi
 
 scripts/plugin-tools.sh
+
+# MKL for the linear layers; the BLAS tests then insist on it.
+scripts/cpu-blas.sh
+if [[ -f .blas/mkl/.installed ]]; then
+    export RECAST_REQUIRE_BLAS=1
+fi
 
 # Heavy tests run in release mode: the plugin runtime's timings (fuel, deadlines) are
 # asserted there, and the release build is shared with the main job.

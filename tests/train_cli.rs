@@ -86,8 +86,18 @@ fn straight_run(dir: &Path, cfg: &Path) -> PathBuf {
 
 #[test]
 fn ten_plus_resume_plus_ten_equals_twenty_straight() {
+    resume_is_exact("");
+}
+
+/// Mixed precision (bf16 matmuls, f32 master weights and moments) resumes exactly too.
+#[test]
+fn bf16_mixed_precision_resumes_exactly() {
+    resume_is_exact("\n[compute]\nprecision = \"bf16\"");
+}
+
+fn resume_is_exact(compute: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "checkpoint_every = 5\neval_every = 10");
+    let cfg = config(dir.path(), &format!("checkpoint_every = 5\neval_every = 10{compute}"));
     let straight = straight_run(dir.path(), &cfg);
 
     let split = dir.path().join("split");
@@ -103,6 +113,41 @@ fn ten_plus_resume_plus_ten_equals_twenty_straight() {
     assert_eq!(a, b, "loss traces differ after resume");
     let opt = |d: &Path| std::fs::read(d.join("checkpoints/step-00000020/optimizer.safetensors")).unwrap();
     assert_eq!(opt(&straight), opt(&split), "optimizer moments differ after resume");
+}
+
+/// The training loss of every step, as numbers.
+fn losses(run_dir: &Path) -> Vec<f64> {
+    loss_trace(run_dir).iter().map(|(_, l)| l.split(' ').next().unwrap().parse::<f64>().unwrap()).collect()
+}
+
+/// A 20-step run in mixed precision follows the f32 run: every step's loss within 2 %
+/// of it (measured: at most 0.5 % on the tiny MoE), and not identical (bf16 did run).
+#[test]
+fn bf16_mixed_precision_loss_curve_stays_near_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_run = straight_run(dir.path(), &config(dir.path(), ""));
+    let bf16_dir = dir.path().join("bf16");
+    std::fs::create_dir_all(&bf16_dir).unwrap();
+    let bf16_run = straight_run(&bf16_dir, &config(&bf16_dir, "\n[compute]\nprecision = \"bf16\""));
+    let (a, b) = (losses(&f32_run), losses(&bf16_run));
+    assert_eq!((a.len(), b.len()), (20, 20));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / x).fold(0f64, f64::max);
+    eprintln!("bf16 vs f32: largest relative loss gap {worst:.5}");
+    assert!(worst < 0.02, "bf16 loss left the f32 curve by {worst:.4} (relative)\nf32 {a:?}\nbf16 {b:?}");
+    assert!(a != b, "bf16 and f32 runs are identical: the bf16 path did not run");
+}
+
+/// `[compute]` asks for a BLAS that does not load: the error names the section and the
+/// library.
+#[test]
+fn a_missing_blas_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "\n[compute]\nmatmul = \"blas\"");
+    let out = dir.path().join("run");
+    let o = recast().args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]).env("RECAST_BLAS", dir.path().join("libnope.so")).output().unwrap();
+    assert!(!o.status.success());
+    let err = text(&o);
+    assert!(err.contains("[compute]") && err.contains("libnope.so"), "{err}");
 }
 
 fn kill_when(cfg: &Path, out: &Path, env: Option<(&str, &str)>, ready: impl Fn() -> bool) {

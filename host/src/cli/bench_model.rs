@@ -12,6 +12,7 @@ use crate::model::checkpoint;
 use crate::model::ffn::Ffn;
 use crate::model::init::SplitMix64;
 use crate::model::loss::next_token_loss;
+use crate::model::matmul::{self, ComputeSettings, MatmulBackend, Precision};
 use crate::model::transformer::Transformer;
 use crate::moe::layer::MoeLayer;
 use crate::moe::spec::RouterSpec;
@@ -23,16 +24,18 @@ pub(super) struct MoeLayerShape {
     pub experts: usize,
     pub top_k: usize,
     pub ffn: usize,
-    pub dtype: DType,
 }
 
-pub(super) fn moe_layer(shape: &MoeLayerShape, repeats: usize) -> anyhow::Result<()> {
-    let MoeLayerShape { tokens, hidden, experts, top_k, ffn, dtype } = *shape;
+/// Weights and activations are f32 (master weights); `compute` says how the matrix
+/// products run (bf16 is mixed precision, as PyTorch's autocast).
+pub(super) fn moe_layer(shape: &MoeLayerShape, compute: ComputeSettings, repeats: usize) -> anyhow::Result<()> {
+    let MoeLayerShape { tokens, hidden, experts, top_k, ffn } = *shape;
     if top_k == 0 || top_k > experts {
         bail!("--top-k must be between 1 and --experts ({experts})");
     }
+    let matmul = matmul::configure(compute)?;
     let dev = Device::Cpu;
-    let weight = |rows: usize, cols: usize, std: f64| -> anyhow::Result<Tensor> { Ok(Var::from_tensor(&Tensor::randn(0f32, std as f32, (rows, cols), &dev)?.to_dtype(dtype)?)?.as_tensor().clone()) };
+    let weight = |rows: usize, cols: usize, std: f64| -> anyhow::Result<Tensor> { Ok(Var::from_tensor(&Tensor::randn(0f32, std as f32, (rows, cols), &dev)?)?.as_tensor().clone()) };
     let experts_ffn = (0..experts).map(|_| Ok(Ffn { gate: weight(ffn, hidden, 0.02)?, up: weight(ffn, hidden, 0.02)?, down: weight(hidden, ffn, 0.02)? })).collect::<anyhow::Result<Vec<_>>>()?;
     let layer = MoeLayer {
         layer: 0,
@@ -45,7 +48,7 @@ pub(super) fn moe_layer(shape: &MoeLayerShape, repeats: usize) -> anyhow::Result
         coefficients: Default::default(),
     };
     let x = weight(tokens, hidden, 1.0)?;
-    println!("moe-layer: T={tokens} d={hidden} E={experts} k={top_k} ffn={ffn} dtype={dtype:?} threads={}", candle_core::utils::get_num_threads());
+    println!("moe-layer: T={tokens} d={hidden} E={experts} k={top_k} ffn={ffn} threads={} matmul: {matmul}", candle_core::utils::get_num_threads());
     let ms = median_ms(repeats, || {
         let out = layer.forward(&x)?;
         let grads = out.output.sum_all()?.backward()?;
@@ -98,7 +101,7 @@ fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
 
 /// Tokens per second of whole training steps (sampler, aux schedule, forward, backward,
 /// AdamW, router `on-step`) of the run `config` describes, and the share of plugin time.
-pub(super) fn train_step(config: &Path, steps: u64) -> anyhow::Result<()> {
+pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>, matmul: Option<MatmulBackend>) -> anyhow::Result<()> {
     use crate::plugins::PluginEngine;
     use crate::train::config::RunConfig;
     use crate::train::trainer::Trainer;
@@ -107,12 +110,14 @@ pub(super) fn train_step(config: &Path, steps: u64) -> anyhow::Result<()> {
     let absolute = std::path::absolute(config)?;
     let mut parsed = RunConfig::parse(&text, &absolute)?;
     parsed.train.steps = parsed.train.steps.max(steps + 2);
+    parsed.compute.precision = precision.unwrap_or(parsed.compute.precision);
+    parsed.compute.matmul = matmul.unwrap_or(parsed.compute.matmul);
     let engine = std::sync::Arc::new(PluginEngine::new()?);
     let plugins = super::train::load_plugins(&engine, &parsed)?;
     let run_dir = tempfile_dir()?;
     let mut trainer = Trainer::start(parsed, &run_dir, &plugins, engine)?;
     let tokens = trainer.config.train.batch_size * trainer.config.train.grad_accum * trainer.config.train.seq_len;
-    println!("train-step: {} params={} tokens/step={tokens} threads={}", trainer.model_config.architecture.hf_class(), trainer.params().num_parameters(), candle_core::utils::get_num_threads());
+    println!("train-step: {} params={} tokens/step={tokens} threads={} matmul: {}", trainer.model_config.architecture.hf_class(), trainer.params().num_parameters(), candle_core::utils::get_num_threads(), matmul::active());
     for _ in 0..2 {
         trainer.train_step()?;
     }

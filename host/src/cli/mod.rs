@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_languages;
+mod bench_matmul;
 mod bench_model;
 mod bundle;
 mod convert;
@@ -26,6 +27,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::model::matmul::{ComputeSettings, MatmulBackend, Precision};
 use crate::plugins::{PluginKind, PluginLimits};
 
 pub use plugin_build::{BuiltPlugin, build_plugins};
@@ -375,8 +377,13 @@ enum BenchCommand {
         /// Intermediate width of each expert.
         #[arg(long, default_value_t = 1408)]
         ffn: usize,
-        #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
-        dtype: DTypeArg,
+        /// Precision of the matrix products: `bf16` is mixed precision (f32 weights,
+        /// bf16 matmuls with f32 accumulation), as PyTorch's bf16 autocast.
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        dtype: Precision,
+        /// Library of the matrix products.
+        #[arg(long, value_enum, default_value_t = MatmulBackend::Auto)]
+        matmul: MatmulBackend,
         #[command(flatten)]
         threads: ThreadArgs,
         /// Timed repetitions after two warm-ups (the median is reported).
@@ -391,8 +398,30 @@ enum BenchCommand {
         /// Timed steps after two warm-ups (the median is reported).
         #[arg(long, default_value_t = 5)]
         steps: u64,
+        /// Overrides the config's `[compute] precision`.
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
+        /// Overrides the config's `[compute] matmul`.
+        #[arg(long, value_enum)]
+        matmul: Option<MatmulBackend>,
         #[command(flatten)]
         threads: ThreadArgs,
+    },
+    /// GFLOP/s of one matrix product (`C[m×n] = A[m×k] · Bᵀ`, a linear layer's shape) on
+    /// every matmul path this machine has: candle and the BLAS, f32 and bf16. What
+    /// `[compute] matmul = "auto"` should pick here.
+    Matmul {
+        #[arg(long, default_value_t = 4096)]
+        m: usize,
+        #[arg(long, default_value_t = 512)]
+        k: usize,
+        #[arg(long, default_value_t = 1408)]
+        n: usize,
+        #[command(flatten)]
+        threads: ThreadArgs,
+        /// Timed repetitions after two warm-ups (the median is reported).
+        #[arg(long, default_value_t = 9)]
+        repeats: usize,
     },
     /// Forward+backward of a whole checkpoint on a batch of next-token prediction; last
     /// line `model fwd+bwd: X ms`.
@@ -488,13 +517,17 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Check { file, params, limits }) => plugin_check::run(&file, params.as_deref(), limits.limits()),
         Command::Bench(BenchCommand::Languages { repeats }) => bench_languages::languages(repeats.max(1)),
         Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1)),
-        Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, threads, repeats }) => {
+        Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, matmul, threads, repeats }) => {
             threads.apply();
-            bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn, dtype: dtype.dtype() }, repeats)
+            bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn }, ComputeSettings { precision: dtype, matmul }, repeats)
         }
-        Command::Bench(BenchCommand::TrainStep { config, steps, threads }) => {
+        Command::Bench(BenchCommand::TrainStep { config, steps, precision, matmul, threads }) => {
             threads.apply();
-            bench_model::train_step(&config, steps)
+            bench_model::train_step(&config, steps, precision, matmul)
+        }
+        Command::Bench(BenchCommand::Matmul { m, k, n, threads, repeats }) => {
+            threads.apply();
+            bench_matmul::run(m, k, n, repeats)
         }
         Command::Bench(BenchCommand::ModelStep { model, batch, seq, threads, repeats }) => {
             threads.apply();

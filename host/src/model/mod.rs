@@ -20,6 +20,7 @@ pub mod ffn;
 pub mod hf_config;
 pub mod init;
 pub mod loss;
+pub mod matmul;
 pub mod ops;
 pub mod params;
 pub mod rope;

@@ -4,6 +4,8 @@
 
 use candle_core::{D, Result, Tensor};
 
+use super::matmul;
+
 /// Softmax over the last dimension. The max is subtracted for stability and detached:
 /// softmax ignores shifts, so no gradient is lost.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -23,9 +25,19 @@ pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     (x.neg()?.exp()? + 1.0)?.recip()
 }
 
-/// `x Wᵀ (+ b)` for `x` of shape `[n, in]` and a Hugging Face weight `[out, in]`.
+/// `x Wᵀ (+ b)` for `x` of shape `[n, in]` and a Hugging Face weight `[out, in]`, on the
+/// process's matmul path (BLAS or candle, f32 or mixed precision).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let y = x.matmul(&weight.t()?)?;
+    add_bias(matmul::linear(x, weight)?, bias)
+}
+
+/// [`linear`] always in f32: for the MoE router, whose top-k choices should not flip
+/// with bf16 rounding.
+pub fn linear_f32(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    add_bias(matmul::linear_f32(x, weight)?, bias)
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),

@@ -12,7 +12,7 @@ use super::selection::{self, Selection, token_choice_capacity, top_k};
 use super::spec::{AuxCoefficients, DropPolicy, LayerStats, RouterSpec, RoutingMode, SelectionBias};
 use super::stats::layer_stats;
 use crate::model::ffn::Ffn;
-use crate::model::ops::{linear, sigmoid};
+use crate::model::ops::{linear, linear_f32, sigmoid};
 use crate::plugins::router::{RouteAssignment, TokenLogits};
 
 /// One MoE layer's weights and routing state.
@@ -65,7 +65,7 @@ impl MoeLayer {
     pub fn forward_routed(&self, x: &Tensor, route: Option<&mut TokenRouter<'_>>) -> Result<MoeOutput> {
         let tokens = x.dim(0)?;
         let experts = self.experts.len();
-        let z = linear(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
+        let z = linear_f32(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
         let scores = router_scores(&z, &self.spec)?;
         let mut selection_scores = scores.scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if self.spec.selection_bias != SelectionBias::None {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::matmul::ComputeSettings;
 use crate::model::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
 
 /// A whole run.
@@ -26,6 +27,10 @@ pub struct RunConfig {
     #[serde(default)]
     pub schedule: ScheduleSection,
     pub train: TrainSection,
+    /// The matrix products' library and precision (`precision = "f32" | "bf16"`,
+    /// `matmul = "auto" | "candle" | "blas"`).
+    #[serde(default)]
+    pub compute: ComputeSettings,
     /// Training stages in order; their steps add up to `train.steps`. None: one stage.
     #[serde(default)]
     pub stages: Vec<Stage>,

@@ -69,6 +69,9 @@ pub enum TrainError {
     Tensor { step: u64, source: candle_core::Error },
     #[error("{0}")]
     Resume(String),
+    /// The `[compute]` section asks for a matmul path this machine cannot run.
+    #[error("[compute]: {0}")]
+    Compute(#[from] crate::model::matmul::MatmulError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("step {step}: the loss is {loss} (diverged); lower optimizer.lr or raise clip_grad_norm")]
@@ -211,6 +214,8 @@ impl Trainer {
         tokenizer: &Tokenizer,
         logs: Logs,
     ) -> Result<Self, TrainError> {
+        let matmul = crate::model::matmul::configure(config.compute)?;
+        tracing::info!("matmul: {matmul}");
         let model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
         let mut domains = Vec::new();
         for d in &config.data.domains {

@@ -1,0 +1,102 @@
+//! Row-major GEMMs through the loaded BLAS, split over Recast's thread pool: the BLAS
+//! runs one thread per call, each on its own block of the output.
+
+use std::ffi::c_int;
+
+use rayon::prelude::*;
+
+use super::MatmulError;
+use super::library::{BlasLibrary, NO_TRANS, ROW_MAJOR, TRANS};
+
+/// Output rows (or columns) below which a block is not split further.
+const MIN_BLOCK: usize = 64;
+
+/// The shape of `C[m×n] = op(A)[m×k] · op(B)[k×n]`, where `op` transposes a stored
+/// row-major matrix when its flag is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub transpose_a: bool,
+    pub transpose_b: bool,
+}
+
+/// An element type one of the BLAS GEMMs takes.
+pub(super) trait GemmInput: Copy + Send + Sync {
+    /// # Safety
+    /// The pointers must address matrices of the given shape and leading dimensions.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const Self, lda: c_int, b: *const Self, ldb: c_int, c: *mut f32, ldc: c_int) -> Result<(), MatmulError>;
+}
+
+impl GemmInput for f32 {
+    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const f32, lda: c_int, b: *const f32, ldb: c_int, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { (lib.sgemm)(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc) };
+        Ok(())
+    }
+}
+
+/// bf16 values as their bit patterns (the upper half of an f32).
+impl GemmInput for u16 {
+    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const u16, lda: c_int, b: *const u16, ldb: c_int, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
+        let gemm = lib.bf16_gemm.ok_or(MatmulError::NoBf16Gemm { vendor: lib.vendor })?;
+        // SAFETY: forwarded from the caller.
+        unsafe { gemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc) };
+        Ok(())
+    }
+}
+
+/// A pointer that may cross to the pool's threads: every block writes rows or columns
+/// of `C` no other block touches.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: see above; the blocks are disjoint and the caller's borrow outlives them.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `C = op(A) · op(B)` with `C` overwritten.
+pub(super) fn gemm<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: &[T], b: &[T], c: &mut [f32]) -> Result<(), MatmulError> {
+    let GemmShape { m, n, k, transpose_a, transpose_b } = shape;
+    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
+        return Err(MatmulError::Shape(format!("gemm {shape:?} got A of {}, B of {}, C of {} elements", a.len(), b.len(), c.len())));
+    }
+    if [m, n, k].iter().any(|&d| d > c_int::MAX as usize) {
+        return Err(MatmulError::Shape(format!("gemm {shape:?}: a dimension exceeds the BLAS's 32-bit sizes")));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return Ok(());
+    }
+    let lda = if transpose_a { m } else { k };
+    let ldb = if transpose_b { k } else { n };
+    let (ta, tb) = (if transpose_a { TRANS } else { NO_TRANS }, if transpose_b { TRANS } else { NO_TRANS });
+    let threads = rayon::current_num_threads().max(1);
+    let split_rows = m >= n;
+    let along = if split_rows { m } else { n };
+    let blocks = threads.min(along.div_ceil(MIN_BLOCK)).max(1);
+    let step = along.div_ceil(blocks);
+    let out = SharedOut(c.as_mut_ptr());
+    (0..blocks).into_par_iter().try_for_each(|i| {
+        let (start, end) = (i * step, ((i + 1) * step).min(along));
+        if start >= end {
+            return Ok(());
+        }
+        let out = out;
+        // SAFETY: offsets stay inside A, B and C (their lengths were checked against the
+        // shape above); blocks write disjoint rows (split_rows) or columns of C.
+        unsafe {
+            if split_rows {
+                let a_block = if transpose_a { a.as_ptr().add(start) } else { a.as_ptr().add(start * lda) };
+                T::call(lib, ta, tb, (end - start) as c_int, n as c_int, k as c_int, a_block, lda as c_int, b.as_ptr(), ldb as c_int, out.0.add(start * n), n as c_int)
+            } else {
+                let b_block = if transpose_b { b.as_ptr().add(start * ldb) } else { b.as_ptr().add(start) };
+                T::call(lib, ta, tb, m as c_int, (end - start) as c_int, k as c_int, a.as_ptr(), lda as c_int, b_block, ldb as c_int, out.0.add(start), n as c_int)
+            }
+        }
+    })
+}

@@ -1,0 +1,173 @@
+//! The matrix products under every linear layer: candle's own matmul, or a BLAS loaded
+//! at run time (MKL, OpenBLAS), in f32 or mixed precision (bf16 inputs, f32
+//! accumulation, f32 master weights and optimizer moments). Linear layers are most of a
+//! training step, and candle's CPU matmul reaches half of what MKL does in f32 and a
+//! seventh of what AMX does in bf16.
+//!
+//! The choice is one per process (the run config's `[compute]` section, or the bench
+//! commands' flags), because the model's ops carry no context; a process that never
+//! configures gets `auto` in f32.
+
+mod gemm;
+mod library;
+mod op;
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use candle_core::{DType, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use gemm::GemmShape;
+pub use library::{BLAS_ENV, BlasLibrary, bundled_mkl};
+
+/// The element type of the matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32 everywhere.
+    #[default]
+    F32,
+    /// Mixed precision: linear layers multiply bf16-rounded inputs with f32
+    /// accumulation and return f32; weights, gradients, optimizer moments and every other
+    /// op stay f32. The MoE router stays f32 (top-k choices should not flip on rounding).
+    Bf16,
+}
+
+/// Which library multiplies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatmulBackend {
+    /// The BLAS when one loads (it measured 1.9× candle in f32 and 10× in bf16 on the
+    /// machines Recast is developed on; `recast bench matmul` measures yours), else candle.
+    #[default]
+    Auto,
+    /// candle-core's matmul (the `gemm` crate).
+    Candle,
+    /// The BLAS; an error when none loads.
+    Blas,
+}
+
+/// The run config's `[compute]` section.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSettings {
+    #[serde(default)]
+    pub precision: Precision,
+    #[serde(default)]
+    pub matmul: MatmulBackend,
+}
+
+/// Why the matmul path cannot run as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum MatmulError {
+    #[error("cannot load the BLAS library {path}: {cause}")]
+    Library { path: std::path::PathBuf, cause: String },
+    #[error("`matmul = \"blas\"` but no BLAS library loads (run scripts/cpu-blas.sh, or set {BLAS_ENV} to a libmkl_rt or libopenblas file)")]
+    NoLibrary,
+    #[error("the {vendor} library has no bf16 GEMM (bf16 needs MKL, or an OpenBLAS built with bfloat16)")]
+    NoBf16Gemm { vendor: &'static str },
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// The matmul path `linear` takes.
+#[derive(Clone, Debug)]
+pub struct ActiveMatmul {
+    pub precision: Precision,
+    /// The BLAS, or `None` for candle's matmul.
+    pub blas: Option<Arc<BlasLibrary>>,
+}
+
+impl std::fmt::Display for ActiveMatmul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let precision = match self.precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16 (mixed precision)",
+        };
+        match &self.blas {
+            Some(lib) => write!(f, "{} ({}) {precision}", lib.vendor, lib.path.display()),
+            None => write!(f, "candle {precision}"),
+        }
+    }
+}
+
+/// The BLAS, loaded once per process. An error only when `RECAST_BLAS` names a library
+/// that does not load.
+pub fn library() -> std::result::Result<Option<Arc<BlasLibrary>>, MatmulError> {
+    static LIBRARY: OnceLock<std::result::Result<Option<Arc<BlasLibrary>>, String>> = OnceLock::new();
+    let loaded = LIBRARY.get_or_init(|| BlasLibrary::find().map(|l| l.map(Arc::new)).map_err(|e| e.to_string()));
+    loaded.clone().map_err(|cause| MatmulError::Library { path: std::env::var_os(BLAS_ENV).unwrap_or_default().into(), cause })
+}
+
+/// The path `settings` asks for on this machine.
+pub fn resolve(settings: ComputeSettings) -> std::result::Result<ActiveMatmul, MatmulError> {
+    let precision = settings.precision;
+    let blas = match settings.matmul {
+        MatmulBackend::Candle => None,
+        MatmulBackend::Blas => {
+            let lib = library()?.ok_or(MatmulError::NoLibrary)?;
+            if precision == Precision::Bf16 && !lib.has_bf16() {
+                return Err(MatmulError::NoBf16Gemm { vendor: lib.vendor });
+            }
+            Some(lib)
+        }
+        MatmulBackend::Auto => library()?.filter(|lib| precision == Precision::F32 || lib.has_bf16()),
+    };
+    Ok(ActiveMatmul { precision, blas })
+}
+
+static ACTIVE: RwLock<Option<ActiveMatmul>> = RwLock::new(None);
+
+/// Sets the process's matmul path; returns it (for the run's log).
+pub fn configure(settings: ComputeSettings) -> std::result::Result<ActiveMatmul, MatmulError> {
+    let active = resolve(settings)?;
+    *ACTIVE.write().unwrap_or_else(|e| e.into_inner()) = Some(active.clone());
+    Ok(active)
+}
+
+/// The process's matmul path (`auto`, f32 until configured).
+pub fn active() -> ActiveMatmul {
+    if let Some(active) = ACTIVE.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return active.clone();
+    }
+    resolve(ComputeSettings::default()).unwrap_or(ActiveMatmul { precision: Precision::F32, blas: None })
+}
+
+/// `x Wᵀ` for `x [n, in]` and a Hugging Face weight `[out, in]`, on `path`. Tensors that
+/// are not f32 matrices on the CPU take candle's matmul in their own dtype.
+pub fn linear_on(path: &ActiveMatmul, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let f32_matrices = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.rank() == 2 && weight.rank() == 2;
+    match (&path.blas, path.precision) {
+        (Some(lib), precision) if f32_matrices => op::linear(x, weight, precision, lib.clone()),
+        (_, Precision::Bf16) if x.dtype() == DType::F32 && weight.dtype() == DType::F32 => x.to_dtype(DType::BF16)?.matmul(&weight.to_dtype(DType::BF16)?.t()?)?.to_dtype(DType::F32),
+        _ => x.matmul(&weight.t()?),
+    }
+}
+
+/// `x Wᵀ` on the process's matmul path.
+pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    linear_on(&active(), x, weight)
+}
+
+/// `x Wᵀ` on the process's matmul library, always in f32.
+pub fn linear_f32(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    linear_on(&ActiveMatmul { precision: Precision::F32, ..active() }, x, weight)
+}
+
+/// `C = op(A) · op(B)` through `library` on host slices (the `bench matmul` command).
+pub fn blas_gemm_f32(library: &BlasLibrary, shape: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) -> std::result::Result<(), MatmulError> {
+    gemm::gemm(library, shape, a, b, c)
+}
+
+/// As [`blas_gemm_f32`] with bf16 inputs given as bit patterns.
+pub fn blas_gemm_bf16(library: &BlasLibrary, shape: GemmShape, a: &[u16], b: &[u16], c: &mut [f32]) -> std::result::Result<(), MatmulError> {
+    gemm::gemm(library, shape, a, b, c)
+}
+
+/// f32 → bf16 bit patterns, rounding to nearest even.
+pub fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
+    op::to_bf16(values)
+}
+
+#[cfg(test)]
+mod tests;

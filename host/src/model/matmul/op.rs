@@ -1,0 +1,115 @@
+//! `x Wᵀ` through the BLAS as a candle op with a backward, in f32 or with bf16 inputs
+//! and f32 accumulation (mixed precision: the tensors around it stay f32).
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::Precision;
+use super::gemm::{GemmShape, gemm};
+use super::library::BlasLibrary;
+
+/// Elements per parallel chunk of a bf16 conversion.
+const CONVERT_CHUNK: usize = 1 << 15;
+
+/// Which product of the two operands (both stored row-major).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Product {
+    /// `a [m,k] · bᵀ` with `b [n,k]`: a linear layer's forward.
+    ABt,
+    /// `a [m,k] · b [k,n]`: the input's gradient.
+    AB,
+    /// `aᵀ · b` with `a [k,m]`, `b [k,n]`: the weight's gradient.
+    AtB,
+}
+
+/// One BLAS product as a candle op.
+pub(super) struct BlasMatmul {
+    product: Product,
+    precision: Precision,
+    library: Arc<BlasLibrary>,
+}
+
+/// `x Wᵀ` for `x [m,k]` and `W [n,k]`, both f32 CPU tensors.
+pub(super) fn linear(x: &Tensor, weight: &Tensor, precision: Precision, library: Arc<BlasLibrary>) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&weight.contiguous()?, BlasMatmul { product: Product::ABt, precision, library })
+}
+
+/// f32 → bf16 bit patterns, rounding to nearest even (as PyTorch and candle do); NaN
+/// stays NaN.
+pub(super) fn to_bf16(values: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; values.len()];
+    out.par_chunks_mut(CONVERT_CHUNK).zip(values.par_chunks(CONVERT_CHUNK)).for_each(|(o, v)| {
+        for (o, &x) in o.iter_mut().zip(v) {
+            let bits = x.to_bits();
+            let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+            let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+            *o = if nan { ((bits >> 16) | 0x40) as u16 } else { rounded as u16 };
+        }
+    });
+    out
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, name: &str) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        (CpuStorage::F32(_), None) => candle_core::bail!("blas matmul: the {name} operand is not contiguous"),
+        (other, _) => candle_core::bail!("blas matmul: the {name} operand is {:?}, not f32", other.dtype()),
+    }
+}
+
+fn dims2(layout: &Layout, name: &str) -> Result<(usize, usize)> {
+    match layout.dims() {
+        &[r, c] => Ok((r, c)),
+        dims => candle_core::bail!("blas matmul: the {name} operand has shape {dims:?}, not a matrix"),
+    }
+}
+
+impl BlasMatmul {
+    fn shape(&self, a: (usize, usize), b: (usize, usize)) -> Result<GemmShape> {
+        let (shape, inner) = match self.product {
+            Product::ABt => (GemmShape { m: a.0, k: a.1, n: b.0, transpose_a: false, transpose_b: true }, b.1),
+            Product::AB => (GemmShape { m: a.0, k: a.1, n: b.1, transpose_a: false, transpose_b: false }, b.0),
+            Product::AtB => (GemmShape { m: a.1, k: a.0, n: b.1, transpose_a: true, transpose_b: false }, b.0),
+        };
+        if inner != shape.k {
+            candle_core::bail!("blas matmul {:?}: shapes {a:?} and {b:?} do not multiply", self.product);
+        }
+        Ok(shape)
+    }
+
+    fn with(&self, product: Product) -> BlasMatmul {
+        BlasMatmul { product, precision: self.precision, library: self.library.clone() }
+    }
+}
+
+impl CustomOp2 for BlasMatmul {
+    fn name(&self) -> &'static str {
+        "blas-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let shape = self.shape(dims2(l1, "first")?, dims2(l2, "second")?)?;
+        let (a, b) = (f32_slice(s1, l1, "first")?, f32_slice(s2, l2, "second")?);
+        let mut c = vec![0f32; shape.m * shape.n];
+        let done = match self.precision {
+            Precision::F32 => gemm(&self.library, shape, a, b, &mut c),
+            Precision::Bf16 => gemm(&self.library, shape, &to_bf16(a), &to_bf16(b), &mut c),
+        };
+        done.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((CpuStorage::F32(c), Shape::from((shape.m, shape.n))))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.product != Product::ABt {
+            candle_core::bail!("blas matmul: no second-order gradients");
+        }
+        // y = x Wᵀ: dx = dy W, dW = dyᵀ x.
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2(b, self.with(Product::AB))?;
+        let dw = grad.apply_op2(a, self.with(Product::AtB))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
