@@ -1,9 +1,11 @@
 //! Moving tokens to experts and back: one gather of the routed rows (grouped by expert,
 //! so each expert's rows are contiguous), per-expert GEMMs on those rows, and one
-//! weighted scatter-add into the output. Never a loop over tokens.
+//! weighted scatter-add into the output. Never a loop over tokens. On the BLAS path the
+//! experts run as three grouped ops ([`grouped`]); elsewhere one by one.
 
 use candle_core::{Device, Result, Tensor};
 
+use super::grouped;
 use super::selection::Selection;
 use crate::model::ffn::Ffn;
 
@@ -35,15 +37,20 @@ impl Dispatch {
             return Ok(out);
         }
         let routed = x.index_select(&self.tokens, 0)?;
-        let mut outputs = Vec::with_capacity(experts.len());
-        let mut start = 0;
-        for (expert, &n) in experts.iter().zip(&self.counts) {
-            if n > 0 {
-                outputs.push(expert.forward(&routed.narrow(0, start, n)?)?);
+        let expert_out = match grouped::experts_forward(&routed, &self.counts, experts)? {
+            Some(out) => out,
+            None => {
+                let mut outputs = Vec::with_capacity(experts.len());
+                let mut start = 0;
+                for (expert, &n) in experts.iter().zip(&self.counts) {
+                    if n > 0 {
+                        outputs.push(expert.forward(&routed.narrow(0, start, n)?)?);
+                    }
+                    start += n;
+                }
+                Tensor::cat(&outputs, 0)?
             }
-            start += n;
-        }
-        let expert_out = Tensor::cat(&outputs, 0)?;
+        };
         let weights = gates.index_select(&self.slots, 0)?.to_dtype(x.dtype())?.unsqueeze(1)?;
         out.index_add(&self.tokens, &expert_out.broadcast_mul(&weights)?, 0)
     }

@@ -28,6 +28,7 @@
 
 pub mod dispatch;
 pub mod gates;
+pub mod grouped;
 pub mod layer;
 pub mod losses;
 pub mod router;

@@ -2,6 +2,7 @@
 //! runs one thread per call, each on its own block of the output.
 
 use std::ffi::c_int;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -23,27 +24,27 @@ pub struct GemmShape {
 }
 
 /// An element type one of the BLAS GEMMs takes.
-pub(super) trait GemmInput: Copy + Send + Sync {
+pub(crate) trait GemmInput: Copy + Send + Sync {
     /// # Safety
     /// The pointers must address matrices of the given shape and leading dimensions.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const Self, lda: c_int, b: *const Self, ldb: c_int, c: *mut f32, ldc: c_int) -> Result<(), MatmulError>;
+    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const Self, lda: c_int, b: *const Self, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int) -> Result<(), MatmulError>;
 }
 
 impl GemmInput for f32 {
-    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const f32, lda: c_int, b: *const f32, ldb: c_int, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
+    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const f32, lda: c_int, b: *const f32, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
         // SAFETY: forwarded from the caller.
-        unsafe { (lib.sgemm)(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc) };
+        unsafe { (lib.sgemm)(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc) };
         Ok(())
     }
 }
 
 /// bf16 values as their bit patterns (the upper half of an f32).
 impl GemmInput for u16 {
-    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const u16, lda: c_int, b: *const u16, ldb: c_int, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
+    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const u16, lda: c_int, b: *const u16, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
         let gemm = lib.bf16_gemm.ok_or(MatmulError::NoBf16Gemm { vendor: lib.vendor })?;
         // SAFETY: forwarded from the caller.
-        unsafe { gemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc) };
+        unsafe { gemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc) };
         Ok(())
     }
 }
@@ -56,47 +57,95 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// `C = op(A) · op(B)` with `C` overwritten.
-pub(super) fn gemm<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: &[T], b: &[T], c: &mut [f32]) -> Result<(), MatmulError> {
+/// `C = op(A) · op(B)` with `C` overwritten, all three dense.
+pub(super) fn gemm<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: &[T], b: &[T], c: &mut [MaybeUninit<f32>]) -> Result<(), MatmulError> {
     let GemmShape { m, n, k, transpose_a, transpose_b } = shape;
     if a.len() != m * k || b.len() != k * n || c.len() != m * n {
         return Err(MatmulError::Shape(format!("gemm {shape:?} got A of {}, B of {}, C of {} elements", a.len(), b.len(), c.len())));
     }
-    if [m, n, k].iter().any(|&d| d > c_int::MAX as usize) {
+    let lda = if transpose_a { m } else { k };
+    let ldb = if transpose_b { k } else { n };
+    gemm_strided(lib, shape, Operand { data: a, ld: lda }, Operand { data: b, ld: ldb }, Accumulate::Overwrite, c, n)
+}
+
+/// `c` as memory a GEMM may overwrite. Sound because nothing here writes an
+/// uninitialised value through it.
+pub(crate) fn as_uninit(c: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; every write through the result is of an initialised f32.
+    unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// A stored row-major matrix inside a slice, `ld` elements between rows.
+#[derive(Clone, Copy)]
+pub struct Operand<'a, T> {
+    pub data: &'a [T],
+    pub ld: usize,
+}
+
+/// Whether a product replaces `C` or adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accumulate {
+    Overwrite,
+    Add,
+}
+
+/// Elements a row-major `rows × cols` matrix with `ld` between rows spans.
+fn span(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols }
+}
+
+/// `C (+)= op(A) · op(B)` for matrices inside larger buffers (row blocks of stacked
+/// experts, the halves of a packed `[gate | up]` product). `C` may be uninitialised
+/// where it is overwritten; with [`Accumulate::Add`] it must hold values.
+pub(crate) fn gemm_strided<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_, T>, b: Operand<'_, T>, accumulate: Accumulate, c: &mut [MaybeUninit<f32>], ldc: usize) -> Result<(), MatmulError> {
+    let GemmShape { m, n, k, transpose_a, transpose_b } = shape;
+    let (a_rows, a_cols) = if transpose_a { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if transpose_b { (n, k) } else { (k, n) };
+    let fits = a.ld >= a_cols.max(1) && b.ld >= b_cols.max(1) && ldc >= n.max(1) && span(a_rows, a_cols, a.ld) <= a.data.len() && span(b_rows, b_cols, b.ld) <= b.data.len() && span(m, n, ldc) <= c.len();
+    if !fits {
+        return Err(MatmulError::Shape(format!("gemm {shape:?} (lda {}, ldb {}, ldc {ldc}) does not fit A of {}, B of {}, C of {} elements", a.ld, b.ld, a.data.len(), b.data.len(), c.len())));
+    }
+    if [m, n, k, a.ld, b.ld, ldc].iter().any(|&d| d > c_int::MAX as usize) {
         return Err(MatmulError::Shape(format!("gemm {shape:?}: a dimension exceeds the BLAS's 32-bit sizes")));
     }
     if m == 0 || n == 0 {
         return Ok(());
     }
     if k == 0 {
-        c.fill(0.0);
+        if accumulate == Accumulate::Overwrite {
+            for row in 0..m {
+                c[row * ldc..row * ldc + n].fill(MaybeUninit::new(0.0));
+            }
+        }
         return Ok(());
     }
-    let lda = if transpose_a { m } else { k };
-    let ldb = if transpose_b { k } else { n };
+    let (lda, ldb) = (a.ld, b.ld);
+    let beta = if accumulate == Accumulate::Add { 1.0 } else { 0.0 };
     let (ta, tb) = (if transpose_a { TRANS } else { NO_TRANS }, if transpose_b { TRANS } else { NO_TRANS });
     let threads = rayon::current_num_threads().max(1);
     let split_rows = m >= n;
     let along = if split_rows { m } else { n };
     let blocks = threads.min(along.div_ceil(MIN_BLOCK)).max(1);
     let step = along.div_ceil(blocks);
-    let out = SharedOut(c.as_mut_ptr());
-    (0..blocks).into_par_iter().try_for_each(|i| {
+    let out = SharedOut(c.as_mut_ptr().cast::<f32>());
+    let (a, b) = (a.data, b.data);
+    let run_block = |i: usize| -> Result<(), MatmulError> {
         let (start, end) = (i * step, ((i + 1) * step).min(along));
         if start >= end {
             return Ok(());
         }
         let out = out;
-        // SAFETY: offsets stay inside A, B and C (their lengths were checked against the
+        // SAFETY: offsets stay inside A, B and C (their spans were checked against the
         // shape above); blocks write disjoint rows (split_rows) or columns of C.
         unsafe {
             if split_rows {
                 let a_block = if transpose_a { a.as_ptr().add(start) } else { a.as_ptr().add(start * lda) };
-                T::call(lib, ta, tb, (end - start) as c_int, n as c_int, k as c_int, a_block, lda as c_int, b.as_ptr(), ldb as c_int, out.0.add(start * n), n as c_int)
+                T::call(lib, ta, tb, (end - start) as c_int, n as c_int, k as c_int, a_block, lda as c_int, b.as_ptr(), ldb as c_int, beta, out.0.add(start * ldc), ldc as c_int)
             } else {
                 let b_block = if transpose_b { b.as_ptr().add(start * ldb) } else { b.as_ptr().add(start) };
-                T::call(lib, ta, tb, m as c_int, (end - start) as c_int, k as c_int, a.as_ptr(), lda as c_int, b_block, ldb as c_int, out.0.add(start), n as c_int)
+                T::call(lib, ta, tb, m as c_int, (end - start) as c_int, k as c_int, a.as_ptr(), lda as c_int, b_block, ldb as c_int, beta, out.0.add(start), ldc as c_int)
             }
         }
-    })
+    };
+    if blocks == 1 { run_block(0) } else { (0..blocks).into_par_iter().try_for_each(run_block) }
 }

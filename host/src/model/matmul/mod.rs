@@ -18,6 +18,7 @@ use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use gemm::GemmShape;
+pub(crate) use gemm::{Accumulate, GemmInput, Operand, as_uninit, gemm_strided};
 pub use library::{BLAS_ENV, BlasLibrary, bundled_mkl};
 
 /// The element type of the matrix products.
@@ -156,17 +157,30 @@ pub fn linear_f32(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 /// `C = op(A) · op(B)` through `library` on host slices (the `bench matmul` command).
 pub fn blas_gemm_f32(library: &BlasLibrary, shape: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) -> std::result::Result<(), MatmulError> {
-    gemm::gemm(library, shape, a, b, c)
+    gemm::gemm(library, shape, a, b, as_uninit(c))
 }
 
 /// As [`blas_gemm_f32`] with bf16 inputs given as bit patterns.
 pub fn blas_gemm_bf16(library: &BlasLibrary, shape: GemmShape, a: &[u16], b: &[u16], c: &mut [f32]) -> std::result::Result<(), MatmulError> {
-    gemm::gemm(library, shape, a, b, c)
+    gemm::gemm(library, shape, a, b, as_uninit(c))
 }
 
 /// f32 → bf16 bit patterns, rounding to nearest even.
 pub fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
     op::to_bf16(values)
+}
+
+/// A vector of `n` f32 that `fill` writes completely, without zeroing it first (the
+/// outputs of GEMMs and fused ops are tens of megabytes, written once).
+///
+/// # Safety
+/// `fill` must initialise every element when it returns `Ok`.
+pub(crate) unsafe fn fully_written<E>(n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]) -> std::result::Result<(), E>) -> std::result::Result<Vec<f32>, E> {
+    let mut out = Vec::with_capacity(n);
+    fill(&mut out.spare_capacity_mut()[..n])?;
+    // SAFETY: the caller's `fill` initialised all `n` elements.
+    unsafe { out.set_len(n) };
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `x Wᵀ` through the BLAS as a candle op with a backward, in f32 or with bf16 inputs
 //! and f32 accumulation (mixed precision: the tensors around it stay f32).
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
@@ -38,18 +39,51 @@ pub(super) fn linear(x: &Tensor, weight: &Tensor, precision: Precision, library:
 }
 
 /// f32 → bf16 bit patterns, rounding to nearest even (as PyTorch and candle do); NaN
-/// stays NaN.
+/// stays NaN. Compiled for AVX-512 and AVX2 too, chosen at run time: the conversions
+/// of mixed precision touch every operand of every GEMM.
 pub(super) fn to_bf16(values: &[f32]) -> Vec<u16> {
-    let mut out = vec![0u16; values.len()];
-    out.par_chunks_mut(CONVERT_CHUNK).zip(values.par_chunks(CONVERT_CHUNK)).for_each(|(o, v)| {
-        for (o, &x) in o.iter_mut().zip(v) {
-            let bits = x.to_bits();
-            let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
-            let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
-            *o = if nan { ((bits >> 16) | 0x40) as u16 } else { rounded as u16 };
-        }
-    });
+    let mut out = Vec::with_capacity(values.len());
+    out.spare_capacity_mut().par_chunks_mut(CONVERT_CHUNK).zip(values.par_chunks(CONVERT_CHUNK)).for_each(|(o, v)| convert_chunk(v, o));
+    // SAFETY: every chunk of the spare capacity was written by `convert_chunk`.
+    unsafe { out.set_len(values.len()) };
     out
+}
+
+fn convert_chunk(values: &[f32], out: &mut [MaybeUninit<u16>]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { convert_avx512(values, out) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: as above.
+            return unsafe { convert_avx2(values, out) };
+        }
+    }
+    convert_scalar(values, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn convert_avx512(values: &[f32], out: &mut [MaybeUninit<u16>]) {
+    convert_scalar(values, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn convert_avx2(values: &[f32], out: &mut [MaybeUninit<u16>]) {
+    convert_scalar(values, out)
+}
+
+#[inline(always)]
+fn convert_scalar(values: &[f32], out: &mut [MaybeUninit<u16>]) {
+    for (o, &x) in out.iter_mut().zip(values) {
+        let bits = x.to_bits();
+        let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+        let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+        o.write(if nan { ((bits >> 16) | 0x40) as u16 } else { rounded as u16 });
+    }
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, name: &str) -> Result<&'a [f32]> {
@@ -93,12 +127,14 @@ impl CustomOp2 for BlasMatmul {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let shape = self.shape(dims2(l1, "first")?, dims2(l2, "second")?)?;
         let (a, b) = (f32_slice(s1, l1, "first")?, f32_slice(s2, l2, "second")?);
-        let mut c = vec![0f32; shape.m * shape.n];
-        let done = match self.precision {
-            Precision::F32 => gemm(&self.library, shape, a, b, &mut c),
-            Precision::Bf16 => gemm(&self.library, shape, &to_bf16(a), &to_bf16(b), &mut c),
-        };
-        done.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // SAFETY: a GEMM that overwrites C writes every element.
+        let c = unsafe {
+            super::fully_written(shape.m * shape.n, |c| match self.precision {
+                Precision::F32 => gemm(&self.library, shape, a, b, c),
+                Precision::Bf16 => gemm(&self.library, shape, &to_bf16(a), &to_bf16(b), c),
+            })
+        }
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok((CpuStorage::F32(c), Shape::from((shape.m, shape.n))))
     }
 
