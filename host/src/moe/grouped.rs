@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 use rayon::prelude::*;
 
 use crate::model::ffn::Ffn;
+use crate::model::swiglu;
 use crate::model::matmul::{self, Accumulate, ActiveMatmul, BlasLibrary, GemmInput, GemmShape, Operand, Precision, fully_written, gemm_strided, to_bf16_bits};
 
 /// Elements per parallel chunk of the element-wise gate.
@@ -221,10 +222,6 @@ impl CustomOp3 for GroupedGateUp {
 /// `[g | u]` rows → `silu(g) ⊙ u`.
 struct PackedSwiGlu;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl CustomOp1 for PackedSwiGlu {
     fn name(&self) -> &'static str {
         "packed-swiglu"
@@ -241,9 +238,7 @@ impl CustomOp1 for PackedSwiGlu {
                 out.par_chunks_mut(rows_per_chunk * f).zip(gu.par_chunks(rows_per_chunk * two_f)).for_each(|(o, gu)| {
                     for (o, gu) in o.chunks_exact_mut(f).zip(gu.chunks_exact(two_f)) {
                         let (g, u) = gu.split_at(f);
-                        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                            o.write(g * sigmoid(g) * u);
-                        }
+                        swiglu::forward_slice(g, u, o);
                     }
                 });
                 Ok(())
@@ -256,22 +251,19 @@ impl CustomOp1 for PackedSwiGlu {
         let (rows, two_f) = gu.dims2()?;
         let f = two_f / 2;
         let rows_per_chunk = (CHUNK / f.max(1)).max(1);
-        let mut dgu = vec![0f32; rows * two_f];
-        with_values(gu, "gate-up rows", |gu| {
-            with_values(grad, "gradient", |grad| {
-                dgu.par_chunks_mut(rows_per_chunk * two_f).zip(gu.par_chunks(rows_per_chunk * two_f).zip(grad.par_chunks(rows_per_chunk * f))).for_each(|(dgu, (gu, grad))| {
-                    for ((dgu, gu), d) in dgu.chunks_exact_mut(two_f).zip(gu.chunks_exact(two_f)).zip(grad.chunks_exact(f)) {
-                        let (dg, du) = dgu.split_at_mut(f);
-                        let (g, u) = gu.split_at(f);
-                        for i in 0..f {
-                            // silu(g) = g·σ(g); silu'(g) = σ(g)·(1 + g·(1 − σ(g))).
-                            let s = sigmoid(g[i]);
-                            du[i] = d[i] * g[i] * s;
-                            dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        // SAFETY: every row's two halves are written by `backward_slice`.
+        let dgu = with_values(gu, "gate-up rows", |gu| {
+            with_values(grad, "gradient", |grad| unsafe {
+                fully_written(rows * two_f, |dgu| {
+                    dgu.par_chunks_mut(rows_per_chunk * two_f).zip(gu.par_chunks(rows_per_chunk * two_f).zip(grad.par_chunks(rows_per_chunk * f))).for_each(|(dgu, (gu, grad))| {
+                        for ((dgu, gu), d) in dgu.chunks_exact_mut(two_f).zip(gu.chunks_exact(two_f)).zip(grad.chunks_exact(f)) {
+                            let (dg, du) = dgu.split_at_mut(f);
+                            let (g, u) = gu.split_at(f);
+                            swiglu::backward_slice(g, u, d, dg, du);
                         }
-                    }
-                });
-                Ok(())
+                    });
+                    Ok(())
+                })
             })
         })?;
         Ok(Some(Tensor::from_vec(dgu, (rows, two_f), gu.device())?))
