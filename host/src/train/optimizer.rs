@@ -56,7 +56,9 @@ impl AdamW {
         let c2 = 1.0 - b2.powi(self.steps as i32);
         for (name, p) in params.iter() {
             let Some(g) = grads.get(name).filter(|_| trains(name)) else { continue };
-            let g = (g.to_dtype(DType::F32)? * grad_scale)?;
+            // Detached: a gradient that still carried a graph would chain the moments to
+            // every step's graph.
+            let g = (g.detach().to_dtype(DType::F32)? * grad_scale)?;
             let (m, v) = self.moments.get_mut(name).ok_or_else(|| candle_core::Error::Msg(format!("no optimizer state for `{name}`")))?;
             *m = ((&*m * b1)? + (&g * (1.0 - b1))?)?;
             *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;

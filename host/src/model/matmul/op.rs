@@ -143,9 +143,11 @@ impl CustomOp2 for BlasMatmul {
             candle_core::bail!("blas matmul: no second-order gradients");
         }
         // y = x Wᵀ: dx = dy W, dW = dyᵀ x.
+        // Gradients carry no graph: a tracked one would chain the optimizer's moments to
+        // every earlier step's graph (memory grew by the whole graph each step).
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2(b, self.with(Product::AB))?;
-        let dw = grad.apply_op2(a, self.with(Product::AtB))?;
+        let dx = grad.apply_op2_no_bwd(b, &self.with(Product::AB))?;
+        let dw = grad.apply_op2_no_bwd(a, &self.with(Product::AtB))?;
         Ok((Some(dx), Some(dw)))
     }
 }

@@ -30,7 +30,10 @@ fn forward_and_grads(path: &ActiveMatmul, x: &Tensor, w: &Tensor, r: &Tensor) ->
     let (xv, wv) = (Var::from_tensor(x).expect("var"), Var::from_tensor(w).expect("var"));
     let y = linear_on(path, xv.as_tensor(), wv.as_tensor()).expect("linear");
     let grads = (&y * r).expect("mul").sum_all().expect("sum").backward().expect("backward");
-    (y, grads.get(&xv).expect("dx").clone(), grads.get(&wv).expect("dw").clone())
+    let (dx, dw) = (grads.get(&xv).expect("dx").clone(), grads.get(&wv).expect("dw").clone());
+    // A gradient that carried a graph would chain the optimizer's moments to every step.
+    assert!(!dx.track_op() && !dw.track_op(), "gradients must not carry a graph");
+    (y, dx, dw)
 }
 
 /// The BLAS the test should use: required where `RECAST_REQUIRE_BLAS=1` (the test
