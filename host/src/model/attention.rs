@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::attention_core::causal_attention;
 use super::ops::{linear, softmax_last_dim};
 use super::rope::RopeTables;
 
@@ -46,12 +47,16 @@ impl Attention {
         let k = heads(linear(x, &self.k, self.k_bias.as_ref())?, kvh)?;
         let v = heads(linear(x, &self.v, self.v_bias.as_ref())?, kvh)?;
         let q = rope.apply(&q)?;
-        let k = repeat_kv(&rope.apply(&k)?, h / kvh)?;
-        let v = repeat_kv(&v, h / kvh)?;
-
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-        let probs = softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch * seq, h * hd))?;
+        let k = rope.apply(&k)?;
+        let core = match causal_attention(&q, &k, &v, self.window)? {
+            Some(fused) => fused,
+            None => {
+                let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
+                let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
+                softmax_last_dim(&scores)?.matmul(&v)?
+            }
+        };
+        let out = core.transpose(1, 2)?.reshape((batch * seq, h * hd))?;
         linear(&out, &self.o, self.o_bias.as_ref())
     }
 }

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod attention;
+pub mod attention_core;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

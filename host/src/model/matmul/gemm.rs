@@ -98,6 +98,17 @@ fn span(rows: usize, cols: usize, ld: usize) -> usize {
 /// experts, the halves of a packed `[gate | up]` product). `C` may be uninitialised
 /// where it is overwritten; with [`Accumulate::Add`] it must hold values.
 pub(crate) fn gemm_strided<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_, T>, b: Operand<'_, T>, accumulate: Accumulate, c: &mut [MaybeUninit<f32>], ldc: usize) -> Result<(), MatmulError> {
+    gemm_blocks(lib, shape, a, b, accumulate, c, ldc, rayon::current_num_threads())
+}
+
+/// [`gemm_strided`] on the calling thread only: for the many small products of a task
+/// that is already one of many parallel tasks (attention's per-head products).
+pub(crate) fn gemm_serial<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_, T>, b: Operand<'_, T>, accumulate: Accumulate, c: &mut [MaybeUninit<f32>], ldc: usize) -> Result<(), MatmulError> {
+    gemm_blocks(lib, shape, a, b, accumulate, c, ldc, 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_blocks<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_, T>, b: Operand<'_, T>, accumulate: Accumulate, c: &mut [MaybeUninit<f32>], ldc: usize, threads: usize) -> Result<(), MatmulError> {
     let GemmShape { m, n, k, transpose_a, transpose_b } = shape;
     let (a_rows, a_cols) = if transpose_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if transpose_b { (n, k) } else { (k, n) };
@@ -122,7 +133,7 @@ pub(crate) fn gemm_strided<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a:
     let (lda, ldb) = (a.ld, b.ld);
     let beta = if accumulate == Accumulate::Add { 1.0 } else { 0.0 };
     let (ta, tb) = (if transpose_a { TRANS } else { NO_TRANS }, if transpose_b { TRANS } else { NO_TRANS });
-    let threads = rayon::current_num_threads().max(1);
+    let threads = threads.max(1);
     let split_rows = m >= n;
     let along = if split_rows { m } else { n };
     let blocks = threads.min(along.div_ceil(MIN_BLOCK)).max(1);

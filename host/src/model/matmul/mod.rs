@@ -18,7 +18,7 @@ use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use gemm::GemmShape;
-pub(crate) use gemm::{Accumulate, GemmInput, Operand, as_uninit, gemm_strided};
+pub(crate) use gemm::{Accumulate, GemmInput, Operand, as_uninit, gemm_serial, gemm_strided};
 pub use library::{BLAS_ENV, BlasLibrary, bundled_mkl};
 
 /// The element type of the matrix products.

@@ -1,0 +1,276 @@
+//! `softmax(q kᵀ / √d + causal mask) v` for every batch row and head as one candle op
+//! on the BLAS, with grouped-query heads read in place and a backward that reuses the
+//! forward's probabilities.
+//!
+//! candle's composition made a tensor of `[batch, heads, seq, seq]` for each of the
+//! scale, the mask, the softmax's five steps and their backward, copied the repeated
+//! key/value heads and the transposed keys, and multiplied with its own small-matrix
+//! GEMM: a fifth of a small model's training step.
+
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::matmul::{self, Accumulate, BlasLibrary, GemmShape, Operand, fully_written, gemm_serial};
+use super::swiglu::exp_approx;
+
+/// The attention output `[b, heads, s, d]` for `q [b, heads, s, d]` and `k`, `v`
+/// `[b, kv_heads, s, d]` (each kv head serves `heads / kv_heads` query heads), or `None`
+/// when the BLAS path does not apply (no BLAS, not f32 on the CPU): the caller then
+/// composes candle's ops. `window`: a query sees only that many most recent positions.
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Result<Option<Tensor>> {
+    let Some(library) = matmul::active().blas else { return Ok(None) };
+    causal_attention_on(library, q, k, v, window)
+}
+
+/// [`causal_attention`] with a given BLAS.
+pub fn causal_attention_on(library: Arc<BlasLibrary>, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Result<Option<Tensor>> {
+    let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && t.rank() == 4;
+    if !(f32_cpu(q) && f32_cpu(k) && f32_cpu(v)) {
+        return Ok(None);
+    }
+    let (_, heads, _, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    if kv_heads == 0 || heads % kv_heads != 0 || k.dims() != v.dims() || k.dim(3)? != d || k.dim(2)? != q.dim(2)? {
+        return Ok(None);
+    }
+    let op = AttentionCore { window, scale: 1.0 / (d as f32).sqrt(), library, probs: Mutex::new(None) };
+    Ok(Some(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?))
+}
+
+/// The op; `probs` keeps the forward's softmax for the backward.
+struct AttentionCore {
+    window: Option<usize>,
+    scale: f32,
+    library: Arc<BlasLibrary>,
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+fn err(e: matmul::MatmulError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("attention: expected contiguous f32 tensors"),
+    }
+}
+
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(f32_slice(cpu, layout)?),
+        _ => candle_core::bail!("attention: expected a CPU tensor"),
+    }
+}
+
+impl AttentionCore {
+    /// Whether query `i` sees key `j`.
+    fn visible(&self, i: usize, j: usize) -> bool {
+        j <= i && self.window.is_none_or(|w| i - j < w)
+    }
+
+    /// The softmax of one head's scaled, masked scores, `probs` `[s, s]` (written).
+    fn head_probs(&self, dims: Dims, q: &[f32], k: &[f32], probs: &mut [MaybeUninit<f32>]) -> Result<()> {
+        let (s, d) = (dims.seq, dims.d);
+        let shape = GemmShape { m: s, n: s, k: d, transpose_a: false, transpose_b: true };
+        gemm_serial(&self.library, shape, Operand { data: q, ld: d }, Operand { data: k, ld: d }, Accumulate::Overwrite, probs, s).map_err(err)?;
+        for (i, row) in probs.chunks_exact_mut(s).enumerate() {
+            // SAFETY: the GEMM above wrote every element.
+            let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let mut max = f32::NEG_INFINITY;
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = if self.visible(i, j) { *x * self.scale } else { f32::NEG_INFINITY };
+                max = max.max(*x);
+            }
+            let mut sum = 0f32;
+            for x in row.iter_mut() {
+                *x = exp_approx(*x - max);
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        Ok(())
+    }
+
+    fn probs(&self, dims: Dims, q: &[f32], k: &[f32]) -> Result<Vec<f32>> {
+        let Dims { batch, heads, kv_heads, seq: s, d } = dims;
+        // SAFETY: every head's block is written by `head_probs`.
+        unsafe {
+            fully_written(batch * heads * s * s, |p| {
+                p.par_chunks_mut(s * s).enumerate().try_for_each(|(bh, p)| {
+                    let (b, h) = (bh / heads, bh % heads);
+                    let kv = b * kv_heads + h / dims.group();
+                    self.head_probs(dims, &q[bh * s * d..(bh + 1) * s * d], &k[kv * s * d..(kv + 1) * s * d], p)
+                })
+            })
+        }
+    }
+}
+
+fn dims_of(q: &Layout, k: &Layout) -> Result<Dims> {
+    match (q.dims(), k.dims()) {
+        (&[batch, heads, seq, d], &[_, kv_heads, _, _]) => Ok(Dims { batch, heads, kv_heads, seq, d }),
+        (a, b) => candle_core::bail!("attention: shapes {a:?} and {b:?}"),
+    }
+}
+
+impl CustomOp3 for AttentionCore {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = dims_of(l1, l2)?;
+        let Dims { batch, heads, kv_heads, seq: s, d } = dims;
+        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let probs = self.probs(dims, q, k)?;
+        // SAFETY: every head's output block is overwritten by its GEMM.
+        let out = unsafe {
+            fully_written(batch * heads * s * d, |out| {
+                out.par_chunks_mut(s * d).enumerate().try_for_each(|(bh, out)| {
+                    let kv = (bh / heads) * kv_heads + (bh % heads) / dims.group();
+                    let shape = GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false };
+                    gemm_serial(&self.library, shape, Operand { data: &probs[bh * s * s..(bh + 1) * s * s], ld: s }, Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d }, Accumulate::Overwrite, out, d).map_err(err)
+                })
+            })?
+        };
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dims = dims_of(q.layout(), k.layout())?;
+        let Dims { batch, heads, kv_heads, seq: s, d } = dims;
+        let group = dims.group();
+        let kept = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (dq, dk, dv) = with_values(q, |q| {
+            with_values(k, |k| {
+                with_values(v, |v| {
+                    with_values(grad, |grad| {
+                        let probs = match kept {
+                            Some(p) => p,
+                            None => self.probs(dims, q, k)?,
+                        };
+                        let (mut dk, mut dv) = (Vec::with_capacity(batch * kv_heads * s * d), Vec::with_capacity(batch * kv_heads * s * d));
+                        // SAFETY: each (batch, kv head) task overwrites its query heads' dq
+                        // blocks, and its dk and dv blocks (first head overwrites, the rest
+                        // of its group add); the tasks cover every block.
+                        let dq = unsafe {
+                            fully_written(batch * heads * s * d, |dq| {
+                                let dk = &mut dk.spare_capacity_mut()[..batch * kv_heads * s * d];
+                                let dv = &mut dv.spare_capacity_mut()[..batch * kv_heads * s * d];
+                                dq.par_chunks_mut(group * s * d).zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d))).enumerate().try_for_each(|(bkv, (dq, (dk, dv)))| {
+                                    let mut ds = vec![0f32; s * s];
+                                    let kv_rows = bkv * s * d..(bkv + 1) * s * d;
+                                    for g in 0..group {
+                                        let bh = (bkv / kv_heads) * heads + (bkv % kv_heads) * group + g;
+                                        let rows = bh * s * d..(bh + 1) * s * d;
+                                        let p = &probs[bh * s * s..(bh + 1) * s * s];
+                                        let go = Operand { data: &grad[rows.clone()], ld: d };
+                                        let accumulate = if g == 0 { Accumulate::Overwrite } else { Accumulate::Add };
+                                        let lib = &self.library;
+                                        // dV += Pᵀ dO.
+                                        gemm_serial(lib, GemmShape { m: s, n: d, k: s, transpose_a: true, transpose_b: false }, Operand { data: p, ld: s }, go, accumulate, dv, d).map_err(err)?;
+                                        // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale.
+                                        gemm_serial(lib, GemmShape { m: s, n: s, k: d, transpose_a: false, transpose_b: true }, go, Operand { data: &v[kv_rows.clone()], ld: d }, Accumulate::Overwrite, matmul::as_uninit(&mut ds), s).map_err(err)?;
+                                        for (ds, p) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
+                                            let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
+                                            ds.iter_mut().zip(p).for_each(|(x, &p)| *x = p * (*x - dot) * self.scale);
+                                        }
+                                        let ds_op = Operand { data: &ds[..], ld: s };
+                                        // dQ = dS K; dK += dSᵀ Q.
+                                        gemm_serial(lib, GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false }, ds_op, Operand { data: &k[kv_rows.clone()], ld: d }, Accumulate::Overwrite, &mut dq[g * s * d..(g + 1) * s * d], d).map_err(err)?;
+                                        gemm_serial(lib, GemmShape { m: s, n: d, k: s, transpose_a: true, transpose_b: false }, ds_op, Operand { data: &q[rows], ld: d }, accumulate, dk, d).map_err(err)?;
+                                    }
+                                    Ok::<(), candle_core::Error>(())
+                                })
+                            })?
+                        };
+                        // SAFETY: as above.
+                        unsafe {
+                            dk.set_len(batch * kv_heads * s * d);
+                            dv.set_len(batch * kv_heads * s * d);
+                        }
+                        Ok((dq, dk, dv))
+                    })
+                })
+            })
+        })?;
+        let dev = q.device();
+        Ok((Some(Tensor::from_vec(dq, q.shape(), dev)?), Some(Tensor::from_vec(dk, k.shape(), dev)?), Some(Tensor::from_vec(dv, v.shape(), dev)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+
+    use super::causal_attention_on;
+    use crate::model::attention::causal_mask;
+    use crate::model::init::SplitMix64;
+    use crate::model::matmul::library;
+    use crate::model::ops::softmax_last_dim;
+
+    fn randn(rng: &mut SplitMix64, shape: (usize, usize, usize, usize)) -> Var {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        Var::from_tensor(&Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), shape, &Device::Cpu).expect("tensor")).expect("var")
+    }
+
+    fn gap(a: &Tensor, b: &Tensor) -> f64 {
+        let max = |t: &Tensor| t.to_dtype(DType::F64).expect("f64").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f64>().expect("scalar");
+        max(&(a - b).expect("sub")) / max(b).max(1e-30)
+    }
+
+    /// Against candle's composition (repeat kv heads, scale, mask, softmax, matmul), the
+    /// output and all three gradients, with grouped heads and a sliding window.
+    #[test]
+    fn fused_attention_matches_the_composition() {
+        let Some(lib) = library().expect("RECAST_BLAS loads") else {
+            assert!(std::env::var("RECAST_REQUIRE_BLAS").as_deref() != Ok("1"), "RECAST_REQUIRE_BLAS=1 but no BLAS library loads");
+            eprintln!("no BLAS library: skipped");
+            return;
+        };
+        let (b, h, kvh, s, d) = (2, 4, 2, 9, 8);
+        for window in [None, Some(3)] {
+            let mut rng = SplitMix64(21);
+            let (q, k, v, r) = (randn(&mut rng, (b, h, s, d)), randn(&mut rng, (b, kvh, s, d)), randn(&mut rng, (b, kvh, s, d)), randn(&mut rng, (b, h, s, d)));
+            let run = |out: Tensor| {
+                let grads = (out.clone() * r.as_tensor()).expect("mul").sum_all().expect("sum").backward().expect("backward");
+                let g = |v: &Var| grads.get(v).expect("grad").clone();
+                vec![out, g(&q), g(&k), g(&v)]
+            };
+            let fused = run(causal_attention_on(lib.clone(), q.as_tensor(), k.as_tensor(), v.as_tensor(), window).expect("fused").expect("applies"));
+            assert!(fused[1..].iter().all(|g| !g.track_op()), "gradients must not carry a graph");
+            let repeat = |t: &Tensor| t.unsqueeze(2).expect("u").broadcast_as((b, kvh, h / kvh, s, d)).expect("b").contiguous().expect("c").reshape((b, h, s, d)).expect("r");
+            let mask = causal_mask(s, window, DType::F32, &Device::Cpu).expect("mask");
+            let scores = (q.as_tensor().matmul(&repeat(k.as_tensor()).t().expect("t")).expect("qk") * (1.0 / (d as f64).sqrt())).expect("scale").broadcast_add(&mask).expect("mask");
+            let reference = run(softmax_last_dim(&scores).expect("softmax").matmul(&repeat(v.as_tensor())).expect("pv"));
+            for (i, (a, e)) in fused.iter().zip(&reference).enumerate() {
+                let g = gap(a, e);
+                assert!(g < 1e-5, "window {window:?}: output {i} (0 = out, then dq, dk, dv) is {g} from candle's");
+            }
+        }
+    }
+}
