@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod ffn;
+pub mod fused;
 pub mod hf_config;
 pub mod init;
 pub mod loss;

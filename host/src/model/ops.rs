@@ -44,8 +44,12 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-/// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, over the last dimension.
+/// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, over the last dimension (one fused op
+/// in f32 on the CPU).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if let Some(fused) = super::fused::rms_norm(x, weight, eps)? {
+        return Ok(fused);
+    }
     let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     x.broadcast_mul(&scale)?.broadcast_mul(weight)
 }

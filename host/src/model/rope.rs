@@ -69,8 +69,16 @@ impl RopeTables {
         Ok(Self { cos, sin })
     }
 
-    /// Rotate `x` of shape `[batch, heads, seq, head_dim]`.
+    /// Rotate `x` of shape `[batch, heads, seq, head_dim]` (one fused op in f32 on the CPU).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        match super::fused::rope(x, &self.cos, &self.sin)? {
+            Some(rotated) => Ok(rotated),
+            None => self.apply_composed(x),
+        }
+    }
+
+    /// [`RopeTables::apply`] as candle ops (any dtype or device).
+    pub fn apply_composed(&self, x: &Tensor) -> Result<Tensor> {
         let seq = x.dim(2)?;
         let half = x.dim(D::Minus1)? / 2;
         let cos = self.cos.narrow(0, 0, seq)?;
