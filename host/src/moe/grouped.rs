@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::model::ffn::Ffn;
 use crate::model::swiglu;
-use crate::model::matmul::{self, Accumulate, ActiveMatmul, BlasLibrary, GemmInput, GemmShape, Operand, Precision, fully_written, gemm_strided, to_bf16_bits};
+use crate::model::matmul::{self, Accumulate, ActiveMatmul, BlasLibrary, GemmInput, GemmShape, Operand, Precision, fully_written, gemm_serial, gemm_strided, to_bf16_bits};
 
 /// Elements per parallel chunk of the element-wise gate.
 const CHUNK: usize = 1 << 14;
@@ -72,18 +72,6 @@ impl Bf16Inputs {
     }
 }
 
-impl Blocks {
-    /// `(expert, first row, rows)` of every non-empty block.
-    fn each(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-        self.counts.iter().enumerate().scan(0, |start, (e, &n)| {
-            let block = (e, *start, n);
-            *start += n;
-            Some(block)
-        })
-        .filter(|&(_, _, n)| n > 0)
-    }
-}
-
 fn err(e: matmul::MatmulError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
@@ -124,16 +112,45 @@ fn dims(layout: &Layout) -> &[usize] {
 /// `[x W_gate,eᵀ | x W_up,eᵀ]` for its expert `e`.
 struct GroupedGateUp(Blocks, Bf16Inputs);
 
+/// The GEMM entry a block uses: split over the threads, or on the calling thread.
+type GemmFn<T> = for<'a, 'b, 'c> fn(&BlasLibrary, GemmShape, Operand<'a, T>, Operand<'b, T>, Accumulate, &'c mut [MaybeUninit<f32>], usize) -> std::result::Result<(), matmul::MatmulError>;
+
+/// `data` cut into consecutive blocks of `counts[e] · row_len` elements, one per expert.
+fn split_rows<'a, X>(counts: &[usize], mut data: &'a mut [X], row_len: usize) -> Vec<&'a mut [X]> {
+    counts
+        .iter()
+        .map(|&n| {
+            let (block, rest) = std::mem::take(&mut data).split_at_mut(n * row_len);
+            data = rest;
+            block
+        })
+        .collect()
+}
+
+/// Runs `task(gemm, expert, first row, rows, piece)` for every expert with rows. With at
+/// least two such experts per thread the experts run in parallel, each product on one
+/// thread (no operand is packed twice); otherwise one after another, each product split
+/// over the threads.
+fn for_each_block<T: GemmInput, P: Send>(b: &Blocks, pieces: Vec<P>, task: impl Fn(GemmFn<T>, usize, usize, usize, P) -> Result<()> + Sync) -> Result<()> {
+    let starts: Vec<usize> = b.counts.iter().scan(0, |s, &n| Some(std::mem::replace(s, *s + n))).collect();
+    let blocks: Vec<(usize, P)> = pieces.into_iter().enumerate().filter(|(e, _)| b.counts[*e] > 0).collect();
+    if blocks.len() >= 2 * rayon::current_num_threads() {
+        blocks.into_par_iter().try_for_each(|(e, piece)| task(gemm_serial::<T>, e, starts[e], b.counts[e], piece))
+    } else {
+        blocks.into_iter().try_for_each(|(e, piece)| task(gemm_strided::<T>, e, starts[e], b.counts[e], piece))
+    }
+}
+
 fn gate_up_forward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], d: usize, f: usize, out: &mut [MaybeUninit<f32>]) -> Result<()> {
-    for (e, start, n) in b.each() {
+    for_each_block(b, split_rows(&b.counts, out, 2 * f), |gemm: GemmFn<T>, e, start, n, out: &mut [MaybeUninit<f32>]| {
         let shape = GemmShape { m: n, n: f, k: d, transpose_a: false, transpose_b: true };
         let rows = Operand { data: &x[start * d..(start + n) * d], ld: d };
         for (half, weights) in [(0, gate), (f, up)] {
             let w = Operand { data: &weights[e * f * d..(e + 1) * f * d], ld: d };
-            gemm_strided(&b.library, shape, rows, w, Accumulate::Overwrite, &mut out[start * 2 * f + half..(start + n) * 2 * f], 2 * f).map_err(err)?;
+            gemm(&b.library, shape, rows, w, Accumulate::Overwrite, &mut out[half..], 2 * f).map_err(err)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// `dx = dg W_gate + du W_up`, `dW_gate = dgᵀ x`, `dW_up = duᵀ x`, per block.
@@ -141,17 +158,18 @@ fn gate_up_forward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], d: u
 fn gate_up_backward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], grad: &[T], d: usize, f: usize, dx: &mut [MaybeUninit<f32>], dgate: &mut [MaybeUninit<f32>], dup: &mut [MaybeUninit<f32>]) -> Result<()> {
     zero_idle_experts(b, dgate, f * d);
     zero_idle_experts(b, dup, f * d);
-    for (e, start, n) in b.each() {
+    let pieces: Vec<_> = split_rows(&b.counts, dx, d).into_iter().zip(dgate.chunks_mut(f * d).zip(dup.chunks_mut(f * d))).collect();
+    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dx, (dgate, dup)): (&mut [MaybeUninit<f32>], (&mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]))| {
         let g_rows = &grad[start * 2 * f..(start + n) * 2 * f];
         let x_rows = Operand { data: &x[start * d..(start + n) * d], ld: d };
         for (half, weights, dw, accumulate) in [(0, gate, &mut *dgate, Accumulate::Overwrite), (f, up, &mut *dup, Accumulate::Add)] {
             let g = Operand { data: &g_rows[half..], ld: 2 * f };
             let w = Operand { data: &weights[e * f * d..(e + 1) * f * d], ld: d };
-            gemm_strided(&b.library, GemmShape { m: n, n: d, k: f, transpose_a: false, transpose_b: false }, g, w, accumulate, &mut dx[start * d..(start + n) * d], d).map_err(err)?;
-            gemm_strided(&b.library, GemmShape { m: f, n: d, k: n, transpose_a: true, transpose_b: false }, g, x_rows, Accumulate::Overwrite, &mut dw[e * f * d..(e + 1) * f * d], d).map_err(err)?;
+            gemm(&b.library, GemmShape { m: n, n: d, k: f, transpose_a: false, transpose_b: false }, g, w, accumulate, &mut *dx, d).map_err(err)?;
+            gemm(&b.library, GemmShape { m: f, n: d, k: n, transpose_a: true, transpose_b: false }, g, x_rows, Accumulate::Overwrite, dw, d).map_err(err)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 impl CustomOp3 for GroupedGateUp {
@@ -274,27 +292,26 @@ impl CustomOp1 for PackedSwiGlu {
 struct GroupedDown(Blocks, Bf16Inputs);
 
 fn down_forward<T: GemmInput>(b: &Blocks, h: &[T], down: &[T], d: usize, f: usize, out: &mut [MaybeUninit<f32>]) -> Result<()> {
-    for (e, start, n) in b.each() {
+    for_each_block(b, split_rows(&b.counts, out, d), |gemm: GemmFn<T>, e, start, n, out: &mut [MaybeUninit<f32>]| {
         let shape = GemmShape { m: n, n: d, k: f, transpose_a: false, transpose_b: true };
         let rows = Operand { data: &h[start * f..(start + n) * f], ld: f };
         let w = Operand { data: &down[e * d * f..(e + 1) * d * f], ld: f };
-        gemm_strided(&b.library, shape, rows, w, Accumulate::Overwrite, &mut out[start * d..(start + n) * d], d).map_err(err)?;
-    }
-    Ok(())
+        gemm(&b.library, shape, rows, w, Accumulate::Overwrite, out, d).map_err(err)
+    })
 }
 
 /// `dh = dy W_down`, `dW_down = dyᵀ h`, per block.
 #[allow(clippy::too_many_arguments)]
 fn down_backward<T: GemmInput>(b: &Blocks, h: &[T], down: &[T], grad: &[T], d: usize, f: usize, dh: &mut [MaybeUninit<f32>], ddown: &mut [MaybeUninit<f32>]) -> Result<()> {
     zero_idle_experts(b, ddown, d * f);
-    for (e, start, n) in b.each() {
+    let pieces: Vec<_> = split_rows(&b.counts, dh, f).into_iter().zip(ddown.chunks_mut(d * f)).collect();
+    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dh, ddown): (&mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>])| {
         let g = Operand { data: &grad[start * d..(start + n) * d], ld: d };
         let w = Operand { data: &down[e * d * f..(e + 1) * d * f], ld: f };
-        gemm_strided(&b.library, GemmShape { m: n, n: f, k: d, transpose_a: false, transpose_b: false }, g, w, Accumulate::Overwrite, &mut dh[start * f..(start + n) * f], f).map_err(err)?;
+        gemm(&b.library, GemmShape { m: n, n: f, k: d, transpose_a: false, transpose_b: false }, g, w, Accumulate::Overwrite, dh, f).map_err(err)?;
         let rows = Operand { data: &h[start * f..(start + n) * f], ld: f };
-        gemm_strided(&b.library, GemmShape { m: d, n: f, k: n, transpose_a: true, transpose_b: false }, g, rows, Accumulate::Overwrite, &mut ddown[e * d * f..(e + 1) * d * f], f).map_err(err)?;
-    }
-    Ok(())
+        gemm(&b.library, GemmShape { m: d, n: f, k: n, transpose_a: true, transpose_b: false }, g, rows, Accumulate::Overwrite, ddown, f).map_err(err)
+    })
 }
 
 impl CustomOp2 for GroupedDown {
@@ -375,9 +392,15 @@ mod tests {
     }
 
     /// Grouped experts against each expert run alone (candle's matmul), forward and every
-    /// gradient, with one expert that gets no rows.
+    /// gradient, with an expert that gets no rows; few experts (each product split over
+    /// the threads) and many (experts in parallel).
     #[test]
     fn grouped_experts_match_the_experts_one_by_one() {
+        check_against_one_by_one(&[7, 0, 65, 3]);
+        check_against_one_by_one(&[7, 0, 65, 3, 9, 1, 12, 4, 30, 2, 5, 8, 11, 6, 3, 1]);
+    }
+
+    fn check_against_one_by_one(counts: &[usize]) {
         let lib = match library().expect("RECAST_BLAS loads") {
             Some(lib) => lib,
             None => {
@@ -386,7 +409,7 @@ mod tests {
                 return;
             }
         };
-        let (d, f, counts) = (24, 40, [7usize, 0, 65, 3]);
+        let (d, f) = (24, 40);
         let rows: usize = counts.iter().sum();
         let mut rng = SplitMix64(17);
         let weights: Vec<[Var; 3]> = counts.iter().map(|_| [randn(&mut rng, (f, d), 0.3), randn(&mut rng, (f, d), 0.3), randn(&mut rng, (d, f), 0.3)]).collect();
@@ -406,7 +429,7 @@ mod tests {
         };
         let mut start = 0;
         let mut pieces = Vec::new();
-        for (expert, &n) in experts.iter().zip(&counts) {
+        for (expert, &n) in experts.iter().zip(counts) {
             if n > 0 {
                 let rows = x.as_tensor().narrow(0, start, n).expect("narrow");
                 pieces.push(crate::model::matmul::linear_on(&ActiveMatmul { precision: Precision::F32, blas: None }, &(rows.matmul(&expert.gate.t().expect("t")).expect("g").silu().expect("silu") * rows.matmul(&expert.up.t().expect("t")).expect("u")).expect("mul"), &expert.down).expect("down"));
@@ -416,10 +439,10 @@ mod tests {
         let reference = run(Tensor::cat(&pieces, 0).expect("cat"));
         for (precision, tolerance) in [(Precision::F32, 1e-5), (Precision::Bf16, 3e-2)] {
             let path = ActiveMatmul { precision, blas: Some(lib.clone()) };
-            let grouped = run(experts_forward_on(&path, x.as_tensor(), &counts, &experts).expect("grouped").expect("the BLAS path applies"));
+            let grouped = run(experts_forward_on(&path, x.as_tensor(), counts, &experts).expect("grouped").expect("the BLAS path applies"));
             for (i, (a, b)) in grouped.iter().zip(&reference).enumerate() {
                 let g = gap(a, b);
-                assert!(g < tolerance, "{precision:?}: output {i} (0 = forward, 1 = dx, then gate/up/down per expert) is {g} from the reference");
+                assert!(g < tolerance, "{} experts, {precision:?}: output {i} (0 = forward, 1 = dx, then gate/up/down per expert) is {g} from the reference", counts.len());
             }
         }
     }
