@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::matmul::fully_written;
+use super::matmul::fully_written_by;
 
 /// Rows per parallel task.
 const ROWS: usize = 64;
@@ -35,8 +35,9 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> 
 
 /// A vector `fill` writes completely.
 fn written(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    // SAFETY: every caller's `fill` writes all `n` elements (row by row).
-    unsafe { fully_written::<std::convert::Infallible>(n, |o| Ok(fill(o))) }.unwrap_or_else(|e| match e {})
+    // SAFETY: every caller's `fill` writes all `n` elements (element by element, in
+    // chunks that cover the output).
+    unsafe { fully_written_by(n, fill) }
 }
 
 /// `x / sqrt(mean(x²) + eps) ⊙ w` over the last dimension of `x`, fused when `x` and

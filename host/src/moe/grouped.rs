@@ -115,6 +115,9 @@ struct GroupedGateUp(Blocks, Bf16Inputs);
 /// The GEMM entry a block uses: split over the threads, or on the calling thread.
 type GemmFn<T> = for<'a, 'b, 'c> fn(&BlasLibrary, GemmShape, Operand<'a, T>, Operand<'b, T>, Accumulate, &'c mut [MaybeUninit<f32>], usize) -> std::result::Result<(), matmul::MatmulError>;
 
+/// One expert's piece of an output.
+type Piece<'a> = &'a mut [MaybeUninit<f32>];
+
 /// `data` cut into consecutive blocks of `counts[e] · row_len` elements, one per expert.
 fn split_rows<'a, X>(counts: &[usize], mut data: &'a mut [X], row_len: usize) -> Vec<&'a mut [X]> {
     counts
@@ -142,7 +145,7 @@ fn for_each_block<T: GemmInput, P: Send>(b: &Blocks, pieces: Vec<P>, task: impl 
 }
 
 fn gate_up_forward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], d: usize, f: usize, out: &mut [MaybeUninit<f32>]) -> Result<()> {
-    for_each_block(b, split_rows(&b.counts, out, 2 * f), |gemm: GemmFn<T>, e, start, n, out: &mut [MaybeUninit<f32>]| {
+    for_each_block(b, split_rows(&b.counts, out, 2 * f), |gemm: GemmFn<T>, e, start, n, out: Piece<'_>| {
         let shape = GemmShape { m: n, n: f, k: d, transpose_a: false, transpose_b: true };
         let rows = Operand { data: &x[start * d..(start + n) * d], ld: d };
         for (half, weights) in [(0, gate), (f, up)] {
@@ -159,7 +162,7 @@ fn gate_up_backward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], gra
     zero_idle_experts(b, dgate, f * d);
     zero_idle_experts(b, dup, f * d);
     let pieces: Vec<_> = split_rows(&b.counts, dx, d).into_iter().zip(dgate.chunks_mut(f * d).zip(dup.chunks_mut(f * d))).collect();
-    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dx, (dgate, dup)): (&mut [MaybeUninit<f32>], (&mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]))| {
+    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dx, (dgate, dup)): (Piece<'_>, (Piece<'_>, Piece<'_>))| {
         let g_rows = &grad[start * 2 * f..(start + n) * 2 * f];
         let x_rows = Operand { data: &x[start * d..(start + n) * d], ld: d };
         for (half, weights, dw, accumulate) in [(0, gate, &mut *dgate, Accumulate::Overwrite), (f, up, &mut *dup, Accumulate::Add)] {
@@ -292,7 +295,7 @@ impl CustomOp1 for PackedSwiGlu {
 struct GroupedDown(Blocks, Bf16Inputs);
 
 fn down_forward<T: GemmInput>(b: &Blocks, h: &[T], down: &[T], d: usize, f: usize, out: &mut [MaybeUninit<f32>]) -> Result<()> {
-    for_each_block(b, split_rows(&b.counts, out, d), |gemm: GemmFn<T>, e, start, n, out: &mut [MaybeUninit<f32>]| {
+    for_each_block(b, split_rows(&b.counts, out, d), |gemm: GemmFn<T>, e, start, n, out: Piece<'_>| {
         let shape = GemmShape { m: n, n: d, k: f, transpose_a: false, transpose_b: true };
         let rows = Operand { data: &h[start * f..(start + n) * f], ld: f };
         let w = Operand { data: &down[e * d * f..(e + 1) * d * f], ld: f };
@@ -305,7 +308,7 @@ fn down_forward<T: GemmInput>(b: &Blocks, h: &[T], down: &[T], d: usize, f: usiz
 fn down_backward<T: GemmInput>(b: &Blocks, h: &[T], down: &[T], grad: &[T], d: usize, f: usize, dh: &mut [MaybeUninit<f32>], ddown: &mut [MaybeUninit<f32>]) -> Result<()> {
     zero_idle_experts(b, ddown, d * f);
     let pieces: Vec<_> = split_rows(&b.counts, dh, f).into_iter().zip(ddown.chunks_mut(d * f)).collect();
-    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dh, ddown): (&mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>])| {
+    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dh, ddown): (Piece<'_>, Piece<'_>)| {
         let g = Operand { data: &grad[start * d..(start + n) * d], ld: d };
         let w = Operand { data: &down[e * d * f..(e + 1) * d * f], ld: f };
         gemm(&b.library, GemmShape { m: n, n: f, k: d, transpose_a: false, transpose_b: false }, g, w, Accumulate::Overwrite, dh, f).map_err(err)?;

@@ -57,6 +57,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `C = op(A) · op(B)` with `C` overwritten, all three dense.
 pub(super) fn gemm<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: &[T], b: &[T], c: &mut [MaybeUninit<f32>]) -> Result<(), MatmulError> {
     let GemmShape { m, n, k, transpose_a, transpose_b } = shape;
@@ -145,16 +152,15 @@ fn gemm_blocks<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_,
         if start >= end {
             return Ok(());
         }
-        let out = out;
         // SAFETY: offsets stay inside A, B and C (their spans were checked against the
         // shape above); blocks write disjoint rows (split_rows) or columns of C.
         unsafe {
             if split_rows {
                 let a_block = if transpose_a { a.as_ptr().add(start) } else { a.as_ptr().add(start * lda) };
-                T::call(lib, ta, tb, (end - start) as c_int, n as c_int, k as c_int, a_block, lda as c_int, b.as_ptr(), ldb as c_int, beta, out.0.add(start * ldc), ldc as c_int)
+                T::call(lib, ta, tb, (end - start) as c_int, n as c_int, k as c_int, a_block, lda as c_int, b.as_ptr(), ldb as c_int, beta, out.ptr().add(start * ldc), ldc as c_int)
             } else {
                 let b_block = if transpose_b { b.as_ptr().add(start * ldb) } else { b.as_ptr().add(start) };
-                T::call(lib, ta, tb, m as c_int, (end - start) as c_int, k as c_int, a.as_ptr(), lda as c_int, b_block, ldb as c_int, beta, out.0.add(start), ldc as c_int)
+                T::call(lib, ta, tb, m as c_int, (end - start) as c_int, k as c_int, a.as_ptr(), lda as c_int, b_block, ldb as c_int, beta, out.ptr().add(start), ldc as c_int)
             }
         }
     };

@@ -170,6 +170,21 @@ pub fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
     op::to_bf16(values)
 }
 
+/// [`fully_written`] for a `fill` that cannot fail.
+///
+/// # Safety
+/// `fill` must initialise every element.
+pub(crate) unsafe fn fully_written_by(n: usize, fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>])) -> Vec<f32> {
+    // SAFETY: forwarded from the caller.
+    let written = unsafe {
+        fully_written::<std::convert::Infallible>(n, |out| {
+            fill(out);
+            Ok(())
+        })
+    };
+    written.unwrap_or_else(|never| match never {})
+}
+
 /// A vector of `n` f32 that `fill` writes completely, without zeroing it first (the
 /// outputs of GEMMs and fused ops are tens of megabytes, written once).
 ///
