@@ -85,11 +85,6 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> 
 }
 
 impl AttentionCore {
-    /// Whether query `i` sees key `j`.
-    fn visible(&self, i: usize, j: usize) -> bool {
-        j <= i && self.window.is_none_or(|w| i - j < w)
-    }
-
     /// The softmax of one head's scaled, masked scores, `probs` `[s, s]` (written).
     fn head_probs(&self, dims: Dims, q: &[f32], k: &[f32], probs: &mut [MaybeUninit<f32>]) -> Result<()> {
         let (s, d) = (dims.seq, dims.d);
@@ -98,18 +93,10 @@ impl AttentionCore {
         for (i, row) in probs.chunks_exact_mut(s).enumerate() {
             // SAFETY: the GEMM above wrote every element.
             let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            let mut max = f32::NEG_INFINITY;
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = if self.visible(i, j) { *x * self.scale } else { f32::NEG_INFINITY };
-                max = max.max(*x);
-            }
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = exp_approx(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
+            let first = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
+            softmax_visible(&mut row[first..=i], self.scale);
+            row[..first].fill(0.0);
+            row[i + 1..].fill(0.0);
         }
         Ok(())
     }
@@ -127,6 +114,60 @@ impl AttentionCore {
             })
         }
     }
+}
+
+/// `softmax(scale · x)` in place over the keys a query sees.
+fn softmax_visible(x: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { softmax_avx512(x, scale) };
+        }
+    }
+    softmax_body(x, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_avx512(x: &mut [f32], scale: f32) {
+    softmax_body(x, scale)
+}
+
+#[inline(always)]
+fn softmax_body(x: &mut [f32], scale: f32) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = exp_approx(*v * scale - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// `dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale` in place over one row.
+fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { softmax_backward_avx512(ds, p, scale) };
+        }
+    }
+    softmax_backward_body(ds, p, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_backward_avx512(ds: &mut [f32], p: &[f32], scale: f32) {
+    softmax_backward_body(ds, p, scale)
+}
+
+#[inline(always)]
+fn softmax_backward_body(ds: &mut [f32], p: &[f32], scale: f32) {
+    let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
+    ds.iter_mut().zip(p).for_each(|(x, &p)| *x = p * (*x - dot) * scale);
 }
 
 fn dims_of(q: &Layout, k: &Layout) -> Result<Dims> {
@@ -196,8 +237,7 @@ impl CustomOp3 for AttentionCore {
                                         // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale.
                                         gemm_serial(lib, GemmShape { m: s, n: s, k: d, transpose_a: false, transpose_b: true }, go, Operand { data: &v[kv_rows.clone()], ld: d }, Accumulate::Overwrite, matmul::as_uninit(&mut ds), s).map_err(err)?;
                                         for (ds, p) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
-                                            let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
-                                            ds.iter_mut().zip(p).for_each(|(x, &p)| *x = p * (*x - dot) * self.scale);
+                                            softmax_backward_row(ds, p, self.scale);
                                         }
                                         let ds_op = Operand { data: &ds[..], ld: s };
                                         // dQ = dS K; dK += dSᵀ Q.
