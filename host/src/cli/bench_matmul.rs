@@ -14,7 +14,11 @@ pub(super) fn run(m: usize, k: usize, n: usize, repeats: usize) -> anyhow::Resul
     let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
     let flop = 2.0 * (m * n * k) as f64;
-    println!("matmul: C[{m}x{n}] = A[{m}x{k}] . B[{n}x{k}]^T threads={} blas: {}", candle_core::utils::get_num_threads(), blas.as_ref().map_or("none".to_string(), |l| format!("{} ({})", l.vendor, l.path.display())));
+    println!(
+        "matmul: C[{m}x{n}] = A[{m}x{k}] . B[{n}x{k}]^T threads={} blas: {}",
+        candle_core::utils::get_num_threads(),
+        blas.as_ref().map_or("none".to_string(), |l| format!("{} ({})", l.vendor, l.path.display()))
+    );
     let mut results = Vec::new();
     for precision in [Precision::F32, Precision::Bf16] {
         let mut paths = vec![ActiveMatmul { precision, blas: None }];

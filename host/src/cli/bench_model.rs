@@ -117,7 +117,13 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     let run_dir = tempfile_dir()?;
     let mut trainer = Trainer::start(parsed, &run_dir, &plugins, engine)?;
     let tokens = trainer.config.train.batch_size * trainer.config.train.grad_accum * trainer.config.train.seq_len;
-    println!("train-step: {} params={} tokens/step={tokens} threads={} matmul: {}", trainer.model_config.architecture.hf_class(), trainer.params().num_parameters(), candle_core::utils::get_num_threads(), matmul::active());
+    println!(
+        "train-step: {} params={} tokens/step={tokens} threads={} matmul: {}",
+        trainer.model_config.architecture.hf_class(),
+        trainer.params().num_parameters(),
+        candle_core::utils::get_num_threads(),
+        matmul::active()
+    );
     for _ in 0..2 {
         trainer.train_step()?;
     }

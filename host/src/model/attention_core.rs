@@ -193,7 +193,16 @@ impl CustomOp3 for AttentionCore {
                 out.par_chunks_mut(s * d).enumerate().try_for_each(|(bh, out)| {
                     let kv = (bh / heads) * kv_heads + (bh % heads) / dims.group();
                     let shape = GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false };
-                    gemm_serial(&self.library, shape, Operand { data: &probs[bh * s * s..(bh + 1) * s * s], ld: s }, Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d }, Accumulate::Overwrite, out, d).map_err(err)
+                    gemm_serial(
+                        &self.library,
+                        shape,
+                        Operand { data: &probs[bh * s * s..(bh + 1) * s * s], ld: s },
+                        Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d },
+                        Accumulate::Overwrite,
+                        out,
+                        d,
+                    )
+                    .map_err(err)
                 })
             })?
         };
@@ -235,14 +244,33 @@ impl CustomOp3 for AttentionCore {
                                         // dV += Pᵀ dO.
                                         gemm_serial(lib, GemmShape { m: s, n: d, k: s, transpose_a: true, transpose_b: false }, Operand { data: p, ld: s }, go, accumulate, dv, d).map_err(err)?;
                                         // dP = dO Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale.
-                                        gemm_serial(lib, GemmShape { m: s, n: s, k: d, transpose_a: false, transpose_b: true }, go, Operand { data: &v[kv_rows.clone()], ld: d }, Accumulate::Overwrite, matmul::as_uninit(&mut ds), s).map_err(err)?;
+                                        gemm_serial(
+                                            lib,
+                                            GemmShape { m: s, n: s, k: d, transpose_a: false, transpose_b: true },
+                                            go,
+                                            Operand { data: &v[kv_rows.clone()], ld: d },
+                                            Accumulate::Overwrite,
+                                            matmul::as_uninit(&mut ds),
+                                            s,
+                                        )
+                                        .map_err(err)?;
                                         for (ds, p) in ds.chunks_exact_mut(s).zip(p.chunks_exact(s)) {
                                             softmax_backward_row(ds, p, self.scale);
                                         }
                                         let ds_op = Operand { data: &ds[..], ld: s };
                                         // dQ = dS K; dK += dSᵀ Q.
-                                        gemm_serial(lib, GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false }, ds_op, Operand { data: &k[kv_rows.clone()], ld: d }, Accumulate::Overwrite, &mut dq[g * s * d..(g + 1) * s * d], d).map_err(err)?;
-                                        gemm_serial(lib, GemmShape { m: s, n: d, k: s, transpose_a: true, transpose_b: false }, ds_op, Operand { data: &q[rows], ld: d }, accumulate, dk, d).map_err(err)?;
+                                        gemm_serial(
+                                            lib,
+                                            GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false },
+                                            ds_op,
+                                            Operand { data: &k[kv_rows.clone()], ld: d },
+                                            Accumulate::Overwrite,
+                                            &mut dq[g * s * d..(g + 1) * s * d],
+                                            d,
+                                        )
+                                        .map_err(err)?;
+                                        gemm_serial(lib, GemmShape { m: s, n: d, k: s, transpose_a: true, transpose_b: false }, ds_op, Operand { data: &q[rows], ld: d }, accumulate, dk, d)
+                                            .map_err(err)?;
                                     }
                                     Ok::<(), candle_core::Error>(())
                                 })

@@ -159,7 +159,10 @@ impl CustomOp2 for SwiGlu {
                 with_values(grad, |d| {
                     written(n, |dg| {
                         let du = &mut du.spare_capacity_mut()[..n];
-                        dg.par_chunks_mut(CHUNK).zip(du.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(d.par_chunks(CHUNK))).for_each(|((dg, du), ((g, u), d))| backward_slice(g, u, d, dg, du))
+                        dg.par_chunks_mut(CHUNK)
+                            .zip(du.par_chunks_mut(CHUNK))
+                            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(d.par_chunks(CHUNK)))
+                            .for_each(|((dg, du), ((g, u), d))| backward_slice(g, u, d, dg, du))
                     })
                 })
             })

@@ -15,8 +15,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 use rayon::prelude::*;
 
 use crate::model::ffn::Ffn;
-use crate::model::swiglu;
 use crate::model::matmul::{self, Accumulate, ActiveMatmul, BlasLibrary, GemmInput, GemmShape, Operand, Precision, fully_written, gemm_serial, gemm_strided, to_bf16_bits};
+use crate::model::swiglu;
 
 /// Elements per parallel chunk of the element-wise gate.
 const CHUNK: usize = 1 << 14;
@@ -158,7 +158,18 @@ fn gate_up_forward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], d: u
 
 /// `dx = dg W_gate + du W_up`, `dW_gate = dgᵀ x`, `dW_up = duᵀ x`, per block.
 #[allow(clippy::too_many_arguments)]
-fn gate_up_backward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], grad: &[T], d: usize, f: usize, dx: &mut [MaybeUninit<f32>], dgate: &mut [MaybeUninit<f32>], dup: &mut [MaybeUninit<f32>]) -> Result<()> {
+fn gate_up_backward<T: GemmInput>(
+    b: &Blocks,
+    x: &[T],
+    gate: &[T],
+    up: &[T],
+    grad: &[T],
+    d: usize,
+    f: usize,
+    dx: &mut [MaybeUninit<f32>],
+    dgate: &mut [MaybeUninit<f32>],
+    dup: &mut [MaybeUninit<f32>],
+) -> Result<()> {
     zero_idle_experts(b, dgate, f * d);
     zero_idle_experts(b, dup, f * d);
     let pieces: Vec<_> = split_rows(&b.counts, dx, d).into_iter().zip(dgate.chunks_mut(f * d).zip(dup.chunks_mut(f * d))).collect();
@@ -435,7 +446,14 @@ mod tests {
         for (expert, &n) in experts.iter().zip(counts) {
             if n > 0 {
                 let rows = x.as_tensor().narrow(0, start, n).expect("narrow");
-                pieces.push(crate::model::matmul::linear_on(&ActiveMatmul { precision: Precision::F32, blas: None }, &(rows.matmul(&expert.gate.t().expect("t")).expect("g").silu().expect("silu") * rows.matmul(&expert.up.t().expect("t")).expect("u")).expect("mul"), &expert.down).expect("down"));
+                pieces.push(
+                    crate::model::matmul::linear_on(
+                        &ActiveMatmul { precision: Precision::F32, blas: None },
+                        &(rows.matmul(&expert.gate.t().expect("t")).expect("g").silu().expect("silu") * rows.matmul(&expert.up.t().expect("t")).expect("u")).expect("mul"),
+                        &expert.down,
+                    )
+                    .expect("down"),
+                );
             }
             start += n;
         }

@@ -28,11 +28,39 @@ pub(crate) trait GemmInput: Copy + Send + Sync {
     /// # Safety
     /// The pointers must address matrices of the given shape and leading dimensions.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const Self, lda: c_int, b: *const Self, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int) -> Result<(), MatmulError>;
+    unsafe fn call(
+        lib: &BlasLibrary,
+        ta: c_int,
+        tb: c_int,
+        m: c_int,
+        n: c_int,
+        k: c_int,
+        a: *const Self,
+        lda: c_int,
+        b: *const Self,
+        ldb: c_int,
+        beta: f32,
+        c: *mut f32,
+        ldc: c_int,
+    ) -> Result<(), MatmulError>;
 }
 
 impl GemmInput for f32 {
-    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const f32, lda: c_int, b: *const f32, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
+    unsafe fn call(
+        lib: &BlasLibrary,
+        ta: c_int,
+        tb: c_int,
+        m: c_int,
+        n: c_int,
+        k: c_int,
+        a: *const f32,
+        lda: c_int,
+        b: *const f32,
+        ldb: c_int,
+        beta: f32,
+        c: *mut f32,
+        ldc: c_int,
+    ) -> Result<(), MatmulError> {
         // SAFETY: forwarded from the caller.
         unsafe { (lib.sgemm)(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc) };
         Ok(())
@@ -41,7 +69,21 @@ impl GemmInput for f32 {
 
 /// bf16 values as their bit patterns (the upper half of an f32).
 impl GemmInput for u16 {
-    unsafe fn call(lib: &BlasLibrary, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, a: *const u16, lda: c_int, b: *const u16, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int) -> Result<(), MatmulError> {
+    unsafe fn call(
+        lib: &BlasLibrary,
+        ta: c_int,
+        tb: c_int,
+        m: c_int,
+        n: c_int,
+        k: c_int,
+        a: *const u16,
+        lda: c_int,
+        b: *const u16,
+        ldb: c_int,
+        beta: f32,
+        c: *mut f32,
+        ldc: c_int,
+    ) -> Result<(), MatmulError> {
         let gemm = lib.bf16_gemm.ok_or(MatmulError::NoBf16Gemm { vendor: lib.vendor })?;
         // SAFETY: forwarded from the caller.
         unsafe { gemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc) };
@@ -104,22 +146,48 @@ fn span(rows: usize, cols: usize, ld: usize) -> usize {
 /// `C (+)= op(A) · op(B)` for matrices inside larger buffers (row blocks of stacked
 /// experts, the halves of a packed `[gate | up]` product). `C` may be uninitialised
 /// where it is overwritten; with [`Accumulate::Add`] it must hold values.
-pub(crate) fn gemm_strided<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_, T>, b: Operand<'_, T>, accumulate: Accumulate, c: &mut [MaybeUninit<f32>], ldc: usize) -> Result<(), MatmulError> {
+pub(crate) fn gemm_strided<T: GemmInput>(
+    lib: &BlasLibrary,
+    shape: GemmShape,
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    accumulate: Accumulate,
+    c: &mut [MaybeUninit<f32>],
+    ldc: usize,
+) -> Result<(), MatmulError> {
     gemm_blocks(lib, shape, a, b, accumulate, c, ldc, rayon::current_num_threads())
 }
 
 /// [`gemm_strided`] on the calling thread only: for the many small products of a task
 /// that is already one of many parallel tasks (attention's per-head products).
-pub(crate) fn gemm_serial<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_, T>, b: Operand<'_, T>, accumulate: Accumulate, c: &mut [MaybeUninit<f32>], ldc: usize) -> Result<(), MatmulError> {
+pub(crate) fn gemm_serial<T: GemmInput>(
+    lib: &BlasLibrary,
+    shape: GemmShape,
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    accumulate: Accumulate,
+    c: &mut [MaybeUninit<f32>],
+    ldc: usize,
+) -> Result<(), MatmulError> {
     gemm_blocks(lib, shape, a, b, accumulate, c, ldc, 1)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_blocks<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: Operand<'_, T>, b: Operand<'_, T>, accumulate: Accumulate, c: &mut [MaybeUninit<f32>], ldc: usize, threads: usize) -> Result<(), MatmulError> {
+fn gemm_blocks<T: GemmInput>(
+    lib: &BlasLibrary,
+    shape: GemmShape,
+    a: Operand<'_, T>,
+    b: Operand<'_, T>,
+    accumulate: Accumulate,
+    c: &mut [MaybeUninit<f32>],
+    ldc: usize,
+    threads: usize,
+) -> Result<(), MatmulError> {
     let GemmShape { m, n, k, transpose_a, transpose_b } = shape;
     let (a_rows, a_cols) = if transpose_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if transpose_b { (n, k) } else { (k, n) };
-    let fits = a.ld >= a_cols.max(1) && b.ld >= b_cols.max(1) && ldc >= n.max(1) && span(a_rows, a_cols, a.ld) <= a.data.len() && span(b_rows, b_cols, b.ld) <= b.data.len() && span(m, n, ldc) <= c.len();
+    let fits =
+        a.ld >= a_cols.max(1) && b.ld >= b_cols.max(1) && ldc >= n.max(1) && span(a_rows, a_cols, a.ld) <= a.data.len() && span(b_rows, b_cols, b.ld) <= b.data.len() && span(m, n, ldc) <= c.len();
     if !fits {
         return Err(MatmulError::Shape(format!("gemm {shape:?} (lda {}, ldb {}, ldc {ldc}) does not fit A of {}, B of {}, C of {} elements", a.ld, b.ld, a.data.len(), b.data.len(), c.len())));
     }

@@ -7,11 +7,41 @@ use std::path::{Path, PathBuf};
 use super::MatmulError;
 
 /// `cblas_sgemm`.
-pub(super) type SgemmFn = unsafe extern "C" fn(layout: c_int, trans_a: c_int, trans_b: c_int, m: c_int, n: c_int, k: c_int, alpha: f32, a: *const f32, lda: c_int, b: *const f32, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int);
+pub(super) type SgemmFn = unsafe extern "C" fn(
+    layout: c_int,
+    trans_a: c_int,
+    trans_b: c_int,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+    alpha: f32,
+    a: *const f32,
+    lda: c_int,
+    b: *const f32,
+    ldb: c_int,
+    beta: f32,
+    c: *mut f32,
+    ldc: c_int,
+);
 
 /// MKL's `cblas_gemm_bf16bf16f32` or OpenBLAS's `cblas_sbgemm`: bf16 inputs, f32
 /// accumulation and output (AMX or AVX512-BF16 where the CPU has them).
-pub(super) type Bf16GemmFn = unsafe extern "C" fn(layout: c_int, trans_a: c_int, trans_b: c_int, m: c_int, n: c_int, k: c_int, alpha: f32, a: *const u16, lda: c_int, b: *const u16, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int);
+pub(super) type Bf16GemmFn = unsafe extern "C" fn(
+    layout: c_int,
+    trans_a: c_int,
+    trans_b: c_int,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+    alpha: f32,
+    a: *const u16,
+    lda: c_int,
+    b: *const u16,
+    ldb: c_int,
+    beta: f32,
+    c: *mut f32,
+    ldc: c_int,
+);
 
 /// CBLAS constants.
 pub(super) const ROW_MAJOR: c_int = 101;
