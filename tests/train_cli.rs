@@ -150,6 +150,23 @@ fn a_missing_blas_is_a_clear_error() {
     assert!(err.contains("[compute]") && err.contains("libnope.so"), "{err}");
 }
 
+/// Without a BLAS (`RECAST_BLAS=none`), `matmul = "auto"` falls back to candle's matmul
+/// and trains, in both precisions.
+#[test]
+fn without_a_blas_auto_falls_back_to_candle() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, compute) in [("f32", ""), ("bf16", "\n[compute]\nprecision = \"bf16\"")] {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let cfg = config(&sub, compute);
+        let out = sub.join("run");
+        let o = recast().args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "3", "--threads", "2"]).env("RECAST_BLAS", "none").env("RUST_LOG", "info").output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("matmul: candle"), "{}", text(&o));
+        assert_eq!(losses(&out).len(), 3);
+    }
+}
+
 fn kill_when(cfg: &Path, out: &Path, env: Option<(&str, &str)>, ready: impl Fn() -> bool) {
     let mut cmd: Command = recast();
     cmd.args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--threads", "2"]).stdout(Stdio::null()).stderr(Stdio::null());
