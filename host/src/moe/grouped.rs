@@ -11,7 +11,7 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::model::ffn::Ffn;
@@ -38,10 +38,12 @@ pub fn experts_forward_on(active: &ActiveMatmul, routed: &Tensor, counts: &[usiz
     if !uniform || !f32_cpu(routed) || counts.len() != experts.len() || counts.iter().sum::<usize>() != routed.dim(0)? {
         return Ok(None);
     }
-    let stack = |pick: fn(&Ffn) -> &Tensor| Tensor::stack(&experts.iter().map(pick).collect::<Vec<_>>(), 0);
-    let (gate, up, down) = (stack(|e| &e.gate)?, stack(|e| &e.up)?, stack(|e| &e.down)?);
+    // Each expert's gate and up weights one above the other, `[E, 2f, d]`: one GEMM per
+    // expert gives its `[g | u]` rows, and one each gives their gradients.
+    let gate_up = Tensor::stack(&experts.iter().flat_map(|e| [&e.gate, &e.up]).collect::<Vec<_>>(), 0)?.reshape((experts.len(), 2 * width, first.gate.dim(1)?))?;
+    let down = Tensor::stack(&experts.iter().map(|e| &e.down).collect::<Vec<_>>(), 0)?;
     let blocks = Blocks { counts: counts.to_vec(), precision: active.precision, library };
-    let gate_up = routed.contiguous()?.apply_op3(&gate, &up, GroupedGateUp(blocks.clone(), Bf16Inputs::default()))?;
+    let gate_up = routed.contiguous()?.apply_op2(&gate_up, GroupedGateUp(blocks.clone(), Bf16Inputs::default()))?;
     let hidden = gate_up.apply_op1(PackedSwiGlu)?;
     Ok(Some(hidden.apply_op2(&down, GroupedDown(blocks, Bf16Inputs::default()))?))
 }
@@ -108,8 +110,8 @@ fn dims(layout: &Layout) -> &[usize] {
     layout.dims()
 }
 
-/// `routed [N, d]`, `gate [E, f, d]`, `up [E, f, d]` → `[N, 2f]`: each row is
-/// `[x W_gate,eᵀ | x W_up,eᵀ]` for its expert `e`.
+/// `routed [N, d]`, `gate_up [E, 2f, d]` (each expert's gate weights above its up
+/// weights) → `[N, 2f]`: each row is `[x W_gate,eᵀ | x W_up,eᵀ]` for its expert `e`.
 struct GroupedGateUp(Blocks, Bf16Inputs);
 
 /// The GEMM entry a block uses: split over the threads, or on the calling thread.
@@ -144,65 +146,47 @@ fn for_each_block<T: GemmInput, P: Send>(b: &Blocks, pieces: Vec<P>, task: impl 
     }
 }
 
-fn gate_up_forward<T: GemmInput>(b: &Blocks, x: &[T], gate: &[T], up: &[T], d: usize, f: usize, out: &mut [MaybeUninit<f32>]) -> Result<()> {
+fn gate_up_forward<T: GemmInput>(b: &Blocks, x: &[T], w: &[T], d: usize, f: usize, out: &mut [MaybeUninit<f32>]) -> Result<()> {
     for_each_block(b, split_rows(&b.counts, out, 2 * f), |gemm: GemmFn<T>, e, start, n, out: Piece<'_>| {
-        let shape = GemmShape { m: n, n: f, k: d, transpose_a: false, transpose_b: true };
+        let shape = GemmShape { m: n, n: 2 * f, k: d, transpose_a: false, transpose_b: true };
         let rows = Operand { data: &x[start * d..(start + n) * d], ld: d };
-        for (half, weights) in [(0, gate), (f, up)] {
-            let w = Operand { data: &weights[e * f * d..(e + 1) * f * d], ld: d };
-            gemm(&b.library, shape, rows, w, Accumulate::Overwrite, &mut out[half..], 2 * f).map_err(err)?;
-        }
-        Ok(())
+        let w = Operand { data: &w[e * 2 * f * d..(e + 1) * 2 * f * d], ld: d };
+        gemm(&b.library, shape, rows, w, Accumulate::Overwrite, out, 2 * f).map_err(err)
     })
 }
 
-/// `dx = dg W_gate + du W_up`, `dW_gate = dgᵀ x`, `dW_up = duᵀ x`, per block.
+/// `dx = [dg | du] [W_gate; W_up]`, `d[W_gate; W_up] = [dg | du]ᵀ x`, per block.
 #[allow(clippy::too_many_arguments)]
-fn gate_up_backward<T: GemmInput>(
-    b: &Blocks,
-    x: &[T],
-    gate: &[T],
-    up: &[T],
-    grad: &[T],
-    d: usize,
-    f: usize,
-    dx: &mut [MaybeUninit<f32>],
-    dgate: &mut [MaybeUninit<f32>],
-    dup: &mut [MaybeUninit<f32>],
-) -> Result<()> {
-    zero_idle_experts(b, dgate, f * d);
-    zero_idle_experts(b, dup, f * d);
-    let pieces: Vec<_> = split_rows(&b.counts, dx, d).into_iter().zip(dgate.chunks_mut(f * d).zip(dup.chunks_mut(f * d))).collect();
-    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dx, (dgate, dup)): (Piece<'_>, (Piece<'_>, Piece<'_>))| {
-        let g_rows = &grad[start * 2 * f..(start + n) * 2 * f];
+fn gate_up_backward<T: GemmInput>(b: &Blocks, x: &[T], w: &[T], grad: &[T], d: usize, f: usize, dx: &mut [MaybeUninit<f32>], dw: &mut [MaybeUninit<f32>]) -> Result<()> {
+    zero_idle_experts(b, dw, 2 * f * d);
+    let pieces: Vec<_> = split_rows(&b.counts, dx, d).into_iter().zip(dw.chunks_mut(2 * f * d)).collect();
+    for_each_block(b, pieces, |gemm: GemmFn<T>, e, start, n, (dx, dw): (Piece<'_>, Piece<'_>)| {
+        let g = Operand { data: &grad[start * 2 * f..(start + n) * 2 * f], ld: 2 * f };
         let x_rows = Operand { data: &x[start * d..(start + n) * d], ld: d };
-        for (half, weights, dw, accumulate) in [(0, gate, &mut *dgate, Accumulate::Overwrite), (f, up, &mut *dup, Accumulate::Add)] {
-            let g = Operand { data: &g_rows[half..], ld: 2 * f };
-            let w = Operand { data: &weights[e * f * d..(e + 1) * f * d], ld: d };
-            gemm(&b.library, GemmShape { m: n, n: d, k: f, transpose_a: false, transpose_b: false }, g, w, accumulate, &mut *dx, d).map_err(err)?;
-            gemm(&b.library, GemmShape { m: f, n: d, k: n, transpose_a: true, transpose_b: false }, g, x_rows, Accumulate::Overwrite, dw, d).map_err(err)?;
-        }
-        Ok(())
+        let w = Operand { data: &w[e * 2 * f * d..(e + 1) * 2 * f * d], ld: d };
+        gemm(&b.library, GemmShape { m: n, n: d, k: 2 * f, transpose_a: false, transpose_b: false }, g, w, Accumulate::Overwrite, dx, d).map_err(err)?;
+        gemm(&b.library, GemmShape { m: 2 * f, n: d, k: n, transpose_a: true, transpose_b: false }, g, x_rows, Accumulate::Overwrite, dw, d).map_err(err)
     })
 }
 
-impl CustomOp3 for GroupedGateUp {
+impl CustomOp2 for GroupedGateUp {
     fn name(&self) -> &'static str {
         "grouped-gate-up"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (&[rows, d], &[_, f, _]) = (dims(l1), dims(l2)) else { candle_core::bail!("grouped gate-up: shapes {:?} {:?}", l1.dims(), l2.dims()) };
-        let (x, gate, up) = (f32_slice(s1, l1, "routed rows")?, f32_slice(s2, l2, "gate weights")?, f32_slice(s3, l3, "up weights")?);
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (&[rows, d], &[_, two_f, _]) = (dims(l1), dims(l2)) else { candle_core::bail!("grouped gate-up: shapes {:?} {:?}", l1.dims(), l2.dims()) };
+        let f = two_f / 2;
+        let (x, w) = (f32_slice(s1, l1, "routed rows")?, f32_slice(s2, l2, "gate-up weights")?);
         let b = &self.0;
         // SAFETY: the blocks cover every row (their counts sum to `rows`), and each block
-        // overwrites both halves of its rows.
+        // overwrites its rows.
         let out = unsafe {
             fully_written(rows * 2 * f, |out| match b.precision {
-                Precision::F32 => gate_up_forward(b, x, gate, up, d, f, out),
+                Precision::F32 => gate_up_forward(b, x, w, d, f, out),
                 Precision::Bf16 => {
-                    let c = convert(&[x, gate, up]);
-                    gate_up_forward(b, &c[0], &c[1], &c[2], d, f, out)?;
+                    let c = convert(&[x, w]);
+                    gate_up_forward(b, &c[0], &c[1], d, f, out)?;
                     self.1.keep(c);
                     Ok(())
                 }
@@ -211,43 +195,37 @@ impl CustomOp3 for GroupedGateUp {
         Ok((CpuStorage::F32(out), Shape::from((rows, 2 * f))))
     }
 
-    fn bwd(&self, x: &Tensor, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (rows, d) = x.dims2()?;
-        let (_, f, _) = gate.dims3()?;
+        let f = w.dim(1)? / 2;
         let b = &self.0;
-        let (dx, dgate, dup) = with_values(x, "routed rows", |x| {
-            with_values(gate, "gate weights", |gate| {
-                with_values(up, "up weights", |up| {
-                    with_values(grad, "gradient", |grad| {
-                        let (mut dgate, mut dup) = (Vec::with_capacity(gate.len()), Vec::with_capacity(up.len()));
-                        // SAFETY: dx's rows are all covered by the blocks (overwritten by the
-                        // gate pass, then added to); each expert's weight gradient is
-                        // overwritten by its GEMM or zeroed when it has no rows.
-                        let dx = unsafe {
-                            fully_written(rows * d, |dx| {
-                                let (dg, du) = (&mut dgate.spare_capacity_mut()[..gate.len()], &mut dup.spare_capacity_mut()[..up.len()]);
-                                match b.precision {
-                                    Precision::F32 => gate_up_backward(b, x, gate, up, grad, d, f, dx, dg, du),
-                                    Precision::Bf16 => {
-                                        let c = self.1.take(&[x, gate, up]);
-                                        let g = to_bf16_bits(grad);
-                                        gate_up_backward(b, &c[0], &c[1], &c[2], &g, d, f, dx, dg, du)
-                                    }
+        let (dx, dw) = with_values(x, "routed rows", |x| {
+            with_values(w, "gate-up weights", |w| {
+                with_values(grad, "gradient", |grad| {
+                    let mut dw = Vec::with_capacity(w.len());
+                    // SAFETY: dx's rows are all overwritten by their blocks; each expert's
+                    // weight gradient is overwritten by its GEMM or zeroed when it has no rows.
+                    let dx = unsafe {
+                        fully_written(rows * d, |dx| {
+                            let dwp = &mut dw.spare_capacity_mut()[..w.len()];
+                            match b.precision {
+                                Precision::F32 => gate_up_backward(b, x, w, grad, d, f, dx, dwp),
+                                Precision::Bf16 => {
+                                    let c = self.1.take(&[x, w]);
+                                    let g = to_bf16_bits(grad);
+                                    gate_up_backward(b, &c[0], &c[1], &g, d, f, dx, dwp)
                                 }
-                            })?
-                        };
-                        // SAFETY: as above.
-                        unsafe {
-                            dgate.set_len(gate.len());
-                            dup.set_len(up.len());
-                        }
-                        Ok((dx, dgate, dup))
-                    })
+                            }
+                        })?
+                    };
+                    // SAFETY: as above.
+                    unsafe { dw.set_len(w.len()) };
+                    Ok((dx, dw))
                 })
             })
         })?;
         let dev = x.device();
-        Ok((Some(Tensor::from_vec(dx, (rows, d), dev)?), Some(Tensor::from_vec(dgate, gate.shape(), dev)?), Some(Tensor::from_vec(dup, up.shape(), dev)?)))
+        Ok((Some(Tensor::from_vec(dx, (rows, d), dev)?), Some(Tensor::from_vec(dw, w.shape(), dev)?)))
     }
 }
 
