@@ -10,11 +10,15 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::{self, Accumulate, BlasLibrary, GemmShape, Operand, fully_written, gemm_serial};
+use super::op_inputs::{f32_slice, with_f32};
 use super::swiglu::exp_approx;
+
+/// The op's name in errors.
+const OP: &str = "attention";
 
 /// The attention output `[b, heads, s, d]` for `q [b, heads, s, d]` and `k`, `v`
 /// `[b, kv_heads, s, d]` (each kv head serves `heads / kv_heads` query heads), or `None`
@@ -66,22 +70,6 @@ impl Dims {
 
 fn err(e: matmul::MatmulError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("attention: expected contiguous f32 tensors"),
-    }
-}
-
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(f32_slice(cpu, layout)?),
-        _ => candle_core::bail!("attention: expected a CPU tensor"),
-    }
 }
 
 impl AttentionCore {
@@ -185,7 +173,7 @@ impl CustomOp3 for AttentionCore {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = dims_of(l1, l2)?;
         let Dims { batch, heads, kv_heads, seq: s, d } = dims;
-        let (q, k, v) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let (q, k, v) = (f32_slice(OP, "queries", s1, l1)?, f32_slice(OP, "keys", s2, l2)?, f32_slice(OP, "values", s3, l3)?);
         let probs = self.probs(dims, q, k)?;
         // SAFETY: every head's output block is overwritten by its GEMM.
         let out = unsafe {
@@ -215,10 +203,10 @@ impl CustomOp3 for AttentionCore {
         let Dims { batch, heads, kv_heads, seq: s, d } = dims;
         let group = dims.group();
         let kept = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let (dq, dk, dv) = with_values(q, |q| {
-            with_values(k, |k| {
-                with_values(v, |v| {
-                    with_values(grad, |grad| {
+        let (dq, dk, dv) = with_f32(OP, "queries", q, |q| {
+            with_f32(OP, "keys", k, |k| {
+                with_f32(OP, "values", v, |v| {
+                    with_f32(OP, "the gradient", grad, |grad| {
                         let probs = match kept {
                             Some(p) => p,
                             None => self.probs(dims, q, k)?,

@@ -5,32 +5,17 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::fully_written_by;
+use super::op_inputs::{f32_slice, with_f32};
 
 /// Rows per parallel task.
 const ROWS: usize = 64;
 
 fn f32_cpu(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && t.device().is_cpu()
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("fused op: expected contiguous f32 tensors"),
-    }
-}
-
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(f32_slice(cpu, layout)?),
-        _ => candle_core::bail!("fused op: expected a CPU tensor"),
-    }
 }
 
 /// A vector `fill` writes completely.
@@ -66,7 +51,7 @@ impl CustomOp2 for RmsNorm {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let (x, w) = (f32_slice("rms-norm", "x", s1, l1)?, f32_slice("rms-norm", "the weight", s2, l2)?);
         let d = w.len();
         let out = written(x.len(), |out| {
             out.par_chunks_mut(ROWS * d).zip(x.par_chunks(ROWS * d)).for_each(|(o, x)| {
@@ -83,9 +68,9 @@ impl CustomOp2 for RmsNorm {
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = weight.dim(0)?;
-        let (dx, dw) = with_values(x, |x| {
-            with_values(weight, |w| {
-                with_values(grad, |g| {
+        let (dx, dw) = with_f32("rms-norm", "x", x, |x| {
+            with_f32("rms-norm", "the weight", weight, |w| {
+                with_f32("rms-norm", "the gradient", grad, |g| {
                     // y = x·r·w with r = (mean x² + eps)^-½; for u = g ⊙ w:
                     // dx = r·u − x·r³·(u·x)/d, dw = Σ_rows g ⊙ x·r.
                     let partial: Vec<Vec<f32>> = x
@@ -173,13 +158,13 @@ impl CustomOp1 for Rope {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let &[_, _, s, d] = layout.dims() else { candle_core::bail!("rope: shape {:?}", layout.dims()) };
-        let out = self.rotate(f32_slice(storage, layout)?, (s, d), 1.0);
+        let out = self.rotate(f32_slice("rope", "x", storage, layout)?, (s, d), 1.0);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (_, _, s, d) = x.dims4()?;
-        let dx = with_values(grad, |g| Ok(self.rotate(g, (s, d), -1.0)))?;
+        let dx = with_f32("rope", "the gradient", grad, |g| Ok(self.rotate(g, (s, d), -1.0)))?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }

@@ -23,6 +23,7 @@ pub mod hf_config;
 pub mod init;
 pub mod loss;
 pub mod matmul;
+pub(crate) mod op_inputs;
 pub mod ops;
 pub mod params;
 pub mod rope;

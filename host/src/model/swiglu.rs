@@ -4,10 +4,11 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::matmul::fully_written_by;
+use super::op_inputs::with_f32;
 
 /// Elements per parallel chunk: large enough that scheduling costs nothing.
 const CHUNK: usize = 1 << 14;
@@ -128,16 +129,6 @@ fn written(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     unsafe { fully_written_by(n, fill) }
 }
 
-/// The f32 elements of a contiguous CPU tensor.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
-        _ => candle_core::bail!("swiglu: expected a contiguous f32 CPU tensor"),
-    }
-}
-
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "swiglu"
@@ -154,19 +145,19 @@ impl CustomOp2 for SwiGlu {
     fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = gate.elem_count();
         let mut du = Vec::with_capacity(n);
-        let dg = with_values(gate, |g| {
-            with_values(up, |u| {
-                with_values(grad, |d| {
-                    written(n, |dg| {
+        let dg = with_f32("swiglu", "the gate", gate, |g| {
+            with_f32("swiglu", "the up projection", up, |u| {
+                with_f32("swiglu", "the gradient", grad, |d| {
+                    Ok(written(n, |dg| {
                         let du = &mut du.spare_capacity_mut()[..n];
                         dg.par_chunks_mut(CHUNK)
                             .zip(du.par_chunks_mut(CHUNK))
                             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(d.par_chunks(CHUNK)))
                             .for_each(|((dg, du), ((g, u), d))| backward_slice(g, u, d, dg, du))
-                    })
+                    }))
                 })
             })
-        })???;
+        })?;
         // SAFETY: `backward_slice` wrote every element of `du` alongside `dg`.
         unsafe { du.set_len(n) };
         let shape = gate.shape().clone();

@@ -11,12 +11,16 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::model::ffn::Ffn;
 use crate::model::matmul::{self, Accumulate, ActiveMatmul, BlasLibrary, GemmInput, GemmShape, Operand, Precision, fully_written, gemm_serial, gemm_strided, to_bf16_bits};
+use crate::model::op_inputs::{f32_slice, with_f32};
 use crate::model::swiglu;
+
+/// The ops' name in errors.
+const OP: &str = "grouped experts";
 
 /// Elements per parallel chunk of the element-wise gate.
 const CHUNK: usize = 1 << 14;
@@ -76,23 +80,6 @@ impl Bf16Inputs {
 
 fn err(e: matmul::MatmulError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("grouped experts: {what} must be a contiguous f32 tensor"),
-    }
-}
-
-/// The f32 elements of a CPU tensor, made contiguous.
-fn with_values<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(f32_slice(cpu, layout, what)?),
-        _ => candle_core::bail!("grouped experts: {what} is not on the CPU"),
-    }
 }
 
 fn convert(inputs: &[&[f32]]) -> Vec<Vec<u16>> {
@@ -177,7 +164,7 @@ impl CustomOp2 for GroupedGateUp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[rows, d], &[_, two_f, _]) = (dims(l1), dims(l2)) else { candle_core::bail!("grouped gate-up: shapes {:?} {:?}", l1.dims(), l2.dims()) };
         let f = two_f / 2;
-        let (x, w) = (f32_slice(s1, l1, "routed rows")?, f32_slice(s2, l2, "gate-up weights")?);
+        let (x, w) = (f32_slice(OP, "routed rows", s1, l1)?, f32_slice(OP, "gate-up weights", s2, l2)?);
         let b = &self.0;
         // SAFETY: the blocks cover every row (their counts sum to `rows`), and each block
         // overwrites its rows.
@@ -199,9 +186,9 @@ impl CustomOp2 for GroupedGateUp {
         let (rows, d) = x.dims2()?;
         let f = w.dim(1)? / 2;
         let b = &self.0;
-        let (dx, dw) = with_values(x, "routed rows", |x| {
-            with_values(w, "gate-up weights", |w| {
-                with_values(grad, "gradient", |grad| {
+        let (dx, dw) = with_f32(OP, "routed rows", x, |x| {
+            with_f32(OP, "gate-up weights", w, |w| {
+                with_f32(OP, "gradient", grad, |grad| {
                     let mut dw = Vec::with_capacity(w.len());
                     // SAFETY: dx's rows are all overwritten by their blocks; each expert's
                     // weight gradient is overwritten by its GEMM or zeroed when it has no rows.
@@ -240,7 +227,7 @@ impl CustomOp1 for PackedSwiGlu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let &[rows, two_f] = dims(l) else { candle_core::bail!("packed swiglu: shape {:?}", l.dims()) };
         let f = two_f / 2;
-        let gu = f32_slice(s, l, "gate-up rows")?;
+        let gu = f32_slice(OP, "gate-up rows", s, l)?;
         let rows_per_chunk = (CHUNK / f.max(1)).max(1);
         // SAFETY: every row of the output is written from its `[g | u]` row.
         let out = unsafe {
@@ -262,8 +249,8 @@ impl CustomOp1 for PackedSwiGlu {
         let f = two_f / 2;
         let rows_per_chunk = (CHUNK / f.max(1)).max(1);
         // SAFETY: every row's two halves are written by `backward_slice`.
-        let dgu = with_values(gu, "gate-up rows", |gu| {
-            with_values(grad, "gradient", |grad| unsafe {
+        let dgu = with_f32(OP, "gate-up rows", gu, |gu| {
+            with_f32(OP, "gradient", grad, |grad| unsafe {
                 fully_written(rows * two_f, |dgu| {
                     dgu.par_chunks_mut(rows_per_chunk * two_f).zip(gu.par_chunks(rows_per_chunk * two_f).zip(grad.par_chunks(rows_per_chunk * f))).for_each(|(dgu, (gu, grad))| {
                         for ((dgu, gu), d) in dgu.chunks_exact_mut(two_f).zip(gu.chunks_exact(two_f)).zip(grad.chunks_exact(f)) {
@@ -313,7 +300,7 @@ impl CustomOp2 for GroupedDown {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (&[rows, f], &[_, d, _]) = (dims(l1), dims(l2)) else { candle_core::bail!("grouped down: shapes {:?} {:?}", l1.dims(), l2.dims()) };
-        let (h, down) = (f32_slice(s1, l1, "hidden rows")?, f32_slice(s2, l2, "down weights")?);
+        let (h, down) = (f32_slice(OP, "hidden rows", s1, l1)?, f32_slice(OP, "down weights", s2, l2)?);
         let b = &self.0;
         // SAFETY: the blocks cover every row and overwrite it.
         let out = unsafe {
@@ -334,9 +321,9 @@ impl CustomOp2 for GroupedDown {
         let (rows, f) = h.dims2()?;
         let (_, d, _) = down.dims3()?;
         let b = &self.0;
-        let (dh, ddown) = with_values(h, "hidden rows", |h| {
-            with_values(down, "down weights", |down| {
-                with_values(grad, "gradient", |grad| {
+        let (dh, ddown) = with_f32(OP, "hidden rows", h, |h| {
+            with_f32(OP, "down weights", down, |down| {
+                with_f32(OP, "gradient", grad, |grad| {
                     let mut ddown = Vec::with_capacity(down.len());
                     // SAFETY: dh's rows are all overwritten by their blocks; each expert's
                     // weight gradient is overwritten or zeroed.

@@ -4,13 +4,13 @@
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::Precision;
 use super::gemm::{GemmShape, gemm};
 use super::library::BlasLibrary;
+use crate::model::op_inputs::f32_slice;
 
 /// Elements per parallel chunk of a bf16 conversion.
 const CONVERT_CHUNK: usize = 1 << 15;
@@ -86,14 +86,6 @@ fn convert_scalar(values: &[f32], out: &mut [MaybeUninit<u16>]) {
     }
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, name: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        (CpuStorage::F32(_), None) => candle_core::bail!("blas matmul: the {name} operand is not contiguous"),
-        (other, _) => candle_core::bail!("blas matmul: the {name} operand is {:?}, not f32", other.dtype()),
-    }
-}
-
 fn dims2(layout: &Layout, name: &str) -> Result<(usize, usize)> {
     match layout.dims() {
         &[r, c] => Ok((r, c)),
@@ -126,7 +118,7 @@ impl CustomOp2 for BlasMatmul {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let shape = self.shape(dims2(l1, "first")?, dims2(l2, "second")?)?;
-        let (a, b) = (f32_slice(s1, l1, "first")?, f32_slice(s2, l2, "second")?);
+        let (a, b) = (f32_slice("blas matmul", "first", s1, l1)?, f32_slice("blas matmul", "second", s2, l2)?);
         // SAFETY: a GEMM that overwrites C writes every element.
         let c = unsafe {
             super::fully_written(shape.m * shape.n, |c| match self.precision {
