@@ -288,16 +288,7 @@ mod tests {
     use crate::model::init::SplitMix64;
     use crate::model::matmul::library;
     use crate::model::ops::softmax_last_dim;
-
-    fn randn(rng: &mut SplitMix64, shape: (usize, usize, usize, usize)) -> Var {
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
-        Var::from_tensor(&Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), shape, &Device::Cpu).expect("tensor")).expect("var")
-    }
-
-    fn gap(a: &Tensor, b: &Tensor) -> f64 {
-        let max = |t: &Tensor| t.to_dtype(DType::F64).expect("f64").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f64>().expect("scalar");
-        max(&(a - b).expect("sub")) / max(b).max(1e-30)
-    }
+    use crate::model::test_tensors::{randn_var, relative_gap};
 
     /// Against candle's composition (repeat kv heads, scale, mask, softmax, matmul), the
     /// output and all three gradients, with grouped heads and a sliding window.
@@ -311,7 +302,7 @@ mod tests {
         let (b, h, kvh, s, d) = (2, 4, 2, 9, 8);
         for window in [None, Some(3)] {
             let mut rng = SplitMix64(21);
-            let (q, k, v, r) = (randn(&mut rng, (b, h, s, d)), randn(&mut rng, (b, kvh, s, d)), randn(&mut rng, (b, kvh, s, d)), randn(&mut rng, (b, h, s, d)));
+            let (q, k, v, r) = (randn_var(&mut rng, &[b, h, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b, h, s, d], 1.0));
             let run = |out: Tensor| {
                 let grads = (out.clone() * r.as_tensor()).expect("mul").sum_all().expect("sum").backward().expect("backward");
                 let g = |v: &Var| grads.get(v).expect("grad").clone();
@@ -324,7 +315,7 @@ mod tests {
             let scores = (q.as_tensor().matmul(&repeat(k.as_tensor()).t().expect("t")).expect("qk") * (1.0 / (d as f64).sqrt())).expect("scale").broadcast_add(&mask).expect("mask");
             let reference = run(softmax_last_dim(&scores).expect("softmax").matmul(&repeat(v.as_tensor())).expect("pv"));
             for (i, (a, e)) in fused.iter().zip(&reference).enumerate() {
-                let g = gap(a, e);
+                let g = relative_gap(a, e);
                 assert!(g < 1e-5, "window {window:?}: output {i} (0 = out, then dq, dk, dv) is {g} from candle's");
             }
         }

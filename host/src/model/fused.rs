@@ -171,35 +171,26 @@ impl CustomOp1 for Rope {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{D, DType, Device, Tensor, Var};
+    use candle_core::{D, DType, Device, Tensor};
 
     use crate::model::config::{RopeConfig, RopeScaling};
     use crate::model::init::SplitMix64;
     use crate::model::rope::RopeTables;
-
-    fn randn(rng: &mut SplitMix64, dims: &[usize]) -> Var {
-        let n = dims.iter().product();
-        Var::from_tensor(&Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims, &Device::Cpu).expect("tensor")).expect("var")
-    }
-
-    fn gap(a: &Tensor, b: &Tensor) -> f64 {
-        let max = |t: &Tensor| t.to_dtype(DType::F64).expect("f64").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f64>().expect("scalar");
-        max(&(a - b).expect("sub")) / max(b).max(1e-30)
-    }
+    use crate::model::test_tensors::{randn_var, relative_gap};
 
     /// Output and both gradients against the composition of candle ops.
     #[test]
     fn fused_rms_norm_matches_the_composition() {
         let mut rng = SplitMix64(2);
-        let (x, w, r) = (randn(&mut rng, &[150, 24]), randn(&mut rng, &[24]), randn(&mut rng, &[150, 24]));
+        let (x, w, r) = (randn_var(&mut rng, &[150, 24], 1.0), randn_var(&mut rng, &[24], 1.0), randn_var(&mut rng, &[150, 24], 1.0));
         let grads = |y: &Tensor| (y * r.as_tensor()).expect("mul").sum_all().expect("sum").backward().expect("backward");
         let fused = super::rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).expect("fused").expect("applies");
         let scale = (x.as_tensor().sqr().expect("sqr").mean_keepdim(D::Minus1).expect("mean") + 1e-5).expect("eps").sqrt().expect("sqrt").recip().expect("recip");
         let plain = x.as_tensor().broadcast_mul(&scale).expect("mul").broadcast_mul(w.as_tensor()).expect("mul");
-        assert!(gap(&fused, &plain) < 1e-5);
+        assert!(relative_gap(&fused, &plain) < 1e-5);
         let (gf, gp) = (grads(&fused), grads(&plain));
         for v in [&x, &w] {
-            let g = gap(gf.get(v).expect("grad"), gp.get(v).expect("grad"));
+            let g = relative_gap(gf.get(v).expect("grad"), gp.get(v).expect("grad"));
             assert!(g < 1e-4, "gradient gap {g}");
         }
     }
@@ -209,11 +200,11 @@ mod tests {
     fn fused_rope_matches_the_composition() {
         let tables = RopeTables::new(&RopeConfig { theta: 10_000.0, scaling: RopeScaling::None }, 8, 12, DType::F32, &Device::Cpu).expect("tables");
         let mut rng = SplitMix64(4);
-        let (x, r) = (randn(&mut rng, &[2, 3, 10, 8]), randn(&mut rng, &[2, 3, 10, 8]));
+        let (x, r) = (randn_var(&mut rng, &[2, 3, 10, 8], 1.0), randn_var(&mut rng, &[2, 3, 10, 8], 1.0));
         let fused = tables.apply(x.as_tensor()).expect("fused");
         let plain = tables.apply_composed(x.as_tensor()).expect("plain");
-        assert!(gap(&fused, &plain) < 1e-6);
+        assert!(relative_gap(&fused, &plain) < 1e-6);
         let grad = |y: &Tensor| (y * r.as_tensor()).expect("mul").sum_all().expect("sum").backward().expect("backward").get(&x).expect("grad").clone();
-        assert!(gap(&grad(&fused), &grad(&plain)) < 1e-6);
+        assert!(relative_gap(&grad(&fused), &grad(&plain)) < 1e-6);
     }
 }

@@ -28,4 +28,6 @@ pub mod ops;
 pub mod params;
 pub mod rope;
 pub mod swiglu;
+#[cfg(test)]
+pub(crate) mod test_tensors;
 pub mod transformer;

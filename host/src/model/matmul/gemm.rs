@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::MatmulError;
-use super::library::{BlasLibrary, NO_TRANS, ROW_MAJOR, TRANS};
+use super::library::{BlasLibrary, CblasGemm, NO_TRANS, ROW_MAJOR, TRANS};
 
 /// Output rows (or columns) below which a block is not split further.
 const MIN_BLOCK: usize = 64;
@@ -25,69 +25,20 @@ pub struct GemmShape {
 
 /// An element type one of the BLAS GEMMs takes.
 pub(crate) trait GemmInput: Copy + Send + Sync {
-    /// # Safety
-    /// The pointers must address matrices of the given shape and leading dimensions.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn call(
-        lib: &BlasLibrary,
-        ta: c_int,
-        tb: c_int,
-        m: c_int,
-        n: c_int,
-        k: c_int,
-        a: *const Self,
-        lda: c_int,
-        b: *const Self,
-        ldb: c_int,
-        beta: f32,
-        c: *mut f32,
-        ldc: c_int,
-    ) -> Result<(), MatmulError>;
+    /// The library's GEMM for this element type.
+    fn gemm(lib: &BlasLibrary) -> Result<CblasGemm<Self>, MatmulError>;
 }
 
 impl GemmInput for f32 {
-    unsafe fn call(
-        lib: &BlasLibrary,
-        ta: c_int,
-        tb: c_int,
-        m: c_int,
-        n: c_int,
-        k: c_int,
-        a: *const f32,
-        lda: c_int,
-        b: *const f32,
-        ldb: c_int,
-        beta: f32,
-        c: *mut f32,
-        ldc: c_int,
-    ) -> Result<(), MatmulError> {
-        // SAFETY: forwarded from the caller.
-        unsafe { (lib.sgemm)(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc) };
-        Ok(())
+    fn gemm(lib: &BlasLibrary) -> Result<CblasGemm<f32>, MatmulError> {
+        Ok(lib.sgemm)
     }
 }
 
 /// bf16 values as their bit patterns (the upper half of an f32).
 impl GemmInput for u16 {
-    unsafe fn call(
-        lib: &BlasLibrary,
-        ta: c_int,
-        tb: c_int,
-        m: c_int,
-        n: c_int,
-        k: c_int,
-        a: *const u16,
-        lda: c_int,
-        b: *const u16,
-        ldb: c_int,
-        beta: f32,
-        c: *mut f32,
-        ldc: c_int,
-    ) -> Result<(), MatmulError> {
-        let gemm = lib.bf16_gemm.ok_or(MatmulError::NoBf16Gemm { vendor: lib.vendor })?;
-        // SAFETY: forwarded from the caller.
-        unsafe { gemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc) };
-        Ok(())
+    fn gemm(lib: &BlasLibrary) -> Result<CblasGemm<u16>, MatmulError> {
+        lib.bf16_gemm.ok_or(MatmulError::NoBf16Gemm { vendor: lib.vendor })
     }
 }
 
@@ -104,17 +55,6 @@ impl SharedOut {
     fn ptr(self) -> *mut f32 {
         self.0
     }
-}
-
-/// `C = op(A) · op(B)` with `C` overwritten, all three dense.
-pub(super) fn gemm<T: GemmInput>(lib: &BlasLibrary, shape: GemmShape, a: &[T], b: &[T], c: &mut [MaybeUninit<f32>]) -> Result<(), MatmulError> {
-    let GemmShape { m, n, k, transpose_a, transpose_b } = shape;
-    if a.len() != m * k || b.len() != k * n || c.len() != m * n {
-        return Err(MatmulError::Shape(format!("gemm {shape:?} got A of {}, B of {}, C of {} elements", a.len(), b.len(), c.len())));
-    }
-    let lda = if transpose_a { m } else { k };
-    let ldb = if transpose_b { k } else { n };
-    gemm_strided(lib, shape, Operand { data: a, ld: lda }, Operand { data: b, ld: ldb }, Accumulate::Overwrite, c, n)
 }
 
 /// `c` as memory a GEMM may overwrite. Sound because nothing here writes an
@@ -205,6 +145,7 @@ fn gemm_blocks<T: GemmInput>(
         }
         return Ok(());
     }
+    let call = T::gemm(lib)?;
     let (lda, ldb) = (a.ld, b.ld);
     let beta = if accumulate == Accumulate::Add { 1.0 } else { 0.0 };
     let (ta, tb) = (if transpose_a { TRANS } else { NO_TRANS }, if transpose_b { TRANS } else { NO_TRANS });
@@ -215,22 +156,28 @@ fn gemm_blocks<T: GemmInput>(
     let step = along.div_ceil(blocks);
     let out = SharedOut(c.as_mut_ptr().cast::<f32>());
     let (a, b) = (a.data, b.data);
-    let run_block = |i: usize| -> Result<(), MatmulError> {
+    let run_block = |i: usize| {
         let (start, end) = (i * step, ((i + 1) * step).min(along));
         if start >= end {
-            return Ok(());
+            return;
         }
-        // SAFETY: offsets stay inside A, B and C (their spans were checked against the
-        // shape above); blocks write disjoint rows (split_rows) or columns of C.
+        // SAFETY: `call` has the CBLAS signature for `T`; offsets stay inside A, B and C
+        // (their spans were checked against the shape above); blocks write disjoint rows
+        // (split_rows) or columns of C.
         unsafe {
             if split_rows {
                 let a_block = if transpose_a { a.as_ptr().add(start) } else { a.as_ptr().add(start * lda) };
-                T::call(lib, ta, tb, (end - start) as c_int, n as c_int, k as c_int, a_block, lda as c_int, b.as_ptr(), ldb as c_int, beta, out.ptr().add(start * ldc), ldc as c_int)
+                call(ROW_MAJOR, ta, tb, (end - start) as c_int, n as c_int, k as c_int, 1.0, a_block, lda as c_int, b.as_ptr(), ldb as c_int, beta, out.ptr().add(start * ldc), ldc as c_int)
             } else {
                 let b_block = if transpose_b { b.as_ptr().add(start * ldb) } else { b.as_ptr().add(start) };
-                T::call(lib, ta, tb, m as c_int, (end - start) as c_int, k as c_int, a.as_ptr(), lda as c_int, b_block, ldb as c_int, beta, out.ptr().add(start), ldc as c_int)
+                call(ROW_MAJOR, ta, tb, m as c_int, (end - start) as c_int, k as c_int, 1.0, a.as_ptr(), lda as c_int, b_block, ldb as c_int, beta, out.ptr().add(start), ldc as c_int)
             }
         }
     };
-    if blocks == 1 { run_block(0) } else { (0..blocks).into_par_iter().try_for_each(run_block) }
+    if blocks == 1 {
+        run_block(0);
+    } else {
+        (0..blocks).into_par_iter().for_each(run_block);
+    }
+    Ok(())
 }

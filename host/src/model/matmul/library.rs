@@ -6,42 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::MatmulError;
 
-/// `cblas_sgemm`.
-pub(super) type SgemmFn = unsafe extern "C" fn(
-    layout: c_int,
-    trans_a: c_int,
-    trans_b: c_int,
-    m: c_int,
-    n: c_int,
-    k: c_int,
-    alpha: f32,
-    a: *const f32,
-    lda: c_int,
-    b: *const f32,
-    ldb: c_int,
-    beta: f32,
-    c: *mut f32,
-    ldc: c_int,
-);
-
-/// MKL's `cblas_gemm_bf16bf16f32` or OpenBLAS's `cblas_sbgemm`: bf16 inputs, f32
-/// accumulation and output (AMX or AVX512-BF16 where the CPU has them).
-pub(super) type Bf16GemmFn = unsafe extern "C" fn(
-    layout: c_int,
-    trans_a: c_int,
-    trans_b: c_int,
-    m: c_int,
-    n: c_int,
-    k: c_int,
-    alpha: f32,
-    a: *const u16,
-    lda: c_int,
-    b: *const u16,
-    ldb: c_int,
-    beta: f32,
-    c: *mut f32,
-    ldc: c_int,
-);
+/// A CBLAS GEMM, row- or column-major, with inputs of type `T` and f32 accumulation and
+/// output: `cblas_sgemm` (`T = f32`), and MKL's `cblas_gemm_bf16bf16f32` or OpenBLAS's
+/// `cblas_sbgemm` (`T = u16`, bf16 bit patterns; AMX or AVX512-BF16 where the CPU has
+/// them).
+pub(crate) type CblasGemm<T> =
+    unsafe extern "C" fn(layout: c_int, trans_a: c_int, trans_b: c_int, m: c_int, n: c_int, k: c_int, alpha: f32, a: *const T, lda: c_int, b: *const T, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int);
 
 /// CBLAS constants.
 pub(super) const ROW_MAJOR: c_int = 101;
@@ -57,8 +27,8 @@ pub struct BlasLibrary {
     pub vendor: &'static str,
     /// The file it was loaded from.
     pub path: PathBuf,
-    pub(super) sgemm: SgemmFn,
-    pub(super) bf16_gemm: Option<Bf16GemmFn>,
+    pub(super) sgemm: CblasGemm<f32>,
+    pub(super) bf16_gemm: Option<CblasGemm<u16>>,
     /// Kept open: the function pointers above live as long as this.
     _library: libloading::Library,
 }
@@ -101,7 +71,7 @@ impl BlasLibrary {
         // SAFETY: the symbols below have the CBLAS signatures of the types they are
         // read as (MKL's and OpenBLAS's headers); the library outlives them (`_library`).
         unsafe {
-            let sgemm = *library.get::<SgemmFn>(b"cblas_sgemm\0").map_err(|e| fail(format!("no cblas_sgemm: {e}")))?;
+            let sgemm = *library.get::<CblasGemm<f32>>(b"cblas_sgemm\0").map_err(|e| fail(format!("no cblas_sgemm: {e}")))?;
             let is_mkl = library.get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Threading_Layer\0").ok().map(|f| *f);
             let vendor = if let Some(set_threading_layer) = is_mkl {
                 // One thread per call: Recast splits each GEMM over its own thread pool, so
@@ -115,7 +85,7 @@ impl BlasLibrary {
                 }
                 "openblas"
             };
-            let bf16_gemm = library.get::<Bf16GemmFn>(b"cblas_gemm_bf16bf16f32\0").or_else(|_| library.get::<Bf16GemmFn>(b"cblas_sbgemm\0")).ok().map(|f| *f);
+            let bf16_gemm = library.get::<CblasGemm<u16>>(b"cblas_gemm_bf16bf16f32\0").or_else(|_| library.get::<CblasGemm<u16>>(b"cblas_sbgemm\0")).ok().map(|f| *f);
             Ok(BlasLibrary { vendor, path: path.to_path_buf(), sgemm, bf16_gemm, _library: library })
         }
     }

@@ -8,9 +8,10 @@
 //! commands' flags), because the model's ops carry no context; a process that never
 //! configures gets `auto` in f32.
 
+mod bf16;
 mod gemm;
+mod grouped;
 mod library;
-mod op;
 
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -18,7 +19,8 @@ use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use gemm::GemmShape;
-pub(crate) use gemm::{Accumulate, GemmInput, Operand, as_uninit, gemm_serial, gemm_strided};
+pub(crate) use gemm::{Accumulate, Operand, as_uninit, gemm_serial};
+pub(crate) use grouped::grouped_linear;
 pub use library::{BLAS_ENV, BlasLibrary, bundled_mkl};
 
 /// The element type of the matrix products.
@@ -141,7 +143,7 @@ pub fn active() -> ActiveMatmul {
 pub fn linear_on(path: &ActiveMatmul, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let f32_matrices = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.rank() == 2 && weight.rank() == 2;
     match (&path.blas, path.precision) {
-        (Some(lib), precision) if f32_matrices => op::linear(x, weight, precision, lib.clone()),
+        (Some(lib), precision) if f32_matrices => grouped_linear(x, &weight.unsqueeze(0)?, &[x.dim(0)?], precision, lib.clone()),
         (_, Precision::Bf16) if x.dtype() == DType::F32 && weight.dtype() == DType::F32 => x.to_dtype(DType::BF16)?.matmul(&weight.to_dtype(DType::BF16)?.t()?)?.to_dtype(DType::F32),
         _ => x.matmul(&weight.t()?),
     }
@@ -157,19 +159,9 @@ pub fn linear_f32(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     linear_on(&ActiveMatmul { precision: Precision::F32, ..active() }, x, weight)
 }
 
-/// `C = op(A) · op(B)` through `library` on host slices (the `bench matmul` command).
-pub fn blas_gemm_f32(library: &BlasLibrary, shape: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) -> std::result::Result<(), MatmulError> {
-    gemm::gemm(library, shape, a, b, as_uninit(c))
-}
-
-/// As [`blas_gemm_f32`] with bf16 inputs given as bit patterns.
-pub fn blas_gemm_bf16(library: &BlasLibrary, shape: GemmShape, a: &[u16], b: &[u16], c: &mut [f32]) -> std::result::Result<(), MatmulError> {
-    gemm::gemm(library, shape, a, b, as_uninit(c))
-}
-
 /// f32 → bf16 bit patterns, rounding to nearest even.
 pub fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
-    op::to_bf16(values)
+    bf16::to_bf16(values)
 }
 
 /// [`fully_written`] for a `fill` that cannot fail.

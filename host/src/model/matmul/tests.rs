@@ -1,23 +1,13 @@
 //! The BLAS path against candle's matmul and an f64 reference, forward and gradients.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use super::{ActiveMatmul, Precision, library, linear_on, to_bf16_bits};
 use crate::model::init::SplitMix64;
+use crate::model::test_tensors::{randn_var, relative_gap};
 
 fn randn(rng: &mut SplitMix64, rows: usize, cols: usize) -> Tensor {
-    Tensor::from_vec((0..rows * cols).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (rows, cols), &Device::Cpu).expect("tensor")
-}
-
-fn max_abs(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).expect("f64").abs().expect("abs").flatten_all().expect("flat").max(0).expect("max").to_scalar::<f64>().expect("scalar")
-}
-
-/// `max |a − b| / max |b|`.
-fn relative_gap(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).expect("f64");
-    let b = b.to_dtype(DType::F64).expect("f64");
-    max_abs(&(a - &b).expect("sub")) / max_abs(&b).max(1e-30)
+    randn_var(rng, &[rows, cols], 1.0).as_tensor().clone()
 }
 
 /// Rounds to bf16 and back, in f64 (the exact inputs a bf16 GEMM multiplies).
