@@ -2,8 +2,9 @@
 # Runs every test Recast has (the README's test command; CI runs it through .ci/run).
 # Installs what it needs: the wasm32 Rust target for plugins (via rustup), the Python
 # environment of the Hugging Face parity tests and the Python and JavaScript plugin
-# toolchains (.venv and scripts/js-tools, via scripts/plugin-tools.sh), and MKL for the
-# linear layers (.blas, via scripts/cpu-blas.sh).
+# toolchains (.venv and scripts/js-tools, via scripts/plugin-tools.sh), MKL for the
+# linear layers (.blas, via scripts/cpu-blas.sh), and nvcc to compile the CUDA kernels
+# to PTX (.cuda, via scripts/cuda-kernels.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
 fi
 
 scripts/plugin-tools.sh
+
+# Every CUDA kernel must compile (to PTX, with the pinned pip CUDA toolchain; no GPU).
+scripts/cuda-kernels.sh
 
 # MKL for the linear layers; the BLAS tests then insist on it.
 scripts/cpu-blas.sh

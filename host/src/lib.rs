@@ -14,6 +14,8 @@
 
 pub mod atomic_file;
 pub mod cli;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod experiment;
 pub mod model;

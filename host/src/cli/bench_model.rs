@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::model::checkpoint;
+use crate::model::compute_device::ComputeDevice;
 use crate::model::ffn::Ffn;
 use crate::model::init::SplitMix64;
 use crate::model::loss::next_token_loss;
@@ -33,9 +34,15 @@ pub(super) fn moe_layer(shape: &MoeLayerShape, compute: ComputeSettings, repeats
     if top_k == 0 || top_k > experts {
         bail!("--top-k must be between 1 and --experts ({experts})");
     }
+    let dev = compute.device.open()?;
+    // On CUDA, bf16 means a bf16 module (weights and activations), as PyTorch's bf16
+    // MoE block it is compared with; the router still computes in f32.
+    let (dtype, compute) = match (&dev, compute.precision) {
+        (Device::Cuda(_), Precision::Bf16) => (DType::BF16, ComputeSettings { precision: Precision::F32, ..compute }),
+        _ => (DType::F32, compute),
+    };
     let matmul = matmul::configure(compute)?;
-    let dev = Device::Cpu;
-    let weight = |rows: usize, cols: usize, std: f64| -> anyhow::Result<Tensor> { Ok(Var::from_tensor(&Tensor::randn(0f32, std as f32, (rows, cols), &dev)?)?.as_tensor().clone()) };
+    let weight = |rows: usize, cols: usize, std: f64| -> anyhow::Result<Tensor> { Ok(Var::from_tensor(&Tensor::randn(0f32, std as f32, (rows, cols), &dev)?.to_dtype(dtype)?)?.as_tensor().clone()) };
     let experts_ffn = (0..experts).map(|_| Ok(Ffn { gate: weight(ffn, hidden, 0.02)?, up: weight(ffn, hidden, 0.02)?, down: weight(hidden, ffn, 0.02)? })).collect::<anyhow::Result<Vec<_>>>()?;
     let layer = MoeLayer {
         layer: 0,
@@ -48,13 +55,61 @@ pub(super) fn moe_layer(shape: &MoeLayerShape, compute: ComputeSettings, repeats
         coefficients: Default::default(),
     };
     let x = weight(tokens, hidden, 1.0)?;
-    println!("moe-layer: T={tokens} d={hidden} E={experts} k={top_k} ffn={ffn} threads={} matmul: {matmul}", candle_core::utils::get_num_threads());
+    println!("moe-layer: T={tokens} d={hidden} E={experts} k={top_k} ffn={ffn} device={} dtype={dtype:?} threads={} matmul: {matmul}", compute.device, candle_core::utils::get_num_threads());
     let ms = median_ms(repeats, || {
         let out = layer.forward(&x)?;
         let grads = out.output.sum_all()?.backward()?;
+        dev.synchronize()?;
         Ok(grads.get(&x).is_some())
     })?;
+    if dev.is_cuda() {
+        let load = layer.forward(&x)?.stats.expert_load;
+        expert_gemm_share(&layer, &load, &x, repeats)?;
+    }
     println!("moe-layer fwd+bwd: {ms:.1} ms");
+    Ok(())
+}
+
+/// The expert GEMMs' throughput (forward: gate, up and down of every expert on its rows,
+/// as the layer runs them) against one plain GEMM of the same FLOPs
+/// (`[T·k, d] × [d, 3·ffn]`), in the same process on the same device.
+fn expert_gemm_share(layer: &MoeLayer, load: &[u32], x: &Tensor, repeats: usize) -> anyhow::Result<()> {
+    let dev = x.device();
+    let d = x.dim(1)?;
+    let rows: usize = load.iter().map(|&c| c as usize).sum();
+    let ffn = layer.experts[0].width();
+    let inputs = (0..rows.div_ceil(x.dim(0)?)).map(|_| x.clone()).collect::<Vec<_>>();
+    let routed = Tensor::cat(&inputs, 0)?.narrow(0, 0, rows)?.detach();
+    let hidden = Tensor::randn(0f32, 1.0, (rows, ffn), dev)?.to_dtype(x.dtype())?;
+    let flops = 2.0 * rows as f64 * d as f64 * ffn as f64 * 3.0;
+    let experts_ms = median_ms(repeats, || {
+        let mut start = 0;
+        for (expert, &n) in layer.experts.iter().zip(load) {
+            let n = n as usize;
+            if n > 0 {
+                let xs = routed.narrow(0, start, n)?;
+                xs.matmul(&expert.gate.t()?)?;
+                xs.matmul(&expert.up.t()?)?;
+                hidden.narrow(0, start, n)?.matmul(&expert.down.t()?)?;
+            }
+            start += n;
+        }
+        dev.synchronize()?;
+        Ok(true)
+    })?;
+    let plain_weight = Tensor::randn(0f32, 0.02, (3 * ffn, d), dev)?.to_dtype(x.dtype())?;
+    let plain_ms = median_ms(repeats, || {
+        routed.matmul(&plain_weight.t()?)?;
+        dev.synchronize()?;
+        Ok(true)
+    })?;
+    let tflops = |ms: f64| flops / (ms / 1000.0) / 1e12;
+    println!(
+        "expert GEMMs: {experts_ms:.2} ms ({:.0} TFLOP/s); one plain GEMM of the same size: {plain_ms:.2} ms ({:.0} TFLOP/s); expert GEMM throughput = {:.2} of plain",
+        tflops(experts_ms),
+        tflops(plain_ms),
+        plain_ms / experts_ms
+    );
     Ok(())
 }
 
@@ -101,7 +156,7 @@ fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
 
 /// Tokens per second of whole training steps (sampler, aux schedule, forward, backward,
 /// AdamW, router `on-step`) of the run `config` describes, and the share of plugin time.
-pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>, matmul: Option<MatmulBackend>) -> anyhow::Result<()> {
+pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>, matmul: Option<MatmulBackend>, device: Option<ComputeDevice>) -> anyhow::Result<()> {
     use crate::plugins::PluginEngine;
     use crate::train::config::RunConfig;
     use crate::train::trainer::Trainer;
@@ -112,6 +167,7 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     parsed.train.steps = parsed.train.steps.max(steps + 2);
     parsed.compute.precision = precision.unwrap_or(parsed.compute.precision);
     parsed.compute.matmul = matmul.unwrap_or(parsed.compute.matmul);
+    parsed.compute.device = device.unwrap_or(parsed.compute.device);
     let engine = std::sync::Arc::new(PluginEngine::new()?);
     let plugins = super::train::load_plugins(&engine, &parsed)?;
     let run_dir = tempfile_dir()?;

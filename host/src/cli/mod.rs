@@ -27,6 +27,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::model::compute_device::ComputeDevice;
 use crate::model::matmul::{ComputeSettings, MatmulBackend, Precision};
 use crate::plugins::{PluginKind, PluginLimits};
 
@@ -384,6 +385,12 @@ enum BenchCommand {
         /// Library of the matrix products.
         #[arg(long, value_enum, default_value_t = MatmulBackend::Auto)]
         matmul: MatmulBackend,
+        /// `cpu`, or `cuda` / `cuda:N` (a `--features cuda` build): on CUDA, `--dtype
+        /// bf16` keeps weights and activations in bf16 (as a bf16 PyTorch module), and the
+        /// expert GEMMs' throughput is also reported against one plain cuBLAS GEMM of the
+        /// same size.
+        #[arg(long, default_value = "cpu")]
+        device: ComputeDevice,
         #[command(flatten)]
         threads: ThreadArgs,
         /// Timed repetitions after two warm-ups (the median is reported).
@@ -404,6 +411,9 @@ enum BenchCommand {
         /// Overrides the config's `[compute] matmul`.
         #[arg(long, value_enum)]
         matmul: Option<MatmulBackend>,
+        /// Overrides the config's `[compute] device` (`cpu`, `cuda`, `cuda:N`).
+        #[arg(long)]
+        device: Option<ComputeDevice>,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -517,13 +527,13 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::Check { file, params, limits }) => plugin_check::run(&file, params.as_deref(), limits.limits()),
         Command::Bench(BenchCommand::Languages { repeats }) => bench_languages::languages(repeats.max(1)),
         Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1)),
-        Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, matmul, threads, repeats }) => {
+        Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, matmul, device, threads, repeats }) => {
             threads.apply();
-            bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn }, ComputeSettings { precision: dtype, matmul }, repeats)
+            bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn }, ComputeSettings { precision: dtype, matmul, device }, repeats)
         }
-        Command::Bench(BenchCommand::TrainStep { config, steps, precision, matmul, threads }) => {
+        Command::Bench(BenchCommand::TrainStep { config, steps, precision, matmul, device, threads }) => {
             threads.apply();
-            bench_model::train_step(&config, steps, precision, matmul)
+            bench_model::train_step(&config, steps, precision, matmul, device)
         }
         Command::Bench(BenchCommand::Matmul { m, k, n, threads, repeats }) => {
             threads.apply();

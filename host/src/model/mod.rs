@@ -15,6 +15,7 @@
 pub mod attention;
 pub mod attention_core;
 pub mod checkpoint;
+pub mod compute_device;
 pub mod config;
 pub mod error;
 pub mod ffn;

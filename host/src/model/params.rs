@@ -71,9 +71,15 @@ impl ParamStore {
     /// The same weights as trainable variables: the model built from the result records
     /// the operations that gradients flow back through.
     pub fn trainable(&self) -> Result<ParamStore, ModelError> {
+        self.trainable_on(&candle_core::Device::Cpu)
+    }
+
+    /// [`ParamStore::trainable`] with the weights moved to `device` (where the model then
+    /// computes: it follows its embedding's device).
+    pub fn trainable_on(&self, device: &candle_core::Device) -> Result<ParamStore, ModelError> {
         let mut out = ParamStore { tensors: BTreeMap::new(), origin: self.origin.clone() };
         for (name, t) in &self.tensors {
-            out.tensors.insert(name.clone(), Var::from_tensor(t)?.as_tensor().clone());
+            out.tensors.insert(name.clone(), Var::from_tensor(&t.to_device(device)?)?.as_tensor().clone());
         }
         Ok(out)
     }

@@ -66,6 +66,18 @@ impl MoeLayer {
         let tokens = x.dim(0)?;
         let experts = self.experts.len();
         let z = linear_f32(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
+        #[cfg(feature = "cuda")]
+        if crate::cuda::layer::applies(self, x, &z, route.is_some() && self.spec.per_token_route)
+            && let Some(routed) = crate::cuda::layer::routed_experts(self, x, &z)?
+        {
+            let selection = Selection::dropless(routed.load, tokens, routed.k);
+            let output = match self.shared_output(x)? {
+                Some(shared) => routed.output.add(&shared)?,
+                None => routed.output,
+            };
+            let (aux_loss, stats, gate_mean) = self.losses_and_stats(&routed.probs, &z, &selection, tokens, routed.k)?;
+            return Ok(MoeOutput { output, aux_loss, stats, gate_mean });
+        }
         let scores = router_scores(&z, &self.spec)?;
         let mut selection_scores = scores.scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if self.spec.selection_bias != SelectionBias::None {

@@ -40,6 +40,16 @@ pub struct Selection {
     pub overflow_at_1_25: u32,
 }
 
+impl Selection {
+    /// The counts-only selection of dropless token choice whose per-expert loads were
+    /// counted elsewhere (the CUDA router): what the statistics and losses need.
+    pub fn dropless(load: Vec<u32>, tokens: usize, k: usize) -> Self {
+        let c_125 = token_choice_capacity(1.25, tokens, k, load.len().max(1));
+        let overflow_at_1_25 = load.iter().map(|&c| (c as usize).saturating_sub(c_125) as u32).sum();
+        Self { counts: load.iter().map(|&c| c as usize).collect(), load, overflow_at_1_25, ..Self::default() }
+    }
+}
+
 /// Capacity per expert under token choice: `ceil(cf · T · k / E)` (Megatron's form).
 pub fn token_choice_capacity(factor: f32, tokens: usize, k: usize, experts: usize) -> usize {
     ((factor as f64) * (tokens * k) as f64 / experts as f64).ceil() as usize
@@ -138,6 +148,15 @@ mod tests {
         assert_eq!(sel.dropped, 2);
         let sel = token_choice(&[0, 0, 0, 0], &[0.1, 0.9, 0.2, 0.8], 2, 1, Some((2, DropPolicy::Position)));
         assert_eq!(sel.tokens, vec![0, 1]);
+    }
+
+    #[test]
+    fn dropless_selection_reports_what_token_choice_reports() {
+        let experts = [0u32, 1, 0, 0, 2, 0, 0, 1];
+        let full = token_choice(&experts, &[], 3, 2, None);
+        let counted = Selection::dropless(full.load.clone(), 4, 2);
+        assert_eq!((counted.counts, counted.load, counted.dropped, counted.overflow_at_1_25), (full.counts, full.load, full.dropped, full.overflow_at_1_25));
+        assert!(full.overflow_at_1_25 > 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@ fn as_bytes<T: Copy>(values: &[T]) -> &[u8] {
 
 /// Call `f` with the bytes of `tensor` converted to `dtype` (F32, F16 or BF16).
 pub fn with_tensor_bytes<R>(tensor: &Tensor, dtype: DType, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-    let t = tensor.to_dtype(dtype)?;
+    let t = tensor.to_dtype(dtype)?.to_device(&candle_core::Device::Cpu)?;
     let t = if t.is_contiguous() { t } else { t.contiguous()? };
     let (storage, layout) = t.storage_and_layout();
     let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("tensor is not contiguous".into()))?;

@@ -60,6 +60,9 @@ pub struct ComputeSettings {
     pub precision: Precision,
     #[serde(default)]
     pub matmul: MatmulBackend,
+    /// Where the run computes (`"cpu"`, `"cuda"`, `"cuda:N"`).
+    #[serde(default)]
+    pub device: crate::model::compute_device::ComputeDevice,
 }
 
 /// Why the matmul path cannot run as asked.
@@ -154,9 +157,11 @@ pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     linear_on(&active(), x, weight)
 }
 
-/// `x Wᵀ` on the process's matmul library, always in f32.
+/// `x Wᵀ` on the process's matmul library, always in f32 (half-precision inputs are
+/// widened first: the router's near-ties must not depend on the model's dtype).
 pub fn linear_f32(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    linear_on(&ActiveMatmul { precision: Precision::F32, ..active() }, x, weight)
+    let widen = |t: &Tensor| if matches!(t.dtype(), DType::BF16 | DType::F16) { t.to_dtype(DType::F32) } else { Ok(t.clone()) };
+    linear_on(&ActiveMatmul { precision: Precision::F32, ..active() }, &widen(x)?, &widen(weight)?)
 }
 
 /// f32 → bf16 bit patterns, rounding to nearest even.

@@ -70,8 +70,11 @@ pub enum TrainError {
     #[error("{0}")]
     Resume(String),
     /// The `[compute]` section asks for a matmul path this machine cannot run.
-    #[error("[compute]: {0}")]
+    #[error("[compute]")]
     Compute(#[from] crate::model::matmul::MatmulError),
+    /// The `[compute] device` cannot be opened in this build or on this machine.
+    #[error("[compute] device")]
+    Device(#[from] crate::model::compute_device::DeviceError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("step {step}: the loss is {loss} (diverged); lower optimizer.lr or raise clip_grad_norm")]
@@ -170,7 +173,7 @@ impl Trainer {
         let config_text = toml::to_string(&config).map_err(|e| TrainError::Resume(format!("cannot record the config: {e}")))?;
         let config_path = run_dir.join("config.toml");
         crate::atomic_file::write(&config_path, config_text.as_bytes()).map_err(|source| TrainError::Io { path: config_path, source })?;
-        let params = base.trainable()?;
+        let params = base.trainable_on(&config.compute.device.open()?)?;
         let optimizer = AdamW::new(config.optimizer.clone(), &params).map_err(tensor_err(0))?;
         let logs = Logs::open(run_dir, 0)?;
         let mut trainer = Self::assemble(config, run_dir, model_config, params, optimizer, plugins, engine, &tokenizer, logs)?;
@@ -190,10 +193,12 @@ impl Trainer {
         for (name, t) in &loaded.params {
             store.insert(name.clone(), t.clone(), Some(&dir.join("model.safetensors")));
         }
-        let params = store.trainable()?;
+        let device = config.compute.device.open()?;
+        let params = store.trainable_on(&device)?;
         let mut optimizer = AdamW::new(config.optimizer.clone(), &params).map_err(tensor_err(loaded.state.step))?;
         optimizer.steps = loaded.state.step;
-        optimizer.moments = loaded.moments;
+        optimizer.moments =
+            loaded.moments.into_iter().map(|(name, (m, v))| Ok((name, (m.to_device(&device)?, v.to_device(&device)?)))).collect::<candle_core::Result<_>>().map_err(tensor_err(loaded.state.step))?;
         let logs = Logs::open(run_dir, loaded.state.step)?;
         let state = loaded.state;
         let mut trainer = Self::assemble(config, run_dir, state.model_config.clone(), params, optimizer, plugins, engine, &tokenizer, logs)?;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Compiles every CUDA kernel in kernels/*.cu to PTX with the pinned pip toolchain
+# (scripts/cuda-toolchain.sh): what CI checks on a machine without a GPU, so a kernel
+# that does not compile fails the tests. The PTX lands in target/ptx/ (the `cuda` build
+# compiles its own copy in build.rs). Prints one line per kernel and its entry points.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+home="$(bash scripts/cuda-toolchain.sh | sed -n 's/^CUDA_HOME=//p')"
+mkdir -p target/ptx
+for source in kernels/*.cu; do
+    name="$(basename "$source" .cu)"
+    "$home/bin/nvcc" -ptx -O3 -std=c++17 -arch=compute_"${CUDA_COMPUTE_CAP:-80}" "$source" -o "target/ptx/$name.ptx"
+    echo "kernels/$name.cu → PTX: $(grep -o '^\.visible \.entry [a-z_0-9]*' "target/ptx/$name.ptx" | sed 's/.* //' | tr '\n' ' ')"
+done
