@@ -34,7 +34,7 @@ if [[ "${1:-}" == "--check" ]]; then
 fi
 
 cargo build --release -p recast-host --features cuda --bin recast
-tests="$(cargo test --release -p recast-host --features cuda --lib --no-run --message-format=json 2>/dev/null \
+tests="$(cargo test --release -p recast-host --features cuda --lib --no-run --message-format=json \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -43,8 +43,12 @@ for line in sys.stdin:
 [[ -n "$tests" ]] || { echo "cuda-build: no test executable found" >&2; exit 1; }
 
 mkdir -p .device/plugins
-xz -T0 -6 -c "$CARGO_TARGET_DIR/release/recast" >.device/recast.xz
-xz -T0 -6 -c "$tests" >.device/recast-cuda-tests.xz
+# Without debug info (line tables of candle's kernels make the binary 240 MB): what
+# travels must stay under the device tool's 64 MiB.
+for pair in "$CARGO_TARGET_DIR/release/recast:recast" "$tests:recast-cuda-tests"; do
+    strip --strip-debug -o ".device/${pair##*:}" "${pair%%:*}"
+    xz -T0 -6 -f ".device/${pair##*:}"
+done
 
 # The device has no Rust to build plugins: the tiny-moe run's plugins travel built (by
 # the CPU build of recast), with run configs that name their files, one per device.

@@ -3,6 +3,7 @@
 //! out. Its backward gives the rows' gradient (each row: its gate times its token's
 //! output gradient) and the gates' (a dot product per slot).
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};

@@ -1,8 +1,10 @@
 //! The PTX of `kernels/*.cu` (compiled by `build.rs` with nvcc) and how ops launch it:
 //! modules load once per device, on first use.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
-use candle_core::cuda_backend::{CudaDevice, CudaFunc};
+use std::sync::Arc;
+
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, LaunchConfig};
 use candle_core::{CudaStorage, DType, Device, Layout, Result, Tensor};
 
 /// One PTX module: a name to cache it under on the device, and its text.
@@ -23,9 +25,23 @@ pub const COMBINE: Module = Module { name: "recast_combine", ptx: include_str!(c
 /// Threads per block for row-wise kernels.
 pub const BLOCK: u32 = 256;
 
+/// A loaded kernel and the stream it launches on (the device's, as candle's own ops).
+pub struct Kernel {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Kernel {
+    /// Arguments for one launch.
+    pub fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
+
 /// Kernel `name` of `module` on `dev`.
-pub fn function(dev: &CudaDevice, module: &Module, name: &str) -> Result<CudaFunc> {
-    dev.get_or_load_custom_func(name, module.name, module.ptx)
+pub fn function(dev: &CudaDevice, module: &Module, name: &str) -> Result<Kernel> {
+    let func = dev.get_or_load_custom_func(name, module.name, module.ptx)?.into_cuda_function();
+    Ok(Kernel { func, stream: dev.cuda_stream() })
 }
 
 /// One block of `block` threads per item, `items` blocks.

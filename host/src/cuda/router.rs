@@ -11,7 +11,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, PushKernelArg};
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::kernels::{self, ROUTER, cuda_device, output, view};
+use super::kernels::{self, ROUTER, output, view};
 use crate::moe::spec::{LogitNorm, RouterSpec, ScoreFunction, TopkOrder};
 
 /// The kernels' limits (`MAX_EXPERTS`, `MAX_TOP_K` in `kernels/router.cu`).
