@@ -30,11 +30,11 @@ fn gap(a: &Tensor, b: &Tensor) -> f64 {
 fn specs() -> Vec<(&'static str, RouterSpec)> {
     let base = RouterSpec::softmax_topk(2);
     vec![
-        ("softmax top-2 renormalised", base.clone()),
-        ("softmax top-3, not renormalised, scaled", RouterSpec { top_k: 3, renormalize: false, scaling: 2.5, ..base.clone() }),
-        ("top-k then softmax", RouterSpec { order: TopkOrder::TopkThenSoftmax, ..base.clone() }),
-        ("Skywork normalisation λ=2", RouterSpec { logit_norm: LogitNorm::Skywork(2.0), ..base.clone() }),
-        ("sigmoid with a selection bias", RouterSpec { score: ScoreFunction::Sigmoid, selection_bias: SelectionBias::Plugin, ..base.clone() }),
+        ("softmax top-2 renormalised", base),
+        ("softmax top-3, not renormalised, scaled", RouterSpec { top_k: 3, renormalize: false, scaling: 2.5, ..base }),
+        ("top-k then softmax", RouterSpec { order: TopkOrder::TopkThenSoftmax, ..base }),
+        ("Skywork normalisation λ=2", RouterSpec { logit_norm: LogitNorm::Skywork(2.0), ..base }),
+        ("sigmoid with a selection bias", RouterSpec { score: ScoreFunction::Sigmoid, selection_bias: SelectionBias::Plugin, ..base }),
         ("top-8 of 64", RouterSpec { top_k: 8, ..base }),
     ]
 }
@@ -195,7 +195,7 @@ fn layer_pair(rng: &mut SplitMix64, d: usize, f: usize, experts: usize, spec: Ro
     }
     let coefficients = AuxCoefficients { load_balance: 0.01, z_loss: 0.001 };
     let bias = vec![0.0; experts];
-    let make = |router: Tensor, experts: Vec<Ffn>| MoeLayer { layer: 0, router, experts, shared: vec![], shared_gate: None, spec: spec.clone(), selection_bias: bias.clone(), coefficients };
+    let make = |router: Tensor, experts: Vec<Ffn>| MoeLayer { layer: 0, router, experts, shared: vec![], shared_gate: None, spec, selection_bias: bias.clone(), coefficients };
     (make(router_c, experts_c), make(router_g, experts_g), cpu_vars, gpu_vars)
 }
 
