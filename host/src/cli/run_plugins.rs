@@ -72,10 +72,7 @@ enum Source {
     /// A plugin crate folder (a reference plugin, or `file` naming a folder): rebuilt
     /// when its sources change.
     Crate(PathBuf),
-    Bundle {
-        path: PathBuf,
-        plugin: Option<String>,
-    },
+    Bundle { path: PathBuf, plugin: Option<String> },
 }
 
 impl Source {

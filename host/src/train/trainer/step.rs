@@ -121,15 +121,7 @@ impl Trainer {
                         .iter()
                         .zip(&self.domains)
                         .enumerate()
-                        .map(|(i, (p, d))| DomainStats {
-                            domain: i as u32,
-                            name: p.name.clone(),
-                            tokens_available: d.train.len() as u64,
-                            tokens_seen: p.tokens_seen,
-                            train_loss: p.train_loss,
-                            valid_loss: p.valid_loss,
-                            reference_loss: None,
-                        })
+                        .map(|(i, (p, d))| DomainStats { domain: i as u32, name: p.name.clone(), tokens_available: d.train.len() as u64, tokens_seen: p.tokens_seen, train_loss: p.train_loss, valid_loss: p.valid_loss, reference_loss: None })
                         .collect(),
                 };
                 s.live.next(&request).map_err(fault(Role::Sampler))?
@@ -295,4 +287,5 @@ impl Trainer {
         let path = self.metrics.path().to_path_buf();
         self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
     }
+
 }
