@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use candle_core::cuda_backend::CudaDevice;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchArgs, LaunchConfig};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, LaunchConfig};
 use candle_core::{CudaStorage, DType, Device, Layout, Result, Tensor};
 
 /// One PTX module: a name to cache it under on the device, and its text.
@@ -82,9 +82,4 @@ pub fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T
     // SAFETY: every caller launches a kernel that writes all `len` elements before the
     // buffer is read.
     unsafe { dev.alloc::<T>(len) }
-}
-
-/// Shorthand for a mutable view of a whole buffer.
-pub fn whole_mut<T>(s: &mut CudaSlice<T>) -> CudaViewMut<'_, T> {
-    s.slice_mut(..)
 }

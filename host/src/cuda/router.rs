@@ -81,21 +81,19 @@ pub struct Routed {
 /// only (`E` values). Returns the packed `[T, E + k]` tensor and the choices.
 pub fn route(z: &Tensor, args: RouterArgs, bias: &[f32]) -> Result<(Tensor, Routed)> {
     let routed = Arc::new(Mutex::new(None));
-    let op = FusedRouter { args, bias: bias.to_vec(), routed: routed.clone(), chosen: Mutex::new(None) };
+    let op = FusedRouter { args, bias: bias.to_vec(), routed: routed.clone() };
     let packed = z.apply_op1_arc(Arc::new(Box::new(op)))?;
-    let routed = routed.lock().map_err(poisoned)?.take();
+    let routed = routed.lock().map_err(poisoned)?.clone();
     let routed = routed.ok_or_else(|| candle_core::Error::Msg("fused router: the forward kernel did not run".into()))?;
     Ok((packed, routed))
 }
 
-/// The forward op; keeps the choices for its backward and hands them to [`route`].
+/// The forward op; the choices it makes are read by [`route`] and by its backward.
 struct FusedRouter {
     args: RouterArgs,
     bias: Vec<f32>,
-    /// Set by the forward kernel, taken by [`route`].
+    /// Set by the forward kernel.
     routed: Arc<Mutex<Option<Routed>>>,
-    /// Set by the forward kernel, read by the backward.
-    chosen: Mutex<Option<Arc<CudaSlice<u32>>>>,
 }
 
 fn poisoned<T>(_: T) -> candle_core::Error {
@@ -128,14 +126,12 @@ impl CustomOp1 for FusedRouter {
         b.arg(&z).arg(&bias).arg(&mut packed).arg(&mut chosen).arg(&mut counts).arg(&a);
         // SAFETY: argument types and lengths match `moe_router_forward`'s signature.
         unsafe { b.launch(kernels::per_thread(tokens, 128)) }.w()?;
-        let chosen = Arc::new(chosen);
-        *self.chosen.lock().map_err(poisoned)? = Some(chosen.clone());
-        *self.routed.lock().map_err(poisoned)? = Some(Routed { chosen, counts: Arc::new(counts) });
+        *self.routed.lock().map_err(poisoned)? = Some(Routed { chosen: Arc::new(chosen), counts: Arc::new(counts) });
         Ok((CudaStorage::wrap_cuda_slice(packed, dev.clone()), Shape::from((tokens, experts + k))))
     }
 
     fn bwd(&self, z: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let chosen = self.chosen.lock().map_err(poisoned)?.clone();
+        let chosen = self.routed.lock().map_err(poisoned)?.as_ref().map(|r| r.chosen.clone());
         let chosen = chosen.ok_or_else(|| candle_core::Error::Msg("fused router: backward before forward".into()))?;
         Ok(Some(z.apply_op2_no_bwd(&grad.contiguous()?, &RouterBackward { args: self.args, chosen })?))
     }
