@@ -1,14 +1,16 @@
-//! All routed experts of a layer as three candle ops over the grouped rows, on the BLAS:
-//! the `[gate | up]` products and the down products as grouped linear ops (one weight
-//! per expert's block of rows, [`grouped_linear`]) and the SwiGLU gate between them.
-//! The experts' weights enter stacked (`[E, …]`); the stack's backward hands each
-//! expert its slice as a view.
+//! All routed experts of a layer over the grouped rows, on the BLAS. In f32, three
+//! candle ops: the `[gate | up]` products and the down products as grouped linear ops
+//! (one weight per expert's block of rows, [`grouped_linear`]) and the SwiGLU gate
+//! between them. In mixed precision, one op that runs the three chunk by chunk
+//! ([`FusedExperts`]). The experts' weights enter concatenated (`[E·out, in]`); the
+//! backward of `cat` hands each expert its rows of the gradient.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fused_experts::FusedExperts;
 use crate::model::ffn::Ffn;
-use crate::model::matmul::{self, ActiveMatmul, fully_written, grouped_linear};
+use crate::model::matmul::{self, ActiveMatmul, Precision, fully_written, grouped_linear};
 use crate::model::op_inputs::{f32_slice, with_f32};
 use crate::model::swiglu;
 
@@ -35,13 +37,19 @@ pub fn experts_forward_on(active: &ActiveMatmul, routed: &Tensor, counts: &[usiz
     if !uniform || !f32_cpu(routed) || counts.len() != experts.len() || counts.iter().sum::<usize>() != routed.dim(0)? {
         return Ok(None);
     }
-    // Each expert's gate and up weights one above the other, `[E, 2f, d]`: one GEMM per
-    // expert gives its `[g | u]` rows, and one each gives their gradients.
-    let gate_up = Tensor::stack(&experts.iter().flat_map(|e| [&e.gate, &e.up]).collect::<Vec<_>>(), 0)?.reshape((experts.len(), 2 * width, first.gate.dim(1)?))?;
-    let down = Tensor::stack(&experts.iter().map(|e| &e.down).collect::<Vec<_>>(), 0)?;
-    let gate_up = grouped_linear(routed, &gate_up, counts, active.precision, library.clone())?;
+    // Each expert's gate and up weights one above the other: one product per expert (or
+    // chunk of its rows) gives its `[g | u]`. Concatenated rather than stacked: candle
+    // accumulates a gradient into a fresh zero tensor at every level of the graph, and
+    // `stack` adds a reshape level per weight.
+    let (e, d) = (experts.len(), first.gate.dim(1)?);
+    let gate_up = Tensor::cat(&experts.iter().flat_map(|e| [&e.gate, &e.up]).collect::<Vec<_>>(), 0)?;
+    let down = Tensor::cat(&experts.iter().map(|e| &e.down).collect::<Vec<_>>(), 0)?;
+    if active.precision == Precision::Bf16 {
+        return Ok(Some(routed.contiguous()?.apply_op3(&gate_up, &down, FusedExperts::new(counts, library))?));
+    }
+    let gate_up = grouped_linear(routed, &gate_up.reshape((e, 2 * width, d))?, counts, active.precision, library.clone())?;
     let hidden = gate_up.apply_op1(PackedSwiGlu)?;
-    Ok(Some(grouped_linear(&hidden, &down, counts, active.precision, library)?))
+    Ok(Some(grouped_linear(&hidden, &down.reshape((e, d, width))?, counts, active.precision, library)?))
 }
 
 /// `[g | u]` rows → `silu(g) ⊙ u`.
@@ -107,11 +115,13 @@ mod tests {
 
     /// Grouped experts against each expert run alone (candle's matmul), forward and every
     /// gradient, with an expert that gets no rows; few experts (each product split over
-    /// the threads) and many (experts in parallel).
+    /// the threads) and many (experts in parallel); experts of several chunks of rows
+    /// (the mixed-precision op cuts them at 256).
     #[test]
     fn grouped_experts_match_the_experts_one_by_one() {
         check_against_one_by_one(&[7, 0, 65, 3]);
         check_against_one_by_one(&[7, 0, 65, 3, 9, 1, 12, 4, 30, 2, 5, 8, 11, 6, 3, 1]);
+        check_against_one_by_one(&[300, 0, 777, 1]);
     }
 
     fn check_against_one_by_one(counts: &[usize]) {

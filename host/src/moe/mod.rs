@@ -27,6 +27,7 @@
 //! ```
 
 pub mod dispatch;
+mod fused_experts;
 pub mod gates;
 pub mod grouped;
 pub mod layer;

@@ -18,7 +18,8 @@ pub(super) fn to_bf16(values: &[f32]) -> Vec<u16> {
     out
 }
 
-fn convert_chunk(values: &[f32], out: &mut [MaybeUninit<u16>]) {
+/// `values` → `out` (equal lengths).
+pub(super) fn convert_chunk(values: &[f32], out: &mut [MaybeUninit<u16>]) {
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {

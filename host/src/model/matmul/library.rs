@@ -13,10 +13,31 @@ use super::MatmulError;
 pub(crate) type CblasGemm<T> =
     unsafe extern "C" fn(layout: c_int, trans_a: c_int, trans_b: c_int, m: c_int, n: c_int, k: c_int, alpha: f32, a: *const T, lda: c_int, b: *const T, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int);
 
+/// MKL's packed GEMMs for one element type: the size of a packed matrix, the packing,
+/// and the product with a packed operand. Signatures differ by type (f32 packs with
+/// `alpha`, bf16 multiplies with it), hence one struct per type.
+pub(crate) struct Packing<Pack, Compute> {
+    pub(super) size: unsafe extern "C" fn(identifier: c_int, m: c_int, n: c_int, k: c_int) -> usize,
+    pub(super) pack: Pack,
+    pub(super) compute: Compute,
+}
+
+/// `cblas_sgemm_pack`.
+pub(crate) type SgemmPack = unsafe extern "C" fn(layout: c_int, identifier: c_int, trans: c_int, m: c_int, n: c_int, k: c_int, alpha: f32, src: *const f32, ld: c_int, dest: *mut f32);
+/// `cblas_sgemm_compute`.
+pub(crate) type SgemmCompute =
+    unsafe extern "C" fn(layout: c_int, trans_a: c_int, trans_b: c_int, m: c_int, n: c_int, k: c_int, a: *const f32, lda: c_int, b: *const f32, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int);
+/// `cblas_gemm_bf16bf16f32_pack`.
+pub(crate) type Bf16Pack = unsafe extern "C" fn(layout: c_int, identifier: c_int, trans: c_int, m: c_int, n: c_int, k: c_int, src: *const u16, ld: c_int, dest: *mut u16);
+
 /// CBLAS constants.
 pub(super) const ROW_MAJOR: c_int = 101;
 pub(super) const NO_TRANS: c_int = 111;
 pub(super) const TRANS: c_int = 112;
+/// An operand stored packed (MKL).
+pub(super) const PACKED: c_int = 151;
+/// Which operand a packing is for (MKL's `CblasBMatrix`).
+pub(super) const B_MATRIX: c_int = 162;
 
 /// The environment variable naming a BLAS library file to load (`none` disables BLAS).
 pub const BLAS_ENV: &str = "RECAST_BLAS";
@@ -29,13 +50,17 @@ pub struct BlasLibrary {
     pub path: PathBuf,
     pub(super) sgemm: CblasGemm<f32>,
     pub(super) bf16_gemm: Option<CblasGemm<u16>>,
+    /// MKL's packed f32 GEMM (packing a weight once for many products).
+    pub(super) sgemm_packing: Option<Packing<SgemmPack, SgemmCompute>>,
+    /// MKL's packed bf16 GEMM.
+    pub(super) bf16_packing: Option<Packing<Bf16Pack, CblasGemm<u16>>>,
     /// Kept open: the function pointers above live as long as this.
     _library: libloading::Library,
 }
 
 impl std::fmt::Debug for BlasLibrary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlasLibrary").field("vendor", &self.vendor).field("path", &self.path).field("bf16_gemm", &self.bf16_gemm.is_some()).finish()
+        f.debug_struct("BlasLibrary").field("vendor", &self.vendor).field("path", &self.path).field("bf16_gemm", &self.bf16_gemm.is_some()).field("packing", &self.sgemm_packing.is_some()).finish()
     }
 }
 
@@ -86,7 +111,20 @@ impl BlasLibrary {
                 "openblas"
             };
             let bf16_gemm = library.get::<CblasGemm<u16>>(b"cblas_gemm_bf16bf16f32\0").or_else(|_| library.get::<CblasGemm<u16>>(b"cblas_sbgemm\0")).ok().map(|f| *f);
-            Ok(BlasLibrary { vendor, path: path.to_path_buf(), sgemm, bf16_gemm, _library: library })
+            let size = |name: &[u8]| library.get::<unsafe extern "C" fn(c_int, c_int, c_int, c_int) -> usize>(name).ok().map(|f| *f);
+            let sgemm_packing = match (size(b"cblas_sgemm_pack_get_size\0"), library.get::<SgemmPack>(b"cblas_sgemm_pack\0"), library.get::<SgemmCompute>(b"cblas_sgemm_compute\0")) {
+                (Some(size), Ok(pack), Ok(compute)) => Some(Packing { size, pack: *pack, compute: *compute }),
+                _ => None,
+            };
+            let bf16_packing = match (
+                size(b"cblas_gemm_bf16bf16f32_pack_get_size\0"),
+                library.get::<Bf16Pack>(b"cblas_gemm_bf16bf16f32_pack\0"),
+                library.get::<CblasGemm<u16>>(b"cblas_gemm_bf16bf16f32_compute\0"),
+            ) {
+                (Some(size), Ok(pack), Ok(compute)) => Some(Packing { size, pack: *pack, compute: *compute }),
+                _ => None,
+            };
+            Ok(BlasLibrary { vendor, path: path.to_path_buf(), sgemm, bf16_gemm, sgemm_packing, bf16_packing, _library: library })
         }
     }
 

@@ -19,7 +19,7 @@ use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use gemm::GemmShape;
-pub(crate) use gemm::{Accumulate, Operand, as_uninit, gemm_serial};
+pub(crate) use gemm::{Accumulate, GemmInput, Operand, PackedB, as_uninit, gemm_serial, gemm_strided};
 pub(crate) use grouped::grouped_linear;
 pub use library::{BLAS_ENV, BlasLibrary, bundled_mkl};
 
@@ -167,6 +167,12 @@ pub fn linear_f32(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 /// f32 → bf16 bit patterns, rounding to nearest even.
 pub fn to_bf16_bits(values: &[f32]) -> Vec<u16> {
     bf16::to_bf16(values)
+}
+
+/// [`to_bf16_bits`] into a given slice, on the calling thread (for rows a parallel task
+/// already owns).
+pub(crate) fn store_bf16(values: &[f32], out: &mut [std::mem::MaybeUninit<u16>]) {
+    bf16::convert_chunk(values, out)
 }
 
 /// [`fully_written`] for a `fill` that cannot fail.
