@@ -36,3 +36,4 @@ pub mod router;
 pub mod selection;
 pub mod spec;
 pub mod stats;
+mod token_rows;

@@ -32,7 +32,9 @@ pub enum Precision {
     F32,
     /// Mixed precision: linear layers multiply bf16-rounded inputs with f32
     /// accumulation and return f32; weights, gradients, optimizer moments and every other
-    /// op stay f32. The MoE router stays f32 (top-k choices should not flip on rounding).
+    /// op stay f32, but for the MoE experts' activations kept for the backward, which are
+    /// bf16 (as under PyTorch's autocast). The MoE router stays f32 (top-k choices should
+    /// not flip on rounding).
     Bf16,
 }
 
