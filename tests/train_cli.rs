@@ -121,7 +121,7 @@ fn losses(run_dir: &Path) -> Vec<f64> {
 }
 
 /// A 20-step run in mixed precision follows the f32 run: every step's loss within 1 %
-/// of it (measured: at most 0.07 % on the tiny MoE), and not identical (bf16 did run).
+/// of it (measured: at most 0.09 % on the tiny MoE), and not identical (bf16 did run).
 #[test]
 fn bf16_mixed_precision_loss_curve_stays_near_f32() {
     let dir = tempfile::tempdir().unwrap();
