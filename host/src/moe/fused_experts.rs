@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::matmul::{Accumulate, BlasLibrary, GemmInput, GemmShape, MatmulError, Operand, PackedB, as_uninit, gemm_serial, gemm_strided, store_bf16, to_bf16_bits};
+use crate::model::matmul::{Accumulate, BlasLibrary, GemmInput, GemmShape, MatmulError, Operand, PackedB, as_uninit, gemm_serial, gemm_strided, split_rows, store_bf16, to_bf16_bits};
 use crate::model::op_inputs::{f32_slice, with_f32};
 use crate::model::swiglu;
 
@@ -134,7 +134,11 @@ impl FusedExperts {
         let mut gate_up: Vec<u16> = Vec::with_capacity(rows * 2 * f);
         let mut hidden: Vec<u16> = Vec::with_capacity(rows * f);
         let sizes: Vec<usize> = chunks.iter().map(|c| c.rows).collect();
-        let pieces = split(&sizes, y, d).into_iter().zip(split(&sizes, &mut gate_up.spare_capacity_mut()[..rows * 2 * f], 2 * f)).zip(split(&sizes, &mut hidden.spare_capacity_mut()[..rows * f], f));
+        let pieces = split_rows(&sizes, y, d).into_iter().zip(split_rows(&sizes, &mut gate_up.spare_capacity_mut()[..rows * 2 * f], 2 * f)).zip(split_rows(
+            &sizes,
+            &mut hidden.spare_capacity_mut()[..rows * f],
+            f,
+        ));
         let work: Vec<_> = chunks.into_iter().zip(pieces).collect();
         let weights = self.shared_weights(|e| {
             let lib = &self.library;
@@ -177,7 +181,7 @@ impl FusedExperts {
         let chunks = self.chunks();
         let sizes: Vec<usize> = chunks.iter().map(|c| c.rows).collect();
         let mut d_gate_up: Vec<u16> = Vec::with_capacity(rows * 2 * f);
-        let pieces = split(&sizes, dx, d).into_iter().zip(split(&sizes, &mut d_gate_up.spare_capacity_mut()[..rows * 2 * f], 2 * f));
+        let pieces = split_rows(&sizes, dx, d).into_iter().zip(split_rows(&sizes, &mut d_gate_up.spare_capacity_mut()[..rows * 2 * f], 2 * f));
         let work: Vec<_> = chunks.into_iter().zip(pieces).collect();
         let weights = self.shared_weights(|e| {
             let lib = &self.library;
@@ -311,18 +315,6 @@ impl CustomOp3 for FusedExperts {
 
 fn err(e: MatmulError) -> candle_core::Error {
     candle_core::Error::Msg(format!("{OP}: {e}"))
-}
-
-/// `data` cut into consecutive pieces of `sizes[i] · row_len` elements.
-fn split<'a, X>(sizes: &[usize], mut data: &'a mut [X], row_len: usize) -> Vec<&'a mut [X]> {
-    sizes
-        .iter()
-        .map(|&n| {
-            let (piece, rest) = std::mem::take(&mut data).split_at_mut(n * row_len);
-            data = rest;
-            piece
-        })
-        .collect()
 }
 
 /// A written piece as initialised values.

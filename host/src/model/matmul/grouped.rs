@@ -74,7 +74,7 @@ type GemmFn<T> = for<'a, 'b, 'c> fn(&BlasLibrary, GemmShape, Operand<'a, T>, Ope
 type Piece<'a> = &'a mut [MaybeUninit<f32>];
 
 /// `data` cut into consecutive pieces of `counts[e] · row_len` elements, one per block.
-fn split_rows<'a, X>(counts: &[usize], mut data: &'a mut [X], row_len: usize) -> Vec<&'a mut [X]> {
+pub(crate) fn split_rows<'a, X>(counts: &[usize], mut data: &'a mut [X], row_len: usize) -> Vec<&'a mut [X]> {
     counts
         .iter()
         .map(|&n| {

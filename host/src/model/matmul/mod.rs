@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use gemm::GemmShape;
 pub(crate) use gemm::{Accumulate, GemmInput, Operand, PackedB, as_uninit, gemm_serial, gemm_strided};
-pub(crate) use grouped::grouped_linear;
+pub(crate) use grouped::{grouped_linear, split_rows};
 pub use library::{BLAS_ENV, BlasLibrary, bundled_mkl};
 
 /// The element type of the matrix products.
