@@ -2,7 +2,7 @@
 //! so each expert's rows are contiguous), per-expert GEMMs on those rows, and one
 //! weighted sum back into the tokens. Never a loop over tokens. On the BLAS path the
 //! experts run as grouped ops ([`grouped`]); elsewhere one by one. f32 on the CPU, the
-//! gather and the weighted sum are Recast's own parallel ops ([`token_rows`]); otherwise
+//! gather and the weighted sum are Recast's own parallel ops (`token_rows`); otherwise
 //! candle's `index_select` and `index_add`.
 
 use candle_core::{DType, Device, Result, Tensor};

@@ -46,6 +46,9 @@ enum SharedB<'a, T> {
 
 impl<'a, T: GemmInput> SharedB<'a, T> {
     fn new(lib: &BlasLibrary, b: Operand<'a, T>, (k, n): (usize, usize), transpose_b: bool, rows: usize) -> Result<Self> {
+        if k == 0 || n == 0 {
+            return Ok(SharedB::Stored { b, k, n, transpose_b });
+        }
         Ok(match PackedB::new(lib, b, (k, n), transpose_b, rows).map_err(err)? {
             Some(packed) => SharedB::Packed(packed),
             None => SharedB::Stored { b, k, n, transpose_b },
@@ -92,9 +95,9 @@ struct Saved {
     hidden: Vec<u16>,
 }
 
-/// `FFN_e(rows_e)` in mixed precision for every expert's block of rows: inputs `x [N, d]`, the stacked
-/// `[gate | up]` weights `[E·2f, d]` and down weights `[E·d, f]` (each expert's
-/// matrices one above the other), f32 on the CPU.
+/// `FFN_e(rows_e)` in mixed precision for every expert's block of rows: inputs
+/// `x [N, d]`, the concatenated `[gate | up]` weights `[E·2f, d]` and down weights
+/// `[E·d, f]` (each expert's matrices one above the other), f32 on the CPU.
 pub(crate) struct FusedExperts {
     counts: Vec<usize>,
     library: Arc<BlasLibrary>,

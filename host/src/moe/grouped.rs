@@ -1,8 +1,8 @@
 //! All routed experts of a layer over the grouped rows, on the BLAS. In f32, three
 //! candle ops: the `[gate | up]` products and the down products as grouped linear ops
-//! (one weight per expert's block of rows, [`grouped_linear`]) and the SwiGLU gate
+//! (one weight per expert's block of rows, `grouped_linear`) and the SwiGLU gate
 //! between them. In mixed precision, one op that runs the three chunk by chunk
-//! ([`FusedExperts`]). The experts' weights enter concatenated (`[E·out, in]`); the
+//! (`FusedExperts`). The experts' weights enter concatenated (`[E·out, in]`); the
 //! backward of `cat` hands each expert its rows of the gradient.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};

@@ -1,7 +1,9 @@
 //! The MoE layer, split by role as in Megatron-Core's `transformer/moe/`: [`spec`] (what
 //! to execute), [`gates`] (differentiable scores and combine weights), [`selection`]
 //! (top-k, expert choice, capacity and drops), [`dispatch`] (gather, expert GEMMs,
-//! scatter-add), [`losses`], [`stats`], and [`layer`] wiring them together.
+//! weighted sum back to the tokens; on the CPU through `token_rows`' parallel ops and
+//! [`grouped`]'s BLAS experts, chunked in `fused_experts` for mixed precision),
+//! [`losses`], [`stats`], and [`layer`] wiring them together.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
