@@ -25,24 +25,15 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    /// Prepare the index tensors on `device`.
-    pub fn new(selection: &Selection, device: &Device) -> Result<Self> {
+    /// Prepare the index tensors for `tokens` tokens on `device`; on the CPU also the
+    /// token-to-rows map the parallel gather and combine need.
+    pub fn new(selection: &Selection, tokens: usize, device: &Device) -> Result<Self> {
         Ok(Self {
             tokens: Tensor::from_slice(&selection.tokens, selection.tokens.len(), device)?,
             slots: Tensor::from_slice(&selection.slots, selection.slots.len(), device)?,
             counts: selection.counts.clone(),
-            token_rows: None,
+            token_rows: if device.is_cpu() { Some(TokenRows::new(&selection.tokens, tokens)?) } else { None },
         })
-    }
-
-    /// [`Dispatch::new`] for `tokens` tokens; on the CPU, with the token-to-rows map the
-    /// parallel gather and combine need.
-    pub fn for_tokens(selection: &Selection, tokens: usize, device: &Device) -> Result<Self> {
-        let mut dispatch = Self::new(selection, device)?;
-        if device.is_cpu() {
-            dispatch.token_rows = Some(TokenRows::new(&selection.tokens, tokens)?);
-        }
-        Ok(dispatch)
     }
 
     /// `Σ_e gate · FFN_e(x)` over the routed rows, as `[T, d]`; tokens nobody took

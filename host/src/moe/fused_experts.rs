@@ -154,7 +154,7 @@ impl FusedExperts {
                 let Chunk { expert, start, rows } = chunk;
                 let products = &mut products[..rows * 2 * f];
                 let x_rows = Operand { data: &x[start * d..(start + rows) * d], ld: d };
-                let (gate_up_w, down_w) = weights[expert].as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{OP}: expert {expert} has rows but no weights")))?;
+                let (gate_up_w, down_w) = weights_of(&weights, expert)?;
                 gate_up_w.multiply(&self.library, x_rows, rows, false, as_uninit(products), 2 * f)?;
                 for ((gu, gate_up), hidden) in products.chunks_exact(2 * f).zip(gate_up.chunks_exact_mut(2 * f)).zip(hidden.chunks_exact_mut(f)) {
                     let (g, u) = gu.split_at(f);
@@ -177,7 +177,6 @@ impl FusedExperts {
 
     /// The backward on the bf16 inputs and activations: writes `dx [N, d]`, `dw_gu [E·2f, d]` and
     /// `dw_down [E·d, f]`.
-    #[allow(clippy::too_many_arguments)]
     fn backward(&self, dims: Dims, saved: &Saved, dy: &[u16], dx: &mut [MaybeUninit<f32>], dw_gu: &mut [MaybeUninit<f32>], dw_down: &mut [MaybeUninit<f32>]) -> Result<()> {
         let Dims { rows, d, f } = dims;
         let [x, w_gu, w_down] = &saved.inputs;
@@ -197,7 +196,7 @@ impl FusedExperts {
                 let Chunk { expert, start, rows } = chunk;
                 let dh = &mut dh[..rows * f];
                 let dy_rows = Operand { data: &dy[start * d..(start + rows) * d], ld: d };
-                let (down_w, gate_up_w) = weights[expert].as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{OP}: expert {expert} has rows but no weights")))?;
+                let (down_w, gate_up_w) = weights_of(&weights, expert)?;
                 down_w.multiply(&self.library, dy_rows, rows, false, as_uninit(dh), f)?;
                 let kept = &saved.gate_up[start * 2 * f..(start + rows) * 2 * f];
                 for ((gu, dh), out) in kept.chunks_exact(2 * f).zip(dh.chunks_exact(f)).zip(d_gate_up.chunks_exact_mut(2 * f)) {
@@ -318,6 +317,11 @@ impl CustomOp3 for FusedExperts {
 
 fn err(e: MatmulError) -> candle_core::Error {
     candle_core::Error::Msg(format!("{OP}: {e}"))
+}
+
+/// Expert `e`'s packed weights (every expert with rows has them).
+fn weights_of<'w, 'a>(weights: &'w [Option<WeightPair<'a>>], e: usize) -> Result<&'w WeightPair<'a>> {
+    weights[e].as_ref().ok_or_else(|| candle_core::Error::Msg(format!("{OP}: expert {e} has rows but no packed weights")))
 }
 
 /// A written piece as initialised values.

@@ -119,7 +119,7 @@ impl MoeLayer {
             }
         };
 
-        let mut output = Dispatch::for_tokens(&selection, tokens, x.device())?.run(x, &gates, &self.experts)?;
+        let mut output = Dispatch::new(&selection, tokens, x.device())?.run(x, &gates, &self.experts)?;
         if let Some(shared) = self.shared_output(x)? {
             output = output.add(&shared)?;
         }
