@@ -302,7 +302,10 @@ fn stop_checkpoints_and_exits_and_a_changed_plugin_needs_allow_plugin_change() {
     assert!(!status.success());
     let log = t.stderr();
     let fault = &t.journal("plugin-fault")[0];
-    let step = fault["step"].as_u64().unwrap();
+    // The journal and the message name the same step for the fault; the checkpoint
+    // holds the step after it (on-step runs after the update).
+    let step = fault["checkpoint_step"].as_u64().unwrap();
+    assert!(log.contains(&format!("at step {}", fault["step"].as_u64().unwrap())), "{fault}\n{log}");
     for needle in ["on-step-trap-router", "on-step", "trapped", "on_plugin_fault = \"stop\"", "--resume"] {
         assert!(log.contains(needle), "no {needle:?} in\n{log}");
     }

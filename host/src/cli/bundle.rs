@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::plugins::bundle::{self, Bundle, PublicKey, SecretKey};
+use crate::plugins::bundle::{self, Bundle, BundleLimits, PublicKey, SecretKey};
 use crate::plugins::{PluginEngine, PluginKind};
 
 pub(super) fn pack(dir: &Path, out: &Path) -> anyhow::Result<()> {
@@ -17,8 +17,8 @@ pub(super) fn pack(dir: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn verify(path: &Path, trusted: &[PathBuf]) -> anyhow::Result<()> {
-    let bundle = Bundle::open(path)?;
+pub(super) fn verify(path: &Path, trusted: &[PathBuf], limits: &BundleLimits) -> anyhow::Result<()> {
+    let bundle = Bundle::open_within(path, limits)?;
     let keys = trusted.iter().map(|k| PublicKey::read(k)).collect::<Result<Vec<_>, _>>()?;
     bundle.check_trust(&keys)?;
     let engine = PluginEngine::new()?;
@@ -47,8 +47,8 @@ pub(super) fn verify(path: &Path, trusted: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn list(path: &Path, json: bool) -> anyhow::Result<()> {
-    let bundle = Bundle::open(path)?;
+pub(super) fn list(path: &Path, json: bool, limits: &BundleLimits) -> anyhow::Result<()> {
+    let bundle = Bundle::open_within(path, limits)?;
     let m = &bundle.manifest;
     if json {
         let value = serde_json::json!({

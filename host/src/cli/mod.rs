@@ -29,6 +29,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::compute_device::ComputeDevice;
 use crate::model::matmul::{ComputeSettings, MatmulBackend, Precision};
+use crate::plugins::bundle::BundleLimits;
 use crate::plugins::{PluginKind, PluginLimits};
 
 pub use plugin_build::{BuiltPlugin, build_plugins};
@@ -229,6 +230,8 @@ enum BundleCommand {
         /// Require a signature by this public key (repeatable).
         #[arg(long = "trusted-key")]
         trusted_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        limits: BundleLimitArgs,
     },
     /// List a bundle's plugins.
     List {
@@ -237,6 +240,8 @@ enum BundleCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        limits: BundleLimitArgs,
     },
     /// Sign a bundle with an ed25519 key from `recast keygen` (replaces an earlier
     /// signature).
@@ -247,6 +252,26 @@ enum BundleCommand {
         #[arg(long)]
         key: PathBuf,
     },
+}
+
+/// How much a bundle may hold (defaults as in the run config's `[bundle_limits]`).
+#[derive(Args, Debug, Clone, Copy)]
+struct BundleLimitArgs {
+    /// Largest file inside the bundle, in MiB.
+    #[arg(long, default_value_t = BundleLimits::default().max_entry_mib)]
+    max_entry_mib: u64,
+    /// Largest bundle, in MiB.
+    #[arg(long, default_value_t = BundleLimits::default().max_bundle_mib)]
+    max_bundle_mib: u64,
+    /// Most entries in a bundle .tar.
+    #[arg(long, default_value_t = BundleLimits::default().max_entries)]
+    max_entries: usize,
+}
+
+impl BundleLimitArgs {
+    fn limits(self) -> BundleLimits {
+        BundleLimits { max_entry_mib: self.max_entry_mib, max_bundle_mib: self.max_bundle_mib, max_entries: self.max_entries }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -549,8 +574,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps, allow_plugin_change)
         }
         Command::Bundle(BundleCommand::Pack { dir, out }) => bundle::pack(&dir, &out),
-        Command::Bundle(BundleCommand::Verify { bundle, trusted_keys }) => bundle::verify(&bundle, &trusted_keys),
-        Command::Bundle(BundleCommand::List { bundle, json }) => bundle::list(&bundle, json),
+        Command::Bundle(BundleCommand::Verify { bundle, trusted_keys, limits }) => bundle::verify(&bundle, &trusted_keys, &limits.limits()),
+        Command::Bundle(BundleCommand::List { bundle, json, limits }) => bundle::list(&bundle, json, &limits.limits()),
         Command::Bundle(BundleCommand::Sign { bundle, key }) => bundle::sign(&bundle, &key),
         Command::Keygen { out } => bundle::keygen(&out),
         Command::Lock { config, out } => lock::run(&config, out.as_deref()),

@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 
 use super::plugin_build::build_plugins;
 use super::plugin_source::builtin_dir;
-use crate::plugins::bundle::{Bundle, PublicKey};
+use crate::plugins::bundle::{Bundle, BundleLimits, PublicKey};
+use crate::plugins::MAX_COMPONENT_BYTES;
 use crate::plugins::lock::LockFile;
 use crate::plugins::reload::{Fetch, Fetched, WatchedPlugin};
 use crate::plugins::{PluginComponent, PluginEngine, PluginKind};
@@ -35,7 +36,7 @@ pub(super) fn load_run_plugins(engine: &PluginEngine, config: &RunConfig) -> any
         let Some(r) = plugin else { continue };
         let params = toml::to_string(&r.params).with_context(|| format!("[plugins.{role}].params"))?;
         let source = Source::of(r, kind).with_context(|| format!("[plugins.{role}]"))?;
-        let mut fetch = source.fetcher(kind, trusted.clone());
+        let mut fetch = source.fetcher(kind, trusted.clone(), config.bundle_limits);
         let fetched = fetch().map_err(anyhow::Error::msg).with_context(|| format!("[plugins.{role}]"))?;
         let component = engine.load_bytes(&fetched.label, &fetched.bytes).with_context(|| format!("[plugins.{role}]: cannot load {}", fetched.label))?;
         if component.kind() != kind {
@@ -111,12 +112,14 @@ impl Source {
         }
     }
 
-    fn fetcher(&self, kind: PluginKind, trusted: Vec<PublicKey>) -> Fetch {
+    fn fetcher(&self, kind: PluginKind, trusted: Vec<PublicKey>, limits: BundleLimits) -> Fetch {
         match self {
             Source::File(path) => {
                 let path = path.clone();
                 Box::new(move || {
-                    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    // A regular file only, never blocking: the watcher calls this too, and a
+                    // FIFO put in the plugin's place must not hang it.
+                    let bytes = crate::regular_file::read(&path, MAX_COMPONENT_BYTES).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                     Ok(Fetched { label: path.display().to_string(), bytes })
                 })
             }
@@ -125,14 +128,14 @@ impl Source {
                 Box::new(move || {
                     let built = build_plugins(&dir).map_err(|e| format!("cannot build {}: {e:#}", dir.display()))?;
                     let path = built.into_iter().next().map(|b| b.path).ok_or_else(|| format!("building {} produced no component", dir.display()))?;
-                    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    let bytes = crate::regular_file::read(&path, MAX_COMPONENT_BYTES).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                     Ok(Fetched { label: path.display().to_string(), bytes })
                 })
             }
             Source::Bundle { path, plugin } => {
                 let (path, plugin) = (path.clone(), plugin.clone());
                 Box::new(move || {
-                    let bundle = Bundle::open(&path).map_err(|e| e.to_string())?;
+                    let bundle = Bundle::open_within(&path, &limits).map_err(|e| e.to_string())?;
                     bundle.check_trust(&trusted).map_err(|e| e.to_string())?;
                     let (entry, bytes) = bundle.plugin(kind, plugin.as_deref()).map_err(|e| e.to_string())?;
                     Ok(Fetched { label: format!("{}:{}", path.display(), entry.file), bytes: bytes.to_vec() })

@@ -28,6 +28,10 @@ pub enum ModelError {
     Unwritable { what: String, reason: String },
     #[error("token id {id} at position {position} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, position: usize, vocab: usize },
+    /// A request the model cannot serve: too long for its positions, too large for this
+    /// machine's memory, or tokens that do not split into the batch.
+    #[error("{0}")]
+    Request(String),
     #[error("tensor computation failed: {0}")]
     Tensor(#[from] candle_core::Error),
 }

@@ -76,6 +76,19 @@ impl Transformer {
         Ok(Self { config: config.clone(), embed, blocks, norm, head })
     }
 
+    /// Refuse `batch` sequences of `seq` tokens that the model's positions or this
+    /// machine's memory cannot hold, before anything is allocated.
+    pub fn check_sequence(&self, batch: usize, seq: usize) -> Result<(), ModelError> {
+        let max = self.config.max_position_embeddings;
+        if seq > max {
+            return Err(ModelError::Request(format!("a sequence of {seq} tokens is longer than the model's max_position_embeddings ({max}); split it into windows of at most {max}")));
+        }
+        // The largest activations: each layer's attention probabilities and logits.
+        let scores = batch as u128 * self.config.num_heads as u128 * seq as u128 * seq as u128 * 4;
+        let logits = batch as u128 * seq as u128 * self.config.vocab_size as u128 * 4;
+        crate::memory::ensure_fits(&format!("a forward pass over {batch} × {seq} tokens"), scores + logits).map_err(ModelError::Request)
+    }
+
     /// Logits for `tokens`, `batch` sequences of equal length laid end to end.
     pub fn forward(&self, tokens: &[u32], batch: usize) -> Result<ForwardOutput, ModelError> {
         self.forward_routed(tokens, batch, None)
@@ -89,7 +102,10 @@ impl Transformer {
             return Err(ModelError::TokenOutOfRange { id, position, vocab });
         }
         let seq = tokens.len() / batch.max(1);
-        assert_eq!(seq * batch, tokens.len(), "tokens must split into `batch` equal sequences");
+        if batch == 0 || seq * batch != tokens.len() {
+            return Err(ModelError::Request(format!("{} tokens do not split into {batch} sequences of equal length", tokens.len())));
+        }
+        self.check_sequence(batch, seq)?;
         let device = self.embed.device();
         let dtype = self.embed.dtype();
         let ids = Tensor::from_slice(tokens, tokens.len(), device)?;

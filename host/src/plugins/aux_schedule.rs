@@ -10,6 +10,10 @@ use super::wit::aux_schedule;
 pub use super::wit::aux_schedule_types::LayerCoefficients;
 pub use super::wit::types::LayerStats;
 
+/// Largest load-balancing or z-loss coefficient: the papers use 1e-4 .. 1e-1; far larger
+/// ones swamp the language-model loss and overflow it (3.4e38 turned it into NaN).
+pub const MAX_COEFFICIENT: f64 = 100.0;
+
 /// An auxiliary-loss schedule plugin.
 pub struct AuxSchedulePlugin {
     instance: PluginInstance,
@@ -40,15 +44,16 @@ impl AuxSchedulePlugin {
     }
 }
 
-/// One entry per MoE layer, in order, each coefficient finite and >= 0.
+/// One entry per MoE layer, in order, each coefficient in `0 ..= MAX_COEFFICIENT`.
 pub fn validate_coefficients(coefficients: &[LayerCoefficients], moe_layers: &[u32]) -> Result<(), OutputViolation> {
     OutputViolation::length(|| "coefficients".into(), moe_layers.len(), coefficients.len())?;
     for (i, (c, &layer)) in coefficients.iter().zip(moe_layers).enumerate() {
         if c.layer != layer {
             return Err(OutputViolation::Inconsistent { field: format!("coefficients[{i}].layer"), reason: format!("is {}, expected layer {layer} (same order as moe-layers)", c.layer) });
         }
-        OutputViolation::within(|| format!("coefficients[{i}].load-balance"), c.load_balance as f64, 0.0, f64::INFINITY, ">= 0")?;
-        OutputViolation::within(|| format!("coefficients[{i}].z-loss"), c.z_loss as f64, 0.0, f64::INFINITY, ">= 0")?;
+        let allowed = format!("0 ..= {MAX_COEFFICIENT}");
+        OutputViolation::within(|| format!("coefficients[{i}].load-balance"), c.load_balance as f64, 0.0, MAX_COEFFICIENT, &allowed)?;
+        OutputViolation::within(|| format!("coefficients[{i}].z-loss"), c.z_loss as f64, 0.0, MAX_COEFFICIENT, &allowed)?;
     }
     Ok(())
 }

@@ -18,6 +18,11 @@ use super::error::{FaultCause, PluginError};
 use super::host_api::PluginState;
 use super::wit::AnyPlugin;
 
+
+/// Largest component file a plugin may be (the biggest, a Python plugin with its
+/// embedded interpreter, is about 40 MiB): a larger file is refused before it is read.
+pub const MAX_COMPONENT_BYTES: u64 = 512 << 20;
+
 /// How often the epoch advances: the resolution of per-call deadlines.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -67,7 +72,7 @@ impl PluginEngine {
     /// Read, compile and describe the component in `path` (cached by sha256, in memory
     /// and, for large components, on disk).
     pub fn load_file(&self, path: &Path) -> Result<PluginComponent, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError {
+        let bytes = crate::regular_file::read(path, MAX_COMPONENT_BYTES).map_err(|source| PluginError {
             plugin: path.display().to_string(),
             digest: None,
             call: "load".into(),

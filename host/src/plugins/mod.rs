@@ -41,7 +41,7 @@ mod wit;
 pub use aux_schedule::AuxSchedulePlugin;
 pub use component::{ExportedInterface, PluginComponent};
 pub use digest::Digest;
-pub use engine::PluginEngine;
+pub use engine::{MAX_COMPONENT_BYTES, PluginEngine};
 pub use error::{FaultCause, OutputViolation, PluginError};
 pub use host_api::PluginLog;
 pub use init_scheme::InitSchemePlugin;

@@ -13,6 +13,19 @@ pub use super::wit::router_types::{
 };
 pub use super::wit::types::LayerStats;
 
+/// Largest `scaling` of the gates and largest Skywork λ a spec may give: beyond these the
+/// softmax saturates to one-hot and the router's gradient vanishes (a scaling of 1e38
+/// pins the loss at ln(vocabulary)).
+pub const MAX_SCALING: f64 = 100.0;
+/// Largest capacity factor: more than every token on every expert means nothing more.
+pub const MAX_CAPACITY_FACTOR: f64 = 1024.0;
+/// Largest change of one selection-bias entry in one `on-step` (aux-loss-free balancing
+/// moves a bias by about 1e-3 per step).
+pub const MAX_BIAS_DELTA: f64 = 100.0;
+/// Largest magnitude a selection-bias entry may reach by adding up deltas; it keeps the
+/// host's running sums, and so every checkpoint, finite.
+pub const MAX_SELECTION_BIAS: f64 = 1e4;
+
 /// A routing-policy plugin. Every output is validated against the layer it is for.
 pub struct RouterPlugin {
     instance: PluginInstance,
@@ -51,6 +64,12 @@ impl RouterPlugin {
         Ok(updates)
     }
 
+    /// The fault for an `on-step` output that passed [`validate_updates`] but does not fit
+    /// the host's state (e.g. a selection bias summed out of range).
+    pub fn invalid_update(&self, violation: OutputViolation) -> PluginError {
+        self.instance.sandbox.invalid("on-step", violation)
+    }
+
     /// Per-token routing of one micro-batch, validated.
     pub fn route(&mut self, layer: &LayerInfo, logits: &TokenLogits) -> Result<RouteAssignment, PluginError> {
         let guest = &self.guest;
@@ -70,12 +89,12 @@ pub fn validate_spec(spec: &RouterSpec, layer: &LayerInfo, field: &str) -> Resul
     if spec.mode == RoutingMode::TokenChoice {
         OutputViolation::within(f("top-k"), spec.top_k as f64, 1.0, layer.num_experts as f64, &format!("1 ..= {} experts of layer {}", layer.num_experts, layer.layer))?;
     }
-    OutputViolation::within(f("scaling"), spec.scaling as f64, f64::MIN_POSITIVE, f64::INFINITY, "> 0")?;
+    OutputViolation::within(f("scaling"), spec.scaling as f64, f64::MIN_POSITIVE, MAX_SCALING, &format!("0 < scaling <= {MAX_SCALING}"))?;
     if let LogitNorm::Skywork(lambda) = spec.logit_norm {
-        OutputViolation::within(f("logit-norm.skywork"), lambda as f64, f64::MIN_POSITIVE, f64::INFINITY, "lambda > 0")?;
+        OutputViolation::within(f("logit-norm.skywork"), lambda as f64, f64::MIN_POSITIVE, MAX_SCALING, &format!("0 < lambda <= {MAX_SCALING}"))?;
     }
     if let Some(capacity) = &spec.capacity {
-        OutputViolation::within(f("capacity.factor"), capacity.factor as f64, f64::MIN_POSITIVE, f64::INFINITY, "> 0")?;
+        OutputViolation::within(f("capacity.factor"), capacity.factor as f64, f64::MIN_POSITIVE, MAX_CAPACITY_FACTOR, &format!("0 < factor <= {MAX_CAPACITY_FACTOR}"))?;
     }
     if spec.mode == RoutingMode::ExpertChoice {
         if spec.capacity.is_none() {
@@ -98,7 +117,8 @@ pub fn validate_spec(spec: &RouterSpec, layer: &LayerInfo, field: &str) -> Resul
     Ok(())
 }
 
-/// Check `on-step` updates: known layers, one finite bias delta per expert, valid specs.
+/// Check `on-step` updates: known layers, one bias delta per expert within
+/// ±[`MAX_BIAS_DELTA`], valid specs.
 pub fn validate_updates(updates: &[RouterUpdate], layers: &[LayerInfo]) -> Result<(), OutputViolation> {
     for (i, update) in updates.iter().enumerate() {
         let field = format!("updates[{i}]");
@@ -110,7 +130,7 @@ pub fn validate_updates(updates: &[RouterUpdate], layers: &[LayerInfo]) -> Resul
         if let Some(delta) = &update.bias_delta {
             OutputViolation::length(|| format!("{field}.bias-delta"), layer.num_experts as usize, delta.len())?;
             for (e, &d) in delta.iter().enumerate() {
-                OutputViolation::finite(|| format!("{field}.bias-delta[{e}]"), d as f64)?;
+                OutputViolation::within(|| format!("{field}.bias-delta[{e}]"), d as f64, -MAX_BIAS_DELTA, MAX_BIAS_DELTA, &format!("|delta| <= {MAX_BIAS_DELTA}"))?;
             }
         }
         if let Some(spec) = &update.spec {
@@ -161,6 +181,8 @@ mod tests {
             RouterSpec { top_k: 0, ..spec() },
             RouterSpec { top_k: 5, ..spec() },
             RouterSpec { scaling: f32::INFINITY, ..spec() },
+            RouterSpec { scaling: 1e38, ..spec() },
+            RouterSpec { logit_norm: LogitNorm::Skywork(1e30), ..spec() },
             RouterSpec { logit_norm: LogitNorm::Skywork(0.0), ..spec() },
             RouterSpec { mode: RoutingMode::ExpertChoice, ..spec() },
             RouterSpec { shared_experts: 2, ..spec() },
@@ -181,6 +203,8 @@ mod tests {
         assert!(matches!(validate_updates(&[short], &[layer()]), Err(OutputViolation::WrongLength { expected: 4, got: 3, .. })));
         let nan = RouterUpdate { layer: 1, bias_delta: Some(vec![0.0, f32::NAN, 0.0, 0.0]), spec: None };
         assert!(matches!(validate_updates(&[nan], &[layer()]), Err(OutputViolation::NotFinite { .. })));
+        let huge = RouterUpdate { layer: 1, bias_delta: Some(vec![0.0, 3e38, 0.0, 0.0]), spec: None };
+        assert!(matches!(validate_updates(&[huge], &[layer()]), Err(OutputViolation::OutOfRange { .. })));
     }
 
     #[test]

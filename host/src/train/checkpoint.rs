@@ -69,6 +69,9 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{0}")]
     Model(#[from] crate::model::error::ModelError),
+    /// The state to save would not read back; nothing was written.
+    #[error("{path}: not written: the training state would not read back ({reason}); the previous checkpoints are kept")]
+    Unreadable { path: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -83,8 +86,14 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
 /// Write a checkpoint of step `state.step`; keep the newest `keep`. Returns its folder.
 pub fn save(run_dir: &Path, params: &BTreeMap<String, Tensor>, moments: &BTreeMap<String, (Tensor, Tensor)>, state: &TrainState, keep: usize) -> Result<PathBuf, CheckpointError> {
     let root = checkpoints_dir(run_dir);
-    std::fs::create_dir_all(&root).map_err(io(&root))?;
     let name = format!("step-{:08}", state.step);
+    // Write-then-read: a checkpoint that its own reader would refuse (a non-finite bias
+    // becomes JSON `null`) is never written, so every kept checkpoint resumes.
+    let json = serde_json::to_vec_pretty(state).map_err(|e| CheckpointError::Corrupt { path: root.join(&name).join("state.json"), reason: e.to_string() })?;
+    if let Err(e) = serde_json::from_slice::<TrainState>(&json) {
+        return Err(CheckpointError::Unreadable { path: root.join(&name).join("state.json"), reason: e.to_string() });
+    }
+    std::fs::create_dir_all(&root).map_err(io(&root))?;
     let tmp = root.join(format!(".{name}.tmp"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -103,7 +112,6 @@ pub fn save(run_dir: &Path, params: &BTreeMap<String, Tensor>, moments: &BTreeMa
     if let Some(p) = pause {
         std::thread::sleep(p);
     }
-    let json = serde_json::to_vec_pretty(state).map_err(|e| CheckpointError::Corrupt { path: tmp.join("state.json"), reason: e.to_string() })?;
     crate::atomic_file::write(&tmp.join("state.json"), &json).map_err(io(&tmp))?;
 
     let dir = root.join(&name);

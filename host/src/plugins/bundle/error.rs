@@ -18,6 +18,9 @@ pub enum BundleError {
     /// A file's bytes do not have the sha256 the manifest gives.
     #[error("{bundle}: {file}: sha256 {actual} differs from {expected} in bundle.toml; the file was altered or damaged after packing")]
     DigestMismatch { bundle: PathBuf, file: String, expected: String, actual: String },
+    /// Over a [`super::BundleLimits`] limit; refused before the bytes were read.
+    #[error("{bundle}: {what} is over the limit of {limit}; raise `[bundle_limits]` in the run config (or the `--max-*` flags) only for a bundle you trust")]
+    TooLarge { bundle: PathBuf, what: String, limit: String },
     #[error("{bundle}: bundle.toml lists {file}, which the bundle does not contain")]
     MissingFile { bundle: PathBuf, file: String },
     #[error("{bundle}: {file} is not listed in bundle.toml; a bundle holds only its manifest, its plugins and its signature")]

@@ -16,6 +16,7 @@
 
 mod archive;
 mod error;
+mod limits;
 mod manifest;
 mod signature;
 
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use error::BundleError;
+pub use limits::BundleLimits;
 pub use manifest::{BundleManifest, BundlePlugin, MANIFEST};
 pub use signature::{BundleSignature, PublicKey, SIGNATURE, SecretKey};
 
@@ -49,15 +51,20 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Read and verify the bundle at `path` (a folder or a `.tar`): layout, manifest
-    /// checksum, every plugin's sha256, and the signature if there is one.
+    /// Read and verify the bundle at `path` (a folder or a `.tar`) within the default
+    /// [`BundleLimits`]: layout, manifest checksum, every plugin's sha256, and the
+    /// signature if there is one.
     pub fn open(path: &Path) -> Result<Self, BundleError> {
-        let io = |source| BundleError::Io { path: path.to_path_buf(), source };
+        Self::open_within(path, &BundleLimits::default())
+    }
+
+    /// [`Bundle::open`] within `limits`.
+    pub fn open_within(path: &Path, limits: &BundleLimits) -> Result<Self, BundleError> {
         let (files, packed) = if path.is_dir() {
-            (read_folder(path)?, false)
+            (read_folder(path, limits)?, false)
         } else {
-            let bytes = std::fs::read(path).map_err(io)?;
-            let files = archive::read(path, &bytes)?;
+            let bytes = read_limited(path, limits.bundle_bytes(), path, || format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib))?;
+            let files = archive::read(path, &bytes, limits)?;
             (files.into_iter().map(|f| (f.name, f.bytes)).collect::<BTreeMap<_, _>>(), true)
         };
         let manifest_bytes = files.get(MANIFEST).cloned().ok_or_else(|| BundleError::NotABundle { bundle: path.to_path_buf(), reason: format!("it has no {MANIFEST}") })?;
@@ -180,8 +187,9 @@ pub fn sign(path: &Path, key: &SecretKey) -> Result<PublicKey, BundleError> {
         let sig = path.join(SIGNATURE);
         crate::atomic_file::write(&sig, signature.as_bytes()).map_err(|source| BundleError::Io { path: sig, source })?;
     } else {
-        let bytes = std::fs::read(path).map_err(|source| BundleError::Io { path: path.to_path_buf(), source })?;
-        let mut files: Vec<ArchivedFile> = archive::read(path, &bytes)?.into_iter().filter(|f| f.name != SIGNATURE).collect();
+        let limits = BundleLimits::default();
+        let bytes = read_limited(path, limits.bundle_bytes(), path, || format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib))?;
+        let mut files: Vec<ArchivedFile> = archive::read(path, &bytes, &limits)?.into_iter().filter(|f| f.name != SIGNATURE).collect();
         files.push(ArchivedFile { name: SIGNATURE.into(), bytes: signature.into_bytes() });
         write_archive(path, &files)?;
     }
@@ -202,14 +210,31 @@ fn check_digest(bundle: &Path, file: &str, expected: &str, bytes: &[u8]) -> Resu
     Ok(())
 }
 
-/// The manifest, its checksum, its signature and the files it lists, from a folder.
-fn read_folder(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+/// The regular file `path` of the bundle `bundle`, refused unread when it is larger
+/// than `limit` bytes (`limit_text` says which limit).
+fn read_limited(path: &Path, limit: u64, bundle: &Path, limit_text: impl Fn() -> String) -> Result<Vec<u8>, BundleError> {
+    crate::regular_file::read(path, limit).map_err(|source| match source.kind() {
+        std::io::ErrorKind::FileTooLarge => BundleError::TooLarge { bundle: bundle.to_path_buf(), what: format!("{} ({source})", path.display()), limit: limit_text() },
+        _ => BundleError::Io { path: path.to_path_buf(), source },
+    })
+}
+
+/// The manifest, its checksum, its signature and the files it lists, from a folder,
+/// each within the entry limit and all together within the bundle limit.
+fn read_folder(dir: &Path, limits: &BundleLimits) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+    let total = std::cell::Cell::new(0u64);
     let read = |name: &str| -> Result<Option<Vec<u8>>, BundleError> {
         let path = dir.join(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(BundleError::Io { path, source }),
+        match read_limited(&path, limits.entry_bytes(), dir, || format!("{} MiB per file (`max_entry_mib`)", limits.max_entry_mib)) {
+            Ok(bytes) => {
+                total.set(total.get() + bytes.len() as u64);
+                if total.get() > limits.bundle_bytes() {
+                    return Err(BundleError::TooLarge { bundle: dir.to_path_buf(), what: format!("{} bytes of files", total.get()), limit: format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib) });
+                }
+                Ok(Some(bytes))
+            }
+            Err(BundleError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     };
     let mut files = BTreeMap::new();

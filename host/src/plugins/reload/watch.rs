@@ -78,11 +78,24 @@ impl ReloadWatcher {
     }
 }
 
+/// How long dropping a watcher waits for its thread to notice the stop flag; a thread
+/// still busy after that (e.g. rebuilding a plugin crate) is left to finish on its own,
+/// so ending a run never waits on a plugin's file.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
 impl Drop for ReloadWatcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let deadline = Instant::now() + SHUTDOWN_WAIT;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("the plugin watcher is still busy; the run ends without waiting for it");
+            }
         }
     }
 }

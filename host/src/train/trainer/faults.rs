@@ -23,7 +23,7 @@ impl Trainer {
         if retried || !self.fault_is_recoverable() {
             return Err(self.stop_on_fault(role, source, retried));
         }
-        let step = self.step;
+        let step = source.step.unwrap_or(self.step);
         let Some(slot) = self.plugins.get(role) else { return Err(TrainError::PluginFault { role, source }) };
         let faulty = slot.component();
         let restored = match slot.restore_good(&self.host) {
@@ -52,9 +52,11 @@ impl Trainer {
     pub(super) fn stop_on_fault(&mut self, role: Role, source: PluginError, retried: bool) -> TrainError {
         let why = if retried { "on_plugin_fault = \"keep-last-good\", but the fault came back after restoring the last good version".to_string() } else { "on_plugin_fault = \"stop\"".to_string() };
         let digest = self.plugins.get(role).map(|s| s.component().digest().to_hex()).unwrap_or_default();
+        // The step the fault happened in, as the error names it; the checkpoint may hold
+        // a later one (a fault in `on-step` comes after the step's update).
         let record = json!({
-            "step": self.step, "event": "plugin-fault", "role": role.as_str(), "sha256": digest, "call": source.call,
-            "cause": source.cause.to_string(), "code": source.code(), "action": "stop",
+            "step": source.step.unwrap_or(self.step), "event": "plugin-fault", "role": role.as_str(), "sha256": digest, "call": source.call,
+            "cause": source.cause.to_string(), "code": source.code(), "action": "stop", "checkpoint_step": self.step,
         });
         if let Err(e) = self.journal(&record) {
             tracing::error!("{e}");

@@ -29,6 +29,7 @@ use crate::plugins::router::LayerInfo;
 use crate::plugins::{PluginComponent, PluginEngine, PluginError, PluginLimits};
 
 mod faults;
+mod health;
 mod plugin_state;
 mod reload;
 mod slots;
@@ -77,8 +78,12 @@ pub enum TrainError {
     Device(#[from] crate::model::compute_device::DeviceError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("step {step}: the loss is {loss} (diverged); lower optimizer.lr or raise clip_grad_norm")]
-    Diverged { step: u64, loss: f32 },
+    /// A loss or the gradient norm was not finite; the step was not applied.
+    #[error(
+        "step {step}: the {what} is {value} (not finite); most likely cause: {suspect}\nthe step was not applied and the run stopped; {}",
+        match checkpoint { Some(c) => format!("{} holds step {good_step}; fix the cause, then continue with `recast train --resume {}`", c.display(), run.display()), None => "no checkpoint could be written".to_string() }
+    )]
+    NonFinite { step: u64, what: &'static str, value: f64, suspect: String, checkpoint: Option<PathBuf>, good_step: u64, run: PathBuf },
 }
 
 /// The plugin components a run uses, with their parameters (TOML text).
@@ -144,6 +149,18 @@ pub struct Trainer {
     watcher: Option<crate::plugins::reload::ReloadWatcher>,
 }
 
+/// Refuse, before building anything, a model whose training state (f32 weights,
+/// gradients and two AdamW moments: 16 bytes a weight) cannot fit in this machine's
+/// memory, or whose positions are fewer than `train.seq_len`.
+fn fits_training(model: &ModelConfig, config: &RunConfig) -> Result<(), TrainError> {
+    let request = crate::model::error::ModelError::Request;
+    if config.train.seq_len > model.max_position_embeddings {
+        return Err(request(format!("train.seq_len = {} is longer than the model's max_position_embeddings ({})", config.train.seq_len, model.max_position_embeddings)).into());
+    }
+    let weights = model.parameter_count();
+    crate::memory::ensure_fits(&format!("training a model of {weights} weights"), weights * 16).map_err(|reason| request(format!("{reason}; choose a smaller [model]")).into())
+}
+
 fn tensor_err(step: u64) -> impl FnOnce(candle_core::Error) -> TrainError {
     move |source| TrainError::Tensor { step, source }
 }
@@ -159,6 +176,8 @@ impl Trainer {
             }
             (None, Some(init)) => {
                 let mc = init.model_config(tokenizer.vocab_size());
+                mc.validate().map_err(|reason| crate::model::error::ModelError::Request(format!("[model.init]: {reason}")))?;
+                fits_training(&mc, &config)?;
                 let params = random_params(&mc, InitOptions { std: init.std, seed: config.seed, dtype: DType::F32 })?;
                 (mc, params)
             }
@@ -166,6 +185,7 @@ impl Trainer {
                 return Err(TrainError::Resume("[model] needs `path` or `init`".into()));
             }
         };
+        fits_training(&model_config, &config)?;
         if model_config.vocab_size < tokenizer.vocab_size() {
             return Err(TrainError::Resume(format!("the model's vocabulary ({}) is smaller than the tokenizer's ({})", model_config.vocab_size, tokenizer.vocab_size())));
         }

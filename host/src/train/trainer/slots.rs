@@ -86,6 +86,7 @@ pub(super) trait AnySlot {
     fn replace(&mut self, host: &PluginHost, component: &PluginComponent, params: &str) -> Result<(), PluginError>;
     fn replace_with_state(&mut self, host: &PluginHost, component: &PluginComponent, params: &str, state: &[u8]) -> Result<(), PluginError>;
     fn restore_good(&mut self, host: &PluginHost) -> Result<PluginComponent, PluginError>;
+    fn rewind(&mut self) -> Result<(), PluginError>;
 }
 
 impl<P: Adapter> Slot<P> {
@@ -152,6 +153,15 @@ impl<P: Adapter> AnySlot for Slot<P> {
         }
         self.live = new;
         Ok(self.good.clone())
+    }
+
+    /// Put the live instance back in the state it had when the step began (a step that
+    /// is abandoned must not leave its plugin calls behind in a checkpoint).
+    fn rewind(&mut self) -> Result<(), PluginError> {
+        match self.good_state.clone() {
+            Some(state) if !self.live.instance().is_poisoned() => self.live.instance().load_state(&state),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 use candle_core::DType;
 use serde_json::json;
 
+use super::health::StepHealth;
 use super::slots::Role;
 use super::{StepReport, TrainError, Trainer, tensor_err};
 use crate::data::batch::training_batch;
 use crate::model::loss::next_token_nll;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
+use crate::plugins::error::OutputViolation;
+use crate::plugins::router::{MAX_SELECTION_BIAS, TokenLogits};
 use crate::plugins::PluginError;
-use crate::plugins::router::TokenLogits;
 use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
 use crate::train::config::ParamGroup;
 use crate::train::optimizer::{AdamW, Gradients};
@@ -145,6 +147,7 @@ impl Trainer {
         let mut domain_loss = vec![(0f64, 0usize); self.domains.len()];
         let mut stats: Vec<LayerStats> = Vec::new();
         let mut total_loss = 0f64;
+        let mut aux_total = 0f64;
         let mut route_total = Duration::ZERO;
         for micro in 0..t.grad_accum {
             let tokens = &batch.tokens[micro * per_micro..(micro + 1) * per_micro];
@@ -179,7 +182,11 @@ impl Trainer {
             let nll = next_token_nll(&out.logits, tokens, t.batch_size).map_err(tensor_err(step))?;
             let ce = nll.mean_all().map_err(tensor_err(step))?;
             let loss = match &out.aux_loss {
-                Some(aux) => ce.add(&aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?).map_err(tensor_err(step))?,
+                Some(aux) => {
+                    let aux = aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?;
+                    aux_total += aux.to_dtype(DType::F32).and_then(|a| a.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / t.grad_accum as f64;
+                    ce.add(&aux).map_err(tensor_err(step))?
+                }
                 None => ce.clone(),
             };
             let scaled = (loss / t.grad_accum as f64).map_err(tensor_err(step))?;
@@ -209,15 +216,15 @@ impl Trainer {
                 }
             }
         }
-        if !total_loss.is_finite() {
-            return Err(TrainError::Diverged { step, loss: total_loss as f32 });
-        }
 
         let peak = stage.as_ref().and_then(|s| s.lr).unwrap_or(self.config.optimizer.lr);
         let lr = learning_rate(peak, &self.config.schedule, step, t.steps);
         let groups: Vec<ParamGroup> = stage.as_ref().map(|s| s.train.clone()).unwrap_or_default();
         let trains = |name: &str| groups.is_empty() || groups.iter().any(|g| g.contains(name));
         let grad_norm = AdamW::grad_norm(&grads).map_err(tensor_err(step))?;
+        if let Err(bad) = self.check_health(StepHealth { step, lm_loss: total_loss, aux_loss: aux_total, grad_norm }) {
+            return Err(self.stop_non_finite(bad));
+        }
         let clip = self.config.optimizer.clip_grad_norm;
         let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
         self.optimizer.step(&self.params, &grads, lr, scale, &trains).map_err(tensor_err(step))?;
@@ -231,6 +238,16 @@ impl Trainer {
         let infos = self.layer_infos();
         if let Some(router) = self.plugins.router.as_mut() {
             let updates = router.live.on_step(step, stats, &infos).map_err(fault(Role::Router))?;
+            for (i, update) in updates.iter().enumerate() {
+                let Some(delta) = &update.bias_delta else { continue };
+                let Some(layer) = self.model.moe_layers().find(|l| l.layer == update.layer as usize) else { continue };
+                for (e, (b, d)) in layer.selection_bias.iter().zip(delta).enumerate() {
+                    let sum = *b as f64 + *d as f64;
+                    let field = || format!("updates[{i}].bias-delta[{e}] (layer {} selection bias {b} + {d})", update.layer);
+                    OutputViolation::within(field, sum, -MAX_SELECTION_BIAS, MAX_SELECTION_BIAS, &format!("a running selection bias stays within ±{MAX_SELECTION_BIAS}"))
+                        .map_err(|v| TrainError::PluginFault { role: Role::Router, source: router.live.invalid_update(v) })?;
+                }
+            }
             for update in updates {
                 if let Some(layer) = self.model.moe_layers_mut().find(|l| l.layer == update.layer as usize) {
                     if let Some(delta) = &update.bias_delta {

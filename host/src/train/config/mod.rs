@@ -6,7 +6,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::matmul::ComputeSettings;
+use crate::plugins::bundle::BundleLimits;
 use crate::model::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
+
+mod lines;
+mod ranges;
+
+pub use ranges::Invalid;
 
 /// A whole run.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -53,6 +59,10 @@ pub struct RunConfig {
     /// at the next step boundary once it passes vetting.
     #[serde(default = "yes")]
     pub hot_reload: bool,
+    /// Size limits for reading plugin bundles (`max_entry_mib`, `max_bundle_mib`,
+    /// `max_entries`).
+    #[serde(default)]
+    pub bundle_limits: BundleLimits,
 }
 
 fn yes() -> bool {
@@ -165,16 +175,18 @@ pub struct ModelInit {
     pub num_kv_heads: Option<usize>,
     /// Dense MLP width.
     pub intermediate_size: usize,
-    /// Routed experts per MoE layer (MoE families).
-    #[serde(default)]
-    pub num_experts: usize,
-    #[serde(default = "default_top_k")]
-    pub top_k: usize,
+    /// Routed experts per MoE layer (MoE families only; required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts: Option<usize>,
+    /// Experts per token (MoE families only; default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
     /// Width of each routed expert (default: `intermediate_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expert_intermediate_size: Option<usize>,
     /// Width of the gated shared expert (Qwen2-MoE), 0 for none.
-    #[serde(default)]
-    pub shared_expert_intermediate_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_expert_intermediate_size: Option<usize>,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
     #[serde(default)]
@@ -184,9 +196,12 @@ pub struct ModelInit {
     pub std: f64,
 }
 
-fn default_top_k() -> usize {
-    2
-}
+/// The context length of a model made from `[model.init]`.
+pub const INIT_MAX_POSITIONS: usize = 4096;
+
+/// Experts per token when `[model.init]` does not say.
+const DEFAULT_TOP_K: usize = 2;
+
 fn default_rope_theta() -> f64 {
     10_000.0
 }
@@ -198,12 +213,14 @@ impl ModelInit {
     /// The model shape for a vocabulary of `vocab_size`.
     pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
         let arch = self.architecture;
+        let num_experts = self.num_experts.unwrap_or(0);
+        let shared = self.shared_expert_intermediate_size.unwrap_or(0);
         let moe = arch.is_moe().then(|| MoeConfig {
-            num_experts: self.num_experts,
-            top_k: self.top_k,
-            expert_intermediate: vec![self.expert_intermediate_size.unwrap_or(self.intermediate_size); self.num_experts],
-            shared_expert_intermediate: if self.shared_expert_intermediate_size > 0 { vec![self.shared_expert_intermediate_size] } else { vec![] },
-            shared_expert_gate: self.shared_expert_intermediate_size > 0,
+            num_experts,
+            top_k: self.top_k.unwrap_or(DEFAULT_TOP_K),
+            expert_intermediate: vec![self.expert_intermediate_size.unwrap_or(self.intermediate_size); num_experts],
+            shared_expert_intermediate: if shared > 0 { vec![shared] } else { vec![] },
+            shared_expert_gate: shared > 0,
             normalize_top_k: true,
             moe_layers: vec![true; self.num_layers],
             router_aux_loss_coef: 0.0,
@@ -220,7 +237,7 @@ impl ModelInit {
             head_dim: self.hidden_size / self.num_heads.max(1),
             rms_norm_eps: 1e-5,
             rope: RopeConfig { theta: self.rope_theta, scaling: RopeScaling::None },
-            max_position_embeddings: 4096,
+            max_position_embeddings: INIT_MAX_POSITIONS,
             tie_word_embeddings: self.tie_word_embeddings,
             qkv_bias: qwen,
             o_bias: false,
@@ -376,13 +393,17 @@ impl RunConfig {
     /// and check the values fit together.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: RunConfig = toml::from_str(text).map_err(|e| ConfigError { path: path.to_path_buf(), reason: e.to_string().trim_end().to_string() })?;
-        config.finish(path)
+        config.resolve_and_check(path, Some(text))
     }
 
     /// Resolve relative paths against the folder of `path` (the file the config came
     /// from) and check the values fit together.
-    pub fn finish(mut self, path: &Path) -> Result<Self, ConfigError> {
-        let err = |reason: String| ConfigError { path: path.to_path_buf(), reason };
+    pub fn finish(self, path: &Path) -> Result<Self, ConfigError> {
+        self.resolve_and_check(path, None)
+    }
+
+    /// [`RunConfig::finish`]; with the file's `text`, a value error names its line.
+    fn resolve_and_check(mut self, path: &Path, text: Option<&str>) -> Result<Self, ConfigError> {
         let config = &mut self;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
@@ -413,63 +434,8 @@ impl RunConfig {
         if config.tokenizer != "byte" && Path::new(&config.tokenizer).is_relative() {
             config.tokenizer = base.join(&config.tokenizer).display().to_string();
         }
-        self.check().map_err(err)?;
+        self.check().map_err(|invalid| ConfigError { path: path.to_path_buf(), reason: invalid.describe(text) })?;
         Ok(self)
-    }
-
-    fn check(&self) -> Result<(), String> {
-        match (&self.model.path, &self.model.init) {
-            (Some(_), Some(_)) => return Err("[model] has both `path` and `init`; give one".into()),
-            (None, None) => return Err("[model] needs `path` (a checkpoint directory) or `init` (a shape)".into()),
-            _ => {}
-        }
-        if self.data.domains.is_empty() {
-            return Err("[data] lists no domains".into());
-        }
-        for d in &self.data.domains {
-            if d.builtin.is_some() == d.shards.is_some() {
-                return Err(format!("domain {:?} needs exactly one of `builtin` and `shards`", d.name));
-            }
-        }
-        for (name, plugin) in [("router", &self.plugins.router), ("aux_schedule", &self.plugins.aux_schedule), ("sampler", &self.plugins.sampler)] {
-            if let Some(p) = plugin {
-                if [p.builtin.is_some(), p.file.is_some(), p.bundle.is_some()].iter().filter(|&&x| x).count() != 1 {
-                    return Err(format!("[plugins.{name}] needs exactly one of `builtin`, `file` and `bundle`"));
-                }
-                if p.plugin.is_some() && p.bundle.is_none() {
-                    return Err(format!("[plugins.{name}]: `plugin` picks a plugin from a `bundle`; there is none"));
-                }
-            }
-        }
-        let t = &self.train;
-        if t.steps == 0 || t.batch_size == 0 || t.seq_len < 2 || t.grad_accum == 0 {
-            return Err("[train] needs steps > 0, batch_size > 0, seq_len >= 2 and grad_accum > 0".into());
-        }
-        if !self.stages.is_empty() {
-            let total: u64 = self.stages.iter().map(|s| s.steps).sum();
-            if total != t.steps {
-                return Err(format!("the stages last {total} steps in all, but train.steps = {}", t.steps));
-            }
-            for s in &self.stages {
-                if s.steps == 0 {
-                    return Err(format!("stage {:?} has no steps", s.name));
-                }
-                if let Some(m) = &s.mixture
-                    && (m.len() != self.data.domains.len() || m.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || m.iter().all(|&w| w == 0.0))
-                {
-                    return Err(format!("stage {:?}: mixture needs {} finite weights >= 0, not all 0", s.name, self.data.domains.len()));
-                }
-                if let Some(lr) = s.lr
-                    && !(lr > 0.0 && lr.is_finite())
-                {
-                    return Err(format!("stage {:?}: lr = {lr} must be a positive number", s.name));
-                }
-            }
-        }
-        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
-            return Err(format!("optimizer.lr = {} must be a positive number", self.optimizer.lr));
-        }
-        Ok(())
     }
 }
 

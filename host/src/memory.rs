@@ -1,0 +1,35 @@
+//! This machine's memory, so that work whose size a user controls (a model shape, a
+//! sequence length) is refused up front with the numbers instead of aborting inside
+//! the allocator.
+
+/// Total physical memory in bytes (`MemTotal`), or `None` where it cannot be read.
+/// The total, not what is free now: a check against it gives the same answer however
+/// loaded the machine is.
+pub fn physical_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// `Err` with a sentence when `what` needs more than this machine's memory.
+pub fn ensure_fits(what: &str, bytes: u128) -> Result<(), String> {
+    match physical_bytes() {
+        Some(total) if bytes > total as u128 => Err(format!("{what} needs about {:.1} GiB, more than this machine's {:.1} GiB of memory", bytes as f64 / GIB, total as f64 / GIB)),
+        _ => Ok(()),
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_total_is_read_and_huge_requests_are_refused() {
+        let total = super::physical_bytes().expect("/proc/meminfo");
+        assert!(total > 1 << 28);
+        assert!(super::ensure_fits("a small thing", 1024).is_ok());
+        let err = super::ensure_fits("a huge thing", u128::MAX).unwrap_err();
+        assert!(err.contains("a huge thing needs about") && err.contains("GiB of memory"), "{err}");
+    }
+}
