@@ -127,7 +127,8 @@ fn fuel_memory_and_deadline_hold_for_a_python_component() {
     let ok = check(&["--params", "fault = \"none\""]);
     assert!(ok.status.success(), "{}", text(&ok));
     for (args, cause) in [
-        (vec!["--params", "fault = \"loop\""], "out of fuel"),
+        // The deadline far away: fuel, not the machine's speed, ends the loop.
+        (vec!["--params", "fault = \"loop\"", "--deadline-ms", "600000"], "out of fuel"),
         (vec!["--params", "fault = \"loop\"", "--fuel", "0", "--deadline-ms", "200"], "deadline exceeded"),
         (vec!["--params", "fault = \"alloc\""], "memory limit"),
         (vec!["--params", "fault = \"none\"", "--memory-mib", "8"], "memory limit"),

@@ -14,5 +14,13 @@ fn main() -> std::process::ExitCode {
     // them made the kernel zero and fault them in again (9 % of an MoE layer's time).
     // SAFETY: set once, before any other thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // A closed pipe ends the process quietly, as it does `ls` or `rg` (`recast plugin
+    // inspect … | head -1`); Rust's default (SIGPIPE ignored) turns it into a panic in
+    // `println!`.
+    // SAFETY: restoring the default disposition of one signal, before any other thread.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     recast::cli::main()
 }

@@ -86,6 +86,15 @@ pub(super) fn run_steps(steps: &[Step], file: &Path, dir_of: &dyn Fn(&Step, &str
         for (name, product) in &products {
             definition = definition.replace(&format!("\"@{name}\""), &format!("{:?}", product.display().to_string()));
         }
+        // Prepared data is part of the definition by content: a folder prepared again
+        // gets a new run folder instead of the old results.
+        for d in step.train.iter().flat_map(|c| &c.data.domains) {
+            if let Some(dir) = &d.shards {
+                let dir = absolute.parent().unwrap_or(Path::new(".")).join(dir);
+                let digest = crate::data::shards::content_digest(&dir).with_context(|| format!("{}: step `{}`, domain {:?}", file.display(), step.name, d.name))?;
+                definition.push_str(&format!("\n# data {:?} {digest}", d.name));
+            }
+        }
         // Absolute, because later steps read this step's product from a config whose
         // relative paths resolve against the recipe file's folder.
         let dir = std::path::absolute(dir_of(step, &crate::plugins::Digest::of(definition.as_bytes()).to_hex()[..12]))?;

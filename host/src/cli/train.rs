@@ -28,7 +28,18 @@ pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Pat
                 bail!("{} already holds a run with checkpoints; resume it with `recast train --resume {}` or choose another --out", out.display(), out.display());
             }
             let plugins = load_run_plugins(&engine, &parsed)?;
-            (Trainer::start(parsed, out, &plugins.set, engine.clone()).with_context(|| format!("cannot start the run in {}", out.display()))?, plugins.watched)
+            // A start that fails leaves no half-made run folder behind to block the next
+            // try with the same --out.
+            let fresh = std::fs::read_dir(out).map_or(true, |mut entries| entries.next().is_none());
+            match Trainer::start(parsed, out, &plugins.set, engine.clone()) {
+                Ok(trainer) => (trainer, plugins.watched),
+                Err(e) => {
+                    if fresh {
+                        let _ = std::fs::remove_dir_all(out);
+                    }
+                    return Err(anyhow::Error::new(e).context(format!("cannot start the run in {}", out.display())));
+                }
+            }
         }
         (None, None, Some(run_dir)) => {
             let path = run_dir.join(RUN_CONFIG);

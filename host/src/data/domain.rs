@@ -29,7 +29,13 @@ impl Domain {
     /// Open a folder written by `recast data prepare`; its tokenizer must be `tokenizer`.
     pub fn from_shards(name: &str, dir: &Path, tokenizer: &Tokenizer) -> Result<Self, DataError> {
         let (meta, train, valid) = open_domain(dir)?;
-        if meta.tokenizer != tokenizer.spec() || meta.vocab_size != tokenizer.vocab_size() {
+        // The same tokenizer is the same content, whatever path names it; folders from
+        // before the digest was recorded are matched by the path they recorded.
+        let same = match &meta.tokenizer_sha256 {
+            Some(identity) => identity == tokenizer.identity(),
+            None => meta.tokenizer == tokenizer.spec(),
+        };
+        if !same || meta.vocab_size != tokenizer.vocab_size() {
             return Err(DataError::Invalid {
                 path: dir.join("meta.json"),
                 reason: format!("prepared with tokenizer {:?} (vocabulary {}), but the run uses {:?} (vocabulary {})", meta.tokenizer, meta.vocab_size, tokenizer.spec(), tokenizer.vocab_size()),

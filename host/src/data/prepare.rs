@@ -46,12 +46,15 @@ pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, jsonl_field: &str,
         let (train, valid) = tokens.split_at(tokens.len() - valid_len);
         let dir = out.join(&input.name);
         std::fs::create_dir_all(&dir).map_err(|source| DataError::Io { path: dir.clone(), source })?;
-        write_split(&dir.join("train.bin"), train)?;
-        write_split(&dir.join("valid.bin"), valid)?;
+        let train_sha256 = write_split(&dir.join("train.bin"), train)?;
+        let valid_sha256 = write_split(&dir.join("valid.bin"), valid)?;
         let meta = ShardMeta {
             domain: input.name.clone(),
             tokenizer: tokenizer.spec(),
             vocab_size: tokenizer.vocab_size(),
+            tokenizer_sha256: Some(tokenizer.identity().to_string()),
+            train_sha256: Some(train_sha256),
+            valid_sha256: Some(valid_sha256),
             train_tokens: train.len() as u64,
             valid_tokens: valid.len() as u64,
             sources: files.iter().map(|f| f.display().to_string()).collect(),

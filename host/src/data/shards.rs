@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::error::DataError;
 
@@ -16,6 +17,16 @@ pub struct ShardMeta {
     /// The tokenizer spec (`byte` or a tokenizer.json path).
     pub tokenizer: String,
     pub vocab_size: usize,
+    /// `byte`, or the sha256 of the `tokenizer.json`: a run naming the same file by
+    /// another path is the same tokenizer. Absent in folders from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
+    /// sha256 of `train.bin` and `valid.bin`, so results made from this folder can tell
+    /// when it was prepared again. Absent in folders from before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_sha256: Option<String>,
     pub train_tokens: u64,
     pub valid_tokens: u64,
     /// The files the tokens came from.
@@ -62,17 +73,49 @@ impl TokenStore {
     }
 }
 
-/// Write one split.
-pub fn write_split(path: &Path, tokens: &[u32]) -> Result<(), DataError> {
+/// Write one split; returns the sha256 of the bytes written.
+pub fn write_split(path: &Path, tokens: &[u32]) -> Result<String, DataError> {
     let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-    crate::atomic_file::write(path, &bytes).map_err(|source| DataError::Io { path: path.into(), source })
+    crate::atomic_file::write(path, &bytes).map_err(|source| DataError::Io { path: path.into(), source })?;
+    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// A digest of the domain folder `dir`'s content: its `meta.json` (which records the
+/// splits' sha256) or, for folders from before that, the split files themselves.
+/// Re-preparing a folder changes it; moving it does not.
+pub fn content_digest(dir: &Path) -> Result<String, DataError> {
+    let meta_path = dir.join("meta.json");
+    let meta = read_meta(dir)?;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(&meta);
+    let parsed: ShardMeta = serde_json::from_slice(&meta).map_err(|e| DataError::Invalid { path: meta_path, reason: e.to_string() })?;
+    if parsed.train_sha256.is_none() || parsed.valid_sha256.is_none() {
+        for name in ["train.bin", "valid.bin"] {
+            let path = dir.join(name);
+            let mut file = File::open(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+            std::io::copy(&mut file, &mut hasher).map_err(|source| DataError::Io { path, source })?;
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The bytes of `dir/meta.json`; a folder without one is named as never prepared.
+fn read_meta(dir: &Path) -> Result<Vec<u8>, DataError> {
+    let meta_path = dir.join("meta.json");
+    std::fs::read(&meta_path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => DataError::Invalid {
+            path: dir.to_path_buf(),
+            reason: "not a data folder made by `recast data prepare` (it has no meta.json); make one with `recast data prepare --out DIR --domain NAME=FILES`".into(),
+        },
+        _ => DataError::Io { path: meta_path, source },
+    })
 }
 
 /// Read a domain folder's metadata and map its splits.
 pub fn open_domain(dir: &Path) -> Result<(ShardMeta, TokenStore, TokenStore), DataError> {
     let meta_path = dir.join("meta.json");
-    let text = std::fs::read_to_string(&meta_path).map_err(|source| DataError::Io { path: meta_path.clone(), source })?;
-    let meta: ShardMeta = serde_json::from_str(&text).map_err(|e| DataError::Invalid { path: meta_path.clone(), reason: e.to_string() })?;
+    let text = read_meta(dir)?;
+    let meta: ShardMeta = serde_json::from_slice(&text).map_err(|e| DataError::Invalid { path: meta_path.clone(), reason: e.to_string() })?;
     let train = TokenStore::open(&dir.join("train.bin"))?;
     let valid = TokenStore::open(&dir.join("valid.bin"))?;
     for (store, want, name) in [(&train, meta.train_tokens, "train.bin"), (&valid, meta.valid_tokens, "valid.bin")] {

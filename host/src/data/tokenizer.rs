@@ -3,14 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
+
 use super::error::DataError;
 
 /// A tokenizer.
 pub enum Tokenizer {
     /// Every UTF-8 byte is a token.
     Byte,
-    /// A Hugging Face tokenizer loaded from `tokenizer.json`.
-    HuggingFace { path: PathBuf, inner: Box<tokenizers::Tokenizer> },
+    /// A Hugging Face tokenizer loaded from `tokenizer.json`, with the sha256 of that
+    /// file: its identity, whatever path names it.
+    HuggingFace { path: PathBuf, sha256: String, inner: Box<tokenizers::Tokenizer> },
 }
 
 impl Tokenizer {
@@ -23,8 +26,10 @@ impl Tokenizer {
         if !path.is_file() {
             return Err(DataError::Tokenizer { path: path.into(), reason: "no such file (give \"byte\" or the path of a tokenizer.json)".into() });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer { path: path.into(), reason: e.to_string() })?;
-        Ok(Tokenizer::HuggingFace { path: path.into(), inner: Box::new(inner) })
+        let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| DataError::Tokenizer { path: path.into(), reason: e.to_string() })?;
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        Ok(Tokenizer::HuggingFace { path: path.into(), sha256, inner: Box::new(inner) })
     }
 
     /// How a run config or shard metadata names this tokenizer.
@@ -32,6 +37,14 @@ impl Tokenizer {
         match self {
             Tokenizer::Byte => "byte".into(),
             Tokenizer::HuggingFace { path, .. } => path.display().to_string(),
+        }
+    }
+
+    /// What identifies this tokenizer: `byte`, or the sha256 of its `tokenizer.json`.
+    pub fn identity(&self) -> &str {
+        match self {
+            Tokenizer::Byte => "byte",
+            Tokenizer::HuggingFace { sha256, .. } => sha256,
         }
     }
 
@@ -47,7 +60,7 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         match self {
             Tokenizer::Byte => Ok(text.bytes().map(u32::from).collect()),
-            Tokenizer::HuggingFace { path, inner } => Ok(inner.encode(text, false).map_err(|e| DataError::Tokenizer { path: path.clone(), reason: e.to_string() })?.get_ids().to_vec()),
+            Tokenizer::HuggingFace { path, inner, .. } => Ok(inner.encode(text, false).map_err(|e| DataError::Tokenizer { path: path.clone(), reason: e.to_string() })?.get_ids().to_vec()),
         }
     }
 
