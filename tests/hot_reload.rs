@@ -327,3 +327,33 @@ fn stop_checkpoints_and_exits_and_a_changed_plugin_needs_allow_plugin_change() {
     assert_eq!(changes[0]["new_sha256"], sha256(&v1));
     assert_eq!(newest_state(&run_dir)["step"].as_u64().unwrap(), step + 3);
 }
+
+#[test]
+fn a_fifo_in_the_plugins_place_is_rejected_without_blocking_and_the_run_still_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = versions();
+    let router = dir.path().join("router.wasm");
+    std::fs::write(&router, &v1).unwrap();
+    let cfg = config(dir.path(), "");
+    let mut t = Training::start(dir.path(), &[cfg.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap(), "--max-steps", "400"]);
+    t.wait_for_steps(3);
+    // A FIFO without a writer: opening it for reading would block forever.
+    std::fs::remove_file(&router).unwrap();
+    let c = std::ffi::CString::new(router.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path inside the test's temporary folder.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    t.wait("the FIFO's rejection", |t| t.journal("plugin-rejected").iter().any(|r| r["reason"].as_str().is_some_and(|s| s.contains("FIFO"))));
+    // The watcher is not stuck: a later version is still vetted and swapped in.
+    replace(&router, &v2);
+    t.wait("the swap after the FIFO", |t| t.journal("plugin-swap").iter().any(|r| r["new_sha256"] == sha256(&v2)));
+    // And the run ends when training ends.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = t.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < TIMEOUT, "the run did not exit after its last step\n{}", t.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{}", t.stderr());
+}

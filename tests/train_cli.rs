@@ -337,9 +337,23 @@ fn a_tokenizer_json_prepares_and_trains() {
         .replace("builtin = \"arithmetic\"", &format!("shards = \"{}\"", shards.join("story").display()))
         .replace("name = \"prose\"\nbuiltin = \"prose\"", &format!("name = \"story2\"\nshards = \"{}\"", shards.join("story").display()))
         .replace("seq_len = 32", "seq_len = 8");
-    std::fs::write(&cfg, body).unwrap();
+    std::fs::write(&cfg, &body).unwrap();
     let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+
+    // The tokenizer is its content: a copy of the same file under another path is the
+    // same tokenizer; a file with other content is not.
+    let copy = dir.path().join("elsewhere").join("tokenizer.json");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    std::fs::copy(&tok, &copy).unwrap();
+    std::fs::write(&cfg, body.replace(&format!("tokenizer = \"{}\"", tok.display()), &format!("tokenizer = \"{}\"", copy.display()))).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r2").to_str().unwrap()]);
+    assert!(o.status.success(), "the same tokenizer by another path was refused\n{}", text(&o));
+    let mut other = tokenizer.clone();
+    other["model"]["vocab"]["zebra"] = serde_json::json!(9);
+    std::fs::write(&copy, other.to_string()).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r3").to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("prepared with tokenizer"), "{}", text(&o));
 }
 
 #[test]

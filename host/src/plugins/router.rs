@@ -140,6 +140,20 @@ pub fn validate_updates(updates: &[RouterUpdate], layers: &[LayerInfo]) -> Resul
     Ok(())
 }
 
+/// Check that applying `updates` keeps every running selection bias within
+/// ±[`MAX_SELECTION_BIAS`]; `bias_of(layer)` gives a layer's current biases. Each delta
+/// may be in range while their sum over many steps is not.
+pub fn validate_bias_sums<'a>(updates: &[RouterUpdate], bias_of: impl Fn(u32) -> Option<&'a [f32]>) -> Result<(), OutputViolation> {
+    for (i, update) in updates.iter().enumerate() {
+        let (Some(delta), Some(bias)) = (&update.bias_delta, bias_of(update.layer)) else { continue };
+        for (e, (b, d)) in bias.iter().zip(delta).enumerate() {
+            let field = || format!("updates[{i}].bias-delta[{e}] (layer {} selection bias {b} + {d})", update.layer);
+            OutputViolation::within(field, *b as f64 + *d as f64, -MAX_SELECTION_BIAS, MAX_SELECTION_BIAS, &format!("a running selection bias stays within ±{MAX_SELECTION_BIAS}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Check a per-token assignment: lengths, expert indices in range and distinct per
 /// token, finite weights.
 pub fn validate_assignment(a: &RouteAssignment, logits: &TokenLogits) -> Result<(), OutputViolation> {
@@ -205,6 +219,23 @@ mod tests {
         assert!(matches!(validate_updates(&[nan], &[layer()]), Err(OutputViolation::NotFinite { .. })));
         let huge = RouterUpdate { layer: 1, bias_delta: Some(vec![0.0, 3e38, 0.0, 0.0]), spec: None };
         assert!(matches!(validate_updates(&[huge], &[layer()]), Err(OutputViolation::OutOfRange { .. })));
+    }
+
+    #[test]
+    fn running_biases_stay_in_range_even_when_each_delta_is() {
+        let update = |d: f32| RouterUpdate { layer: 1, bias_delta: Some(vec![d, 0.0, 0.0, 0.0]), spec: None };
+        let mut bias = vec![0f32; 4];
+        let mut steps = 0;
+        // 99 per step is a valid delta; the 102nd would take the sum past 1e4.
+        while validate_bias_sums(&[update(99.0)], |l| (l == 1).then_some(bias.as_slice())).is_ok() {
+            assert!(validate_updates(&[update(99.0)], &[layer()]).is_ok());
+            bias[0] += 99.0;
+            steps += 1;
+        }
+        assert_eq!(steps, 101);
+        let err = validate_bias_sums(&[update(99.0)], |_| Some(bias.as_slice())).unwrap_err().to_string();
+        assert!(err.contains("updates[0].bias-delta[0] (layer 1 selection bias 9999") && err.contains("within ±10000"), "{err}");
+        assert!(validate_bias_sums(&[update(-99.0)], |_| Some(bias.as_slice())).is_ok());
     }
 
     #[test]

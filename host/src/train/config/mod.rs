@@ -484,6 +484,48 @@ seq_len = 16
     }
 
     #[test]
+    fn every_numeric_value_out_of_its_range_is_named_with_its_key_and_line() {
+        let cases = [
+            ("[optimizer]\nlr = -1", "optimizer.lr"),
+            ("[optimizer]\nlr = 11", "optimizer.lr"),
+            ("[optimizer]\nbeta1 = 1.5", "optimizer.beta1"),
+            ("[optimizer]\nbeta2 = 1.0", "optimizer.beta2"),
+            ("[optimizer]\neps = 0", "optimizer.eps"),
+            ("[optimizer]\nweight_decay = -0.1", "optimizer.weight_decay"),
+            ("[optimizer]\nlr = 1\nweight_decay = 2", "optimizer.weight_decay"),
+            ("[optimizer]\nclip_grad_norm = -1", "optimizer.clip_grad_norm"),
+            ("[optimizer]\nclip_grad_norm = inf", "optimizer.clip_grad_norm"),
+            ("[schedule]\nmin_lr_ratio = -2", "schedule.min_lr_ratio"),
+            ("[schedule]\ndecay_fraction = 1.5", "schedule.decay_fraction"),
+            ("[bundle_limits]\nmax_entry_mib = 0", "bundle_limits.max_entry_mib"),
+        ];
+        for (extra, key) in cases {
+            let text = format!("{MINIMAL}\n{extra}\n");
+            let err = super::RunConfig::parse(&text, Path::new("x.toml")).expect_err(key).to_string();
+            let line = text.lines().position(|l| l.starts_with(key.rsplit('.').next().unwrap_or(key))).map_or(0, |i| i + 1);
+            assert!(err.contains(&format!("line {line}: `{key}`")), "{extra}: {err}");
+        }
+        let replaced = [
+            ("hidden_size = 32", "hidden_size = 4294967296", "model.init.hidden_size"),
+            ("hidden_size = 32", "hidden_size = 30", "model.init.num_heads"),
+            ("num_experts = 4", "num_experts = 100000000", "model.init.num_experts"),
+            ("num_experts = 4", "num_experts = 4\ntop_k = 5", "model.init.top_k"),
+            ("architecture = \"mixtral\"", "architecture = \"llama\"", "model.init.num_experts"),
+            ("intermediate_size = 64", "intermediate_size = 0", "model.init.intermediate_size"),
+            ("seq_len = 16", "seq_len = 100000", "train.seq_len"),
+            ("batch_size = 2", "batch_size = 0", "train.batch_size"),
+            ("name = \"math\"", "name = \"\"", "data.domains[0].name"),
+        ];
+        for (find, replace, key) in replaced {
+            let err = super::RunConfig::parse(&MINIMAL.replace(find, replace), Path::new("x.toml")).expect_err(key).to_string();
+            assert!(err.contains(&format!("`{key}`")) && err.contains("line "), "{replace}: {err}");
+        }
+        let twice = format!("{MINIMAL}\n[[data.domains]]\nname = \"math\"\nbuiltin = \"prose\"\n");
+        let err = super::RunConfig::parse(&twice, Path::new("x.toml")).expect_err("duplicate domain").to_string();
+        assert!(err.contains("`data.domains[1].name`") && err.contains("names two domains"), "{err}");
+    }
+
+    #[test]
     fn a_misspelt_key_is_named_with_its_line() {
         let text = MINIMAL.replace("batch_size = 2", "bacth_size = 2");
         let err = super::RunConfig::parse(&text, Path::new("x.toml")).unwrap_err().to_string();

@@ -104,3 +104,48 @@ impl Trainer {
         TrainError::NonFinite { step: bad.step, what: bad.what, value: bad.value, suspect: bad.suspect, checkpoint, good_step: self.step, run: self.run_dir.clone() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{PluginSet, TrainError, Trainer};
+    use crate::moe::spec::AuxCoefficients;
+    use crate::plugins::PluginEngine;
+    use crate::train::config::RunConfig;
+
+    const CONFIG: &str = "seed = 1\n[model.init]\narchitecture = \"mixtral\"\nhidden_size = 16\nnum_layers = 1\nnum_heads = 2\nintermediate_size = 16\nnum_experts = 2\ntop_k = 1\n[[data.domains]]\nname = \"a\"\nbuiltin = \"arithmetic\"\n[train]\nsteps = 5\nbatch_size = 1\nseq_len = 8\n";
+
+    fn weights(trainer: &Trainer) -> Vec<(String, Vec<f32>)> {
+        trainer.params().iter().map(|(n, t)| (n.clone(), t.flatten_all().and_then(|t| t.to_vec1()).expect("f32 weights"))).collect()
+    }
+
+    #[test]
+    fn a_non_finite_aux_loss_stops_before_the_update_with_a_checkpoint_of_the_last_good_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = dir.path().join("run");
+        let engine = Arc::new(PluginEngine::new().expect("engine"));
+        let config = RunConfig::parse(CONFIG, &dir.path().join("c.toml")).expect("config");
+        let mut trainer = Trainer::start(config.clone(), &run, &PluginSet::default(), engine.clone()).expect("start");
+        trainer.train_step().expect("a good step");
+        let good = weights(&trainer);
+        for layer in trainer.model.moe_layers_mut() {
+            layer.coefficients = AuxCoefficients { load_balance: f32::INFINITY, z_loss: 0.0 };
+        }
+        let err = trainer.train_step().expect_err("an infinite aux loss was trained on");
+        match &err {
+            TrainError::NonFinite { step: 1, what: "aux loss", checkpoint: Some(_), good_step: 1, suspect, .. } => {
+                assert!(suspect.contains("load-balance coefficient up to inf"), "{suspect}");
+            }
+            other => panic!("expected a non-finite stop at step 1, got {other}"),
+        }
+        let message = err.to_string();
+        assert!(message.contains("step 1: the aux loss is") && message.contains("holds step 1") && message.contains("--resume"), "{message}");
+        assert_eq!(weights(&trainer), good, "the bad step changed the weights");
+        let journal = std::fs::read_to_string(run.join("journal.jsonl")).expect("journal");
+        assert!(journal.contains("\"non-finite\"") && journal.contains("\"checkpoint_step\":1"), "{journal}");
+        let resumed = Trainer::resume(config, &run, &PluginSet::default(), engine, false).expect("resume");
+        assert_eq!(resumed.step, 1);
+        assert_eq!(weights(&resumed), good);
+    }
+}

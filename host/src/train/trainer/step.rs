@@ -15,8 +15,7 @@ use crate::data::batch::training_batch;
 use crate::model::loss::next_token_nll;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
-use crate::plugins::error::OutputViolation;
-use crate::plugins::router::{MAX_SELECTION_BIAS, TokenLogits};
+use crate::plugins::router::{TokenLogits, validate_bias_sums};
 use crate::plugins::PluginError;
 use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
 use crate::train::config::ParamGroup;
@@ -238,16 +237,9 @@ impl Trainer {
         let infos = self.layer_infos();
         if let Some(router) = self.plugins.router.as_mut() {
             let updates = router.live.on_step(step, stats, &infos).map_err(fault(Role::Router))?;
-            for (i, update) in updates.iter().enumerate() {
-                let Some(delta) = &update.bias_delta else { continue };
-                let Some(layer) = self.model.moe_layers().find(|l| l.layer == update.layer as usize) else { continue };
-                for (e, (b, d)) in layer.selection_bias.iter().zip(delta).enumerate() {
-                    let sum = *b as f64 + *d as f64;
-                    let field = || format!("updates[{i}].bias-delta[{e}] (layer {} selection bias {b} + {d})", update.layer);
-                    OutputViolation::within(field, sum, -MAX_SELECTION_BIAS, MAX_SELECTION_BIAS, &format!("a running selection bias stays within ±{MAX_SELECTION_BIAS}"))
-                        .map_err(|v| TrainError::PluginFault { role: Role::Router, source: router.live.invalid_update(v) })?;
-                }
-            }
+            let layers: Vec<(u32, &[f32])> = self.model.moe_layers().map(|l| (l.layer as u32, l.selection_bias.as_slice())).collect();
+            validate_bias_sums(&updates, |layer| layers.iter().find(|(l, _)| *l == layer).map(|(_, b)| *b))
+                .map_err(|v| TrainError::PluginFault { role: Role::Router, source: router.live.invalid_update(v) })?;
             for update in updates {
                 if let Some(layer) = self.model.moe_layers_mut().find(|l| l.layer == update.layer as usize) {
                     if let Some(delta) = &update.bias_delta {
