@@ -84,11 +84,17 @@ fn a_router_scaling_that_saturates_the_softmax_is_refused() {
 
 /// A small Llama checkpoint written by Recast, with `edit` applied to its config.json.
 fn llama_checkpoint(dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> PathBuf {
+    llama_checkpoint_with(dir, edit, |_| {})
+}
+
+/// [`llama_checkpoint`], with `weights` applied to the weights before they are written.
+fn llama_checkpoint_with(dir: &Path, edit: impl Fn(&mut serde_json::Value), weights: impl Fn(&mut recast::model::params::ParamStore)) -> PathBuf {
     use recast::model::checkpoint::{WriteOptions, write};
     use recast::model::init::{InitOptions, random_params};
     let init: recast::train::config::ModelInit = toml::from_str("architecture = \"llama\"\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nintermediate_size = 48").unwrap();
     let config = init.model_config(256);
-    let params = random_params(&config, InitOptions { std: 0.05, seed: 1, dtype: candle_core::DType::F32 }).unwrap();
+    let mut params = random_params(&config, InitOptions { std: 0.05, seed: 1, dtype: candle_core::DType::F32 }).unwrap();
+    weights(&mut params);
     let out = dir.join("llama");
     write(&out, &config, &params, &WriteOptions::default()).unwrap();
     let path = out.join("config.json");
@@ -289,4 +295,25 @@ fn bundle_entries_are_bounded_before_they_are_read() {
     std::fs::write(&evil, bytes).unwrap();
     let o = run(&["bundle", "verify", evil.to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("`../evil.txt`"), "{}", text(&o));
+}
+
+#[test]
+fn a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let model = llama_checkpoint_with(dir.path(), |_| {}, |params| {
+        let t = params.get(name).unwrap();
+        let mut values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        values[7] = f32::NAN;
+        let bad = candle_core::Tensor::from_vec(values, t.shape(), t.device()).unwrap();
+        params.insert(name, bad, None);
+    });
+    let cfg = config(dir.path(), "", "steps = 2");
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    let start = body.find("[model.init]").unwrap();
+    let end = body.find("[[data.domains]]").unwrap();
+    std::fs::write(&cfg, format!("{}[model]\npath = \"{}\"\n\n{}", &body[..start], model.display(), &body[end..])).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(name) && text(&o).contains("NaN or infinite"), "{}", text(&o));
 }

@@ -335,7 +335,18 @@ fn a_fifo_in_the_plugins_place_is_rejected_without_blocking_and_the_run_still_en
     let router = dir.path().join("router.wasm");
     std::fs::write(&router, &v1).unwrap();
     let cfg = config(dir.path(), "");
-    let mut t = Training::start(dir.path(), &[cfg.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap(), "--max-steps", "400"]);
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("checkpoint_every = 10", "checkpoint_every = 1")).unwrap();
+    // The run must outlast the FIFO and the swap whatever the machine's load: a
+    // checkpoint every step, each held 100 ms, makes 150 steps last at least 30 s.
+    let stderr = std::fs::File::create(dir.path().join("stderr.txt")).unwrap();
+    let child = recast()
+        .args(["train", cfg.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap(), "--max-steps", "150", "--threads", "1"])
+        .env("RECAST_TEST_SLOW_CHECKPOINT_MS", "100")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let mut t = Training { child, dir: dir.path().to_path_buf() };
     t.wait_for_steps(3);
     // A FIFO without a writer: opening it for reading would block forever.
     std::fs::remove_file(&router).unwrap();

@@ -68,6 +68,19 @@ impl ParamStore {
         self.tensors.values().map(Tensor::elem_count).sum()
     }
 
+    /// Refuse weights holding NaN or infinity, naming the first such tensor and the file
+    /// it came from: training on them only spreads the damage, and a checkpoint or
+    /// Hugging Face model with them is corrupt.
+    pub fn check_finite(&self) -> Result<(), ModelError> {
+        for (name, t) in &self.tensors {
+            let finite = t.to_dtype(candle_core::DType::F32).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map(|v| v.iter().all(|x| x.is_finite()))?;
+            if !finite {
+                return Err(ModelError::Config { path: self.origin(name), reason: format!("tensor `{name}` holds NaN or infinite values") });
+            }
+        }
+        Ok(())
+    }
+
     /// The same weights as trainable variables: the model built from the result records
     /// the operations that gradients flow back through.
     pub fn trainable(&self) -> Result<ParamStore, ModelError> {

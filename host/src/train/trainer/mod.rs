@@ -172,6 +172,7 @@ impl Trainer {
         let (model_config, base) = match (&config.model.path, &config.model.init) {
             (Some(path), _) => {
                 let ckpt = crate::model::checkpoint::read(path, DType::F32)?;
+                ckpt.params.check_finite()?;
                 (ckpt.config, ckpt.params)
             }
             (None, Some(init)) => {
@@ -213,6 +214,7 @@ impl Trainer {
         for (name, t) in &loaded.params {
             store.insert(name.clone(), t.clone(), Some(&dir.join("model.safetensors")));
         }
+        store.check_finite()?;
         let device = config.compute.device.open()?;
         let params = store.trainable_on(&device)?;
         let mut optimizer = AdamW::new(config.optimizer.clone(), &params).map_err(tensor_err(loaded.state.step))?;
