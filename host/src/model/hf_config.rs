@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
+use super::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling, size_limits};
 
 /// Keys this module interprets or regenerates; everything else passes through.
 const OWNED_KEYS: &[&str] = &[
@@ -72,6 +72,15 @@ pub fn from_json(value: &Value) -> Result<ModelConfig, String> {
     let hidden_size = need("hidden_size")?;
     let num_heads = need("num_attention_heads")?;
     let num_layers = need("num_hidden_layers")?;
+    // Counts that size the per-layer and per-expert lists below are bounded before any
+    // list is built ([`ModelConfig::validate`] checks the rest).
+    let bounded = |key: &str, value: usize, limit: usize| if value <= limit { Ok(value) } else { Err(format!("`{key}` = {value} is out of range (0 ..= {limit})")) };
+    bounded("num_hidden_layers", num_layers, size_limits::LAYERS)?;
+    for key in ["num_local_experts", "num_experts"] {
+        if let Some(n) = get_usize(key)? {
+            bounded(key, n, size_limits::EXPERTS)?;
+        }
+    }
     if num_heads == 0 {
         return Err("`num_attention_heads` must be positive".into());
     }
@@ -107,8 +116,8 @@ pub fn from_json(value: &Value) -> Result<ModelConfig, String> {
         Architecture::Qwen2Moe => {
             let num_experts = need("num_experts")?;
             let step = get_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
-            let mlp_only: Vec<usize> = match obj.get("mlp_only_layers") {
-                None | Some(Value::Null) => vec![],
+            let mlp_only: std::collections::BTreeSet<usize> = match obj.get("mlp_only_layers") {
+                None | Some(Value::Null) => Default::default(),
                 Some(Value::Array(items)) => items.iter().map(|v| v.as_u64().map(|n| n as usize).ok_or_else(|| format!("`mlp_only_layers` holds {v}, not a layer index"))).collect::<Result<_, _>>()?,
                 Some(v) => return Err(format!("`mlp_only_layers` must be a list of layer indices, found {v}")),
             };

@@ -164,7 +164,15 @@ pub fn load(dir: &Path) -> Result<Loaded, CheckpointError> {
     let raw = read_tensors(&dir.join("optimizer.safetensors"))?;
     let mut moments = BTreeMap::new();
     for name in params.keys() {
-        let get = |prefix: &str| raw.get(&format!("{prefix}.{name}")).cloned().ok_or_else(|| CheckpointError::Corrupt { path: dir.join("optimizer.safetensors"), reason: format!("no moment `{prefix}.{name}`") });
+        let corrupt = |reason: String| CheckpointError::Corrupt { path: dir.join("optimizer.safetensors"), reason };
+        let weight = params[name].dims();
+        let get = |prefix: &str| {
+            let moment = raw.get(&format!("{prefix}.{name}")).cloned().ok_or_else(|| corrupt(format!("no moment `{prefix}.{name}`")))?;
+            if moment.dims() != weight {
+                return Err(corrupt(format!("moment `{prefix}.{name}` has shape {:?}, its weight {weight:?}", moment.dims())));
+            }
+            Ok(moment)
+        };
         moments.insert(name.clone(), (get("m")?, get("v")?));
     }
     Ok(Loaded { dir: dir.to_path_buf(), params, moments, state })
