@@ -73,6 +73,13 @@ const KNOWN: &[&str] = &[
     // 10^6 layers, every other one dense, writes 5 x 10^5 of them, and reading that back
     // runs for hours.
     "hf-config-quadratic-mlp-only-layers",
+    // `Bundle::open` (bundle/archive.rs `read`) looks for a duplicate name among all
+    // earlier entries for each entry: O(entries^2). 80k empty entries (a 40 MB tar) take
+    // 6 s before the layout check refuses the archive; a few hundred MB, hours.
+    "bundle-quadratic-entries",
+    // `train::checkpoint::load` takes AdamW moments of any shape: `m.w` of [4, 3] beside
+    // a weight `w` of [0, 3] loads, and fails (or worse) only in the first optimizer step.
+    "train-checkpoint-moment-shapes",
 ];
 
 /// Whether the known bug `id` is still listed.
@@ -615,8 +622,9 @@ enum Outcome {
     /// Skipped: it matches a bug listed in [`KNOWN`].
     Known(&'static str),
     /// The host broke the target's contract (an accepted invalid output, a typed error
-    /// of the wrong kind, an accepted config that cannot be read back).
-    Broken(String),
+    /// of the wrong kind, an accepted config that cannot be read back): which rule (the
+    /// findings are grouped by it), and the details.
+    Broken(&'static str, String),
 }
 
 /// The case running now, for the watchdog and the allocator's refusal message.
@@ -742,10 +750,7 @@ fn fuzz<I>(target: &str, mut generate: impl FnMut(&mut Case) -> I, mut check: im
             Ok(Outcome::Accepted) => accepted += 1,
             Ok(Outcome::Rejected) => rejected += 1,
             Ok(Outcome::Known(id)) => *skipped.entry(id).or_default() += 1,
-            Ok(Outcome::Broken(why)) => {
-                let key = format!("broken: {}", why.split(':').next().unwrap_or_default());
-                found(key, "contract broken".into(), why);
-            }
+            Ok(Outcome::Broken(rule, why)) => found(format!("broken: {rule}"), format!("contract broken: {rule}"), why),
             Err(payload) => {
                 let (location, detail) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
                     let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
@@ -931,11 +936,11 @@ fn run_config_mutations_never_panic() {
             }
             let written = match toml::to_string(&config) {
                 Ok(written) => written,
-                Err(e) => return Outcome::Broken(format!("accepted config cannot be written back as the trainer records it: {e}")),
+                Err(e) => return Outcome::Broken("config-write-back", format!("accepted config cannot be written back as the trainer records it: {e}")),
             };
             match RunConfig::parse(&written, Path::new(path)) {
                 Ok(_) => Outcome::Accepted,
-                Err(e) => Outcome::Broken(format!("accepted config, written back, no longer parses: {e}\n  written:\n{written}")),
+                Err(e) => Outcome::Broken("config-write-back", format!("accepted config, written back, no longer parses: {e}\n  written:\n{written}")),
             }
         },
         |(text, path)| format!("path {path:?}\n{text}"),
@@ -1039,7 +1044,7 @@ fn hf_config_mutations_never_panic() {
             match hf_config::from_json(value) {
                 Ok(config) => {
                     if let Err(e) = config.validate() {
-                        return Outcome::Broken(format!("from_json accepted a config that validate refuses: {e}"));
+                        return Outcome::Broken("validated", format!("from_json accepted a config that validate refuses: {e}"));
                     }
                     if let Ok(written) = hf_config::to_json(&config) {
                         // KNOWN: hf-config-quadratic-mlp-only-layers, on what Recast writes.
@@ -1068,12 +1073,21 @@ const DTYPES: &[(&str, u64)] = &[
     ("F8_E4M3", 1), ("F8_E5M2", 1), ("F4", 1), ("E8M0", 1), ("C64", 8), ("XX", 1), ("", 1),
 ];
 
-/// A safetensors file of `tensors` (name, dtype): honest when `lie` is 0, else each
+/// The honest shape of tensor `name` in a case whose shapes come from `seed`: 1 to 3
+/// dims of 1 to 4; an AdamW moment (`m.NAME`, `v.NAME`) has its weight's shape.
+fn honest_shape(seed: u64, name: &str) -> Vec<u64> {
+    let base = name.strip_prefix("m.").or_else(|| name.strip_prefix("v.")).unwrap_or(name);
+    let mut rng = Case::new(seed, base, 0).rng;
+    (0..rng.range(1, 3)).map(|_| rng.range(1, 4)).collect()
+}
+
+/// A safetensors file of `tensors` (name, dtype), shaped by [`honest_shape`] with
+/// `shapes`: honest when `lie` is 0, else each
 /// part lies with probability `lie`: odd dtypes and shapes (0, huge, negative, products
 /// that overflow, not numbers), offsets reversed, overlapping, out of range or missing,
 /// a header length prefix that is wrong or huge, unpadded headers, short or long data,
 /// garbage metadata, the header JSON mutated, and byte damage on top.
-fn safetensors_file(case: &mut Case, tensors: &[(&str, &str)], lie: f64) -> Vec<u8> {
+fn safetensors_file(case: &mut Case, tensors: &[(&str, &str)], shapes: u64, lie: f64) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
     for &(name, dtype) in tensors {
@@ -1084,7 +1098,7 @@ fn safetensors_file(case: &mut Case, tensors: &[(&str, &str)], lie: f64) -> Vec<
         } else {
             (Value::String(dtype.into()), DTYPES.iter().find(|(d, _)| *d == dtype).map_or(4, |(_, s)| *s))
         };
-        let mut shape: Vec<Value> = (0..case.rng.range(1, 3)).map(|_| json!(case.rng.range(1, 4))).collect();
+        let mut shape: Vec<Value> = honest_shape(shapes, name).into_iter().map(Value::from).collect();
         if case.rng.chance(lie) {
             let i = case.rng.index(shape.len() + 1);
             let dim = case.rng.pick(&[json!(0), json!(1u64 << 31), json!(1u64 << 32), json!(1u64 << 62), json!(u64::MAX), json!(-1), json!(1.5), json!("2"), Value::Null]).clone();
@@ -1143,10 +1157,13 @@ fn scratch() -> tempfile::TempDir {
 const MODEL_TENSORS: &[(&str, &str)] = &[
     ("model.embed_tokens.weight", "F32"), ("model.layers.0.mlp.up_proj.weight", "BF16"), ("model.layers.0.self_attn.q_proj.weight", "F16"),
     ("lm_head.weight", "F64"), ("model.layers.0.self_attn.rotary_emb.inv_freq", "F32"), ("", "F32"), ("naïve ✓", "F32"),
+    ("model.layers.0.block_sparse_moe.experts.0.w1.weight", "F32"), ("model.layers.0.mlp.shared_expert.up_proj.weight", "F32"), ("a.block_sparse_moe.experts", "F32"),
 ];
 
-/// A model checkpoint folder: its `model.safetensors`, maybe a shard index.
+/// A model checkpoint folder: which base `config.json`, its `model.safetensors`, maybe
+/// a shard index.
 struct ModelCase {
+    config: usize,
     weights: Vec<u8>,
     index: Option<Value>,
 }
@@ -1183,10 +1200,11 @@ fn train_state() -> Value {
 }
 
 /// Write `case` into `dir`, replacing the previous case's files.
-fn write_checkpoint(dir: &Path, case: &CheckpointCase) {
+fn write_checkpoint(dir: &Path, case: &CheckpointCase, configs: &[Value]) {
     let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).expect("write scratch file");
     match case {
         CheckpointCase::Model(m) => {
+            write("config.json", configs[m.config].to_string().as_bytes());
             write("model.safetensors", &m.weights);
             match &m.index {
                 Some(index) => write("model.safetensors.index.json", index.to_string().as_bytes()),
@@ -1213,25 +1231,29 @@ fn checkpoint_readers_refuse_malformed_safetensors() {
     install_hooks();
     let model_dir = scratch();
     let train_dir = scratch();
-    std::fs::write(model_dir.path().join("config.json"), llama_json().to_string()).expect("config.json");
+    // Llama, Mixtral (whose tensor names are mapped) and Qwen2-MoE.
+    let configs: Vec<Value> = base_configs().into_iter().filter(|c| c["architectures"][0] != "Qwen2ForCausalLM" && c["model_type"] != "recast").collect();
     let state = train_state();
 
     // The honest files load, so every error below is the lie's doing.
     let mut honest = Case::new(0, "honest", 0);
-    let model = CheckpointCase::Model(ModelCase { weights: safetensors_file(&mut honest, MODEL_TENSORS, 0.0), index: None });
-    write_checkpoint(model_dir.path(), &model);
+    let model = CheckpointCase::Model(ModelCase { config: 0, weights: safetensors_file(&mut honest, MODEL_TENSORS, 1, 0.0), index: None });
+    write_checkpoint(model_dir.path(), &model, &configs);
     let read = recast::model::checkpoint::read(model_dir.path(), DType::F32).expect("honest model checkpoint");
     assert_eq!(read.params.len(), MODEL_TENSORS.len() - 1, "every tensor but the rotary buffer");
-    let train = TrainCase { state: state.to_string().into_bytes(), model: safetensors_file(&mut honest, TRAIN_TENSORS, 0.0), optimizer: safetensors_file(&mut honest, MOMENT_TENSORS, 0.0) };
-    write_checkpoint(train_dir.path(), &CheckpointCase::Train(train));
+    assert!(read.params.get("model.layers.0.mlp.experts.0.gate_proj.weight").is_none(), "Llama names are kept as they are");
+    let train = TrainCase { state: state.to_string().into_bytes(), model: safetensors_file(&mut honest, TRAIN_TENSORS, 1, 0.0), optimizer: safetensors_file(&mut honest, MOMENT_TENSORS, 1, 0.0) };
+    write_checkpoint(train_dir.path(), &CheckpointCase::Train(train), &configs);
     recast::train::checkpoint::load(train_dir.path()).unwrap_or_else(|e| panic!("honest train checkpoint: {e}"));
 
     fuzz(
         "checkpoint",
         |case| {
             let lie = *case.rng.pick(&[0.05, 0.2, 0.5]);
+            let shapes = case.rng.next();
             if case.rng.chance(0.5) {
-                let weights = safetensors_file(case, MODEL_TENSORS, lie);
+                let config = case.rng.index(configs.len());
+                let weights = safetensors_file(case, MODEL_TENSORS, shapes, lie);
                 let index = case.rng.chance(0.15).then(|| {
                     let file = case.rng.pick(&[json!("model.safetensors"), json!("../model.safetensors"), json!("/etc/passwd"), json!("sub/model.safetensors"), json!("missing.safetensors"), json!(".."), json!(5), Value::Null]).clone();
                     let mut index = json!({"metadata": {"total_size": 0}, "weight_map": {"model.embed_tokens.weight": "model.safetensors", "lm_head.weight": file}});
@@ -1241,7 +1263,7 @@ fn checkpoint_readers_refuse_malformed_safetensors() {
                     case.note(format!("index {index}"));
                     index
                 });
-                CheckpointCase::Model(ModelCase { weights, index })
+                CheckpointCase::Model(ModelCase { config, weights, index })
             } else {
                 let mut state = state.clone();
                 if case.rng.chance(0.4) {
@@ -1251,14 +1273,14 @@ fn checkpoint_readers_refuse_malformed_safetensors() {
                 if case.rng.chance(0.1) {
                     case.mutate_bytes(&mut state);
                 }
-                let model = safetensors_file(case, TRAIN_TENSORS, lie);
-                let optimizer = safetensors_file(case, MOMENT_TENSORS, lie);
+                let model = safetensors_file(case, TRAIN_TENSORS, shapes, lie);
+                let optimizer = safetensors_file(case, MOMENT_TENSORS, shapes, lie);
                 CheckpointCase::Train(TrainCase { state, model, optimizer })
             }
         },
         |input| match input {
             CheckpointCase::Model(_) => {
-                write_checkpoint(model_dir.path(), input);
+                write_checkpoint(model_dir.path(), input, &configs);
                 let dir = model_dir.path();
                 let lazily = CheckpointReader::open(dir).and_then(|reader| {
                     let names: Vec<String> = reader.tensors().keys().cloned().collect();
@@ -1270,13 +1292,27 @@ fn checkpoint_readers_refuse_malformed_safetensors() {
                         let _ = (e.to_string(), f.to_string());
                         Outcome::Rejected
                     }
-                    (a, b) => Outcome::Broken(format!("the lazy reader and read() disagree: {:?} vs {:?}", a.err().map(|e| e.to_string()), b.err().map(|e| e.to_string()))),
+                    (a, b) => Outcome::Broken("readers-agree", format!("the lazy reader and read() disagree: {:?} vs {:?}", a.err().map(|e| e.to_string()), b.err().map(|e| e.to_string()))),
                 }
             }
             CheckpointCase::Train(_) => {
-                write_checkpoint(train_dir.path(), input);
+                write_checkpoint(train_dir.path(), input, &configs);
                 match recast::train::checkpoint::load(train_dir.path()) {
-                    Ok(_) => Outcome::Accepted,
+                    Ok(loaded) => {
+                        // "Any damage is an error naming the file": a moment that does not
+                        // have its weight's shape is damage.
+                        for (name, weight) in &loaded.params {
+                            let (m, v) = &loaded.moments[name];
+                            // KNOWN: train-checkpoint-moment-shapes.
+                            if (m.dims() != weight.dims() || v.dims() != weight.dims()) && known("train-checkpoint-moment-shapes") {
+                                return Outcome::Known("train-checkpoint-moment-shapes");
+                            }
+                            if m.dims() != weight.dims() || v.dims() != weight.dims() {
+                                return Outcome::Broken("moment-shapes", format!("load accepted moments of shapes {:?} / {:?} for weight `{name}` of shape {:?}", m.dims(), v.dims(), weight.dims()));
+                            }
+                        }
+                        Outcome::Accepted
+                    }
                     Err(e) => {
                         let _ = e.to_string();
                         Outcome::Rejected
@@ -1285,7 +1321,7 @@ fn checkpoint_readers_refuse_malformed_safetensors() {
             }
         },
         |input| match input {
-            CheckpointCase::Model(m) => format!("model.safetensors ({} bytes): {}\nindex: {:?}", m.weights.len(), escaped(&m.weights, 600), m.index.as_ref().map(Value::to_string)),
+            CheckpointCase::Model(m) => format!("config.json: {}\nmodel.safetensors ({} bytes): {}\nindex: {:?}", configs[m.config], m.weights.len(), escaped(&m.weights, 600), m.index.as_ref().map(Value::to_string)),
             CheckpointCase::Train(t) => format!(
                 "state.json: {}\nmodel.safetensors: {}\noptimizer.safetensors: {}",
                 shorten(&String::from_utf8_lossy(&t.state), 600),
@@ -1392,17 +1428,23 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// A bundle input: the bytes of the `.tar`.
+/// A bundle input: the bytes of the `.tar`, and how many entries it was built with (0
+/// for the packed bundle's few).
 struct TarCase {
     bytes: Vec<u8>,
+    entries: usize,
 }
+
+/// More entries than this are not opened (see the KNOWN site in
+/// [`bundles_refuse_malformed_tars`]).
+const MANY_ENTRIES: usize = 20_000;
 
 /// Hand-made tars from the real bundle's files with 1 to 3 structural lies: files
 /// dropped or duplicated, hostile names (`..`, absolute, empty, non-UTF-8, long),
 /// non-regular types (links, devices, fifos, folders, PAX and GNU extension headers),
 /// declared sizes that lie (huge, off by a few), thousands of empty entries, a mutated
 /// manifest (with its checksum fixed, so the manifest parser sees it), no end blocks.
-fn hand_made_tar(case: &mut Case, files: &[TarEntry]) -> Vec<u8> {
+fn hand_made_tar(case: &mut Case, files: &[TarEntry]) -> TarCase {
     let mut entries = files.to_vec();
     let mut end = true;
     for _ in 0..case.rng.range(1, 3) {
@@ -1436,7 +1478,7 @@ fn hand_made_tar(case: &mut Case, files: &[TarEntry]) -> Vec<u8> {
                 entries[i].declared = Some(size);
             }
             5 => {
-                let n = *case.rng.pick(&[10usize, 1000, 5000, 20_000]);
+                let n = *case.rng.pick(&[10usize, 1000, 5000, 20_000, 100_000]);
                 let same = case.rng.chance(0.3);
                 case.note(format!("insert {n} empty entries{}", if same { " all named `e`" } else { "" }));
                 let at = case.rng.index(entries.len() + 1);
@@ -1477,7 +1519,7 @@ fn hand_made_tar(case: &mut Case, files: &[TarEntry]) -> Vec<u8> {
             }
         }
     }
-    tar_bytes(&entries, end)
+    TarCase { bytes: tar_bytes(&entries, end), entries: entries.len() }
 }
 
 /// `Bundle::open` on damaged `.tar`s: the real packed bundle (unsigned and signed) with
@@ -1523,29 +1565,32 @@ fn bundles_refuse_malformed_tars() {
     fuzz(
         "bundle",
         |case| {
-            let bytes = if case.rng.chance(0.4) {
+            if case.rng.chance(0.4) {
                 let mut bytes = case.rng.pick(&reals).clone();
                 case.mutate_bytes(&mut bytes);
-                bytes
+                TarCase { bytes, entries: 0 }
             } else {
-                let mut bytes = hand_made_tar(case, &files);
+                let mut tar = hand_made_tar(case, &files);
                 if case.rng.chance(0.2) {
-                    case.mutate_bytes(&mut bytes);
+                    case.mutate_bytes(&mut tar.bytes);
                 }
-                bytes
-            };
-            TarCase { bytes }
+                tar
+            }
         },
         |input| {
+            // KNOWN: bundle-quadratic-entries: O(entries^2) in archive::read.
+            if known("bundle-quadratic-entries") && input.entries > MANY_ENTRIES {
+                return Outcome::Known("bundle-quadratic-entries");
+            }
             std::fs::write(&target, &input.bytes).expect("write case");
             match Bundle::open(&target) {
                 Ok(bundle) => {
                     for p in &bundle.manifest.plugins {
-                        let Some(kind) = p.kind else { return Outcome::Broken(format!("accepted a bundle whose plugin {:?} has no kind", p.name)) };
+                        let Some(kind) = p.kind else { return Outcome::Broken("plugin-listed", format!("accepted a bundle whose plugin {:?} has no kind", p.name)) };
                         match bundle.plugin(kind, Some(&p.name)) {
                             Ok((_, bytes)) if Some(sha256_hex(bytes)) == p.sha256.as_ref().map(|s| s.to_ascii_lowercase()) => {}
-                            Ok(_) => return Outcome::Broken(format!("accepted a bundle whose plugin {:?} does not have the listed sha256", p.name)),
-                            Err(e) => return Outcome::Broken(format!("accepted a bundle whose plugin {:?} cannot be taken out: {e}", p.name)),
+                            Ok(_) => return Outcome::Broken("plugin-listed", format!("accepted a bundle whose plugin {:?} does not have the listed sha256", p.name)),
+                            Err(e) => return Outcome::Broken("plugin-listed", format!("accepted a bundle whose plugin {:?} cannot be taken out: {e}", p.name)),
                         }
                     }
                     Outcome::Accepted
@@ -1680,17 +1725,17 @@ impl Noise {
 }
 
 /// Log lines and metrics the host kept stay within its documented caps.
-fn check_host_imports(instance: &mut PluginInstance) -> Result<(), String> {
+fn check_host_imports(instance: &mut PluginInstance) -> Result<(), Broken> {
     let logs = instance.drain_logs();
     if logs.len() > 256 {
-        return Err(format!("host imports: kept {} log lines, over the cap of 256", logs.len()));
+        return Err(("host-import-caps", format!("kept {} log lines, over the cap of 256", logs.len())));
     }
     if let Some(long) = logs.iter().find(|l| l.message.len() > 4096 + 8) {
-        return Err(format!("host imports: kept a {}-byte log line, over the cap of 4 KiB", long.message.len()));
+        return Err(("host-import-caps", format!("kept a {}-byte log line, over the cap of 4 KiB", long.message.len())));
     }
     let metrics = instance.drain_metrics();
     if metrics.len() > 4096 || metrics.iter().any(|(name, _)| name.len() > 4096 + 8) {
-        return Err(format!("host imports: kept {} metrics (cap 4096) or an overlong name", metrics.len()));
+        return Err(("host-import-caps", format!("kept {} metrics (cap 4096) or an overlong name", metrics.len())));
     }
     Ok(())
 }
@@ -2002,14 +2047,17 @@ fn mixture_contract(m: &Mixture, request: &SampleRequest) -> Result<(), String> 
     }
 }
 
+/// A broken contract: the rule (findings are grouped by it) and the details.
+type Broken = (&'static str, String);
+
 /// Judge one adapter call: an accepted output must keep its contract; a refusal must
 /// be `invalid-output`, or `refused` when the case asked the echo to fail. `wanted` is
 /// the contract verdict on what the echo was asked to return, counted when the host
 /// refuses an output the contract allows (stricter than the WIT says: reported, not a
 /// failure).
-fn judge<T>(call: &str, result: Result<T, PluginError>, contract: impl Fn(&T) -> Result<(), String>, wanted: Result<(), String>, noise: &Noise, stricter: &mut u64) -> Result<(), String> {
+fn judge<T>(call: &str, result: Result<T, PluginError>, contract: impl Fn(&T) -> Result<(), String>, wanted: Result<(), String>, noise: &Noise, stricter: &mut u64) -> Result<(), Broken> {
     match result {
-        Ok(output) => contract(&output).map_err(|why| format!("{call}: accepted an output that breaks the contract: {why}")),
+        Ok(output) => contract(&output).map_err(|why| ("accepted-invalid-output", format!("{call}: accepted an output that breaks the contract: {why}"))),
         Err(e) if e.code() == "refused" && noise.fail => Ok(()),
         Err(e) if e.code() == "invalid-output" => {
             if wanted.is_ok() {
@@ -2017,20 +2065,21 @@ fn judge<T>(call: &str, result: Result<T, PluginError>, contract: impl Fn(&T) ->
             }
             Ok(())
         }
-        Err(e) => Err(format!("{call}: refused with `{}`, not invalid-output: {e}", e.code())),
+        Err(e) => Err(("wrong-error-kind", format!("{call}: refused with `{}`, not invalid-output: {e}", e.code()))),
     }
 }
 
-/// Run one case through the host's adapters; `Err` is a broken contract.
-fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, PluginComponent>, input: &OutputCase, stricter: &mut u64) -> Result<bool, String> {
+/// Run one case through the host's adapters: `Ok(true)` when every call was accepted,
+/// `Err` on a broken contract.
+fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, PluginComponent>, input: &OutputCase, stricter: &mut u64) -> Result<bool, Broken> {
     let params = input.params();
     let limits = PluginLimits::default();
     let noise = input.noise();
-    let new_error = |e: PluginError| format!("the echo refused its own params ({}): {e}", e.code());
+    let new_error = |e: PluginError| ("echo-configure", format!("the echo refused its own params ({}): {e}", e.code()));
     let mut all_ok = true;
-    let mut judged = |call: &str, verdict: Result<(), String>, accepted: bool| -> Result<(), String> {
+    let mut judged = |verdict: Result<(), Broken>, accepted: bool| -> Result<(), Broken> {
         all_ok &= accepted;
-        verdict.map_err(|why| format!("{why} [{call}]"))
+        verdict
     };
     match input {
         OutputCase::Router(r) => {
@@ -2038,7 +2087,7 @@ fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, PluginComp
             for layer in &r.layers {
                 let result = router.spec(layer);
                 let accepted = result.is_ok();
-                judged("spec", judge("spec", result, |s| spec_contract(s, layer), spec_contract(&r.spec, layer), noise, stricter), accepted)?;
+                judged(judge("spec", result, |s| spec_contract(s, layer), spec_contract(&r.spec, layer), noise, stricter), accepted)?;
             }
             let stats: Vec<LayerStats> = r
                 .layers
@@ -2048,12 +2097,12 @@ fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, PluginComp
             let wanted: Vec<RouterUpdate> = r.updates.iter().map(|(layer, bias, spec)| RouterUpdate { layer: *layer, bias_delta: bias.as_ref().map(Compact::expand), spec: spec.clone() }).collect();
             let result = router.on_step(7, &stats, &r.layers);
             let accepted = result.is_ok();
-            judged("on-step", judge("on-step", result, |u| updates_contract(u, &r.layers), updates_contract(&wanted, &r.layers), noise, stricter), accepted)?;
+            judged(judge("on-step", result, |u| updates_contract(u, &r.layers), updates_contract(&wanted, &r.layers), noise, stricter), accepted)?;
             let (k, experts, weights) = &r.route;
             let wanted = RouteAssignment { top_k: *k, experts: experts.expand(), weights: weights.expand() };
             let result = router.route(&r.layers[0], &r.logits);
             let accepted = result.is_ok();
-            judged("route", judge("route", result, |a| route_contract(a, &r.logits), route_contract(&wanted, &r.logits), noise, stricter), accepted)?;
+            judged(judge("route", result, |a| route_contract(a, &r.logits), route_contract(&wanted, &r.logits), noise, stricter), accepted)?;
             check_host_imports(router.instance())?;
         }
         OutputCase::Aux(a) => {
@@ -2067,7 +2116,7 @@ fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, PluginComp
                 .collect();
             let result = schedule.coefficients(3, &a.moe_layers, &[]);
             let accepted = result.is_ok();
-            judged("coefficients", judge("coefficients", result, |c| coefficients_contract(c, &a.moe_layers), coefficients_contract(&wanted, &a.moe_layers), noise, stricter), accepted)?;
+            judged(judge("coefficients", result, |c| coefficients_contract(c, &a.moe_layers), coefficients_contract(&wanted, &a.moe_layers), noise, stricter), accepted)?;
             check_host_imports(schedule.instance())?;
         }
         OutputCase::Sampler(s) => {
@@ -2084,11 +2133,11 @@ fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, PluginComp
                 Ok(mixture) if s.request.batch_sequences <= 4096 => {
                     let n = s.request.batch_sequences as usize;
                     let domains = recast::data::batch::assign_domains(mixture, n, &mut recast::model::init::SplitMix64(5));
-                    domains.iter().find(|&&d| d >= s.request.domains.len()).map(|d| format!("next: an accepted mixture drew a sequence from domain {d} of {}", s.request.domains.len()))
+                    domains.iter().find(|&&d| d >= s.request.domains.len()).map(|d| ("mixture-draw", format!("next: an accepted mixture drew a sequence from domain {d} of {}", s.request.domains.len())))
                 }
                 _ => None,
             };
-            judged("next", judge("next", result, |m| mixture_contract(m, &s.request), mixture_contract(&wanted, &s.request), noise, stricter), accepted)?;
+            judged(judge("next", result, |m| mixture_contract(m, &s.request), mixture_contract(&wanted, &s.request), noise, stricter), accepted)?;
             if let Some(why) = drawn {
                 return Err(why);
             }
@@ -2121,7 +2170,7 @@ fn plugin_outputs_are_validated() {
         |input| match run_output_case(&engine, &components, input, &mut stricter) {
             Ok(true) => Outcome::Accepted,
             Ok(false) => Outcome::Rejected,
-            Err(why) => Outcome::Broken(why),
+            Err((rule, why)) => Outcome::Broken(rule, why),
         },
         |input| shorten(&input.params(), 3000),
     );
