@@ -396,9 +396,14 @@ impl Case {
             "\"keep-last-good\"", "\"ed25519:\"", "'literal'", "\"\\u0000\"", "\"\\uD800\"", "true", "false", "[]", "[1, 2]", "[nan, inf]", "[[]]",
             "[\"router\", \"bogus\"]", "[1, \"a\"]", "{}", "{ a = 1 }", "{ top_k = -1 }", "1979-05-27T07:32:00Z", "07:32:00",
         ];
-        match self.rng.below(10) {
+        match self.rng.below(12) {
             0..=4 => self.edge_number().to_string(),
             5 => format!("\"{}\"", "a".repeat(self.rng.range(1000, 20000) as usize)),
+            6 => {
+                // Deep nesting, for parsers that recurse.
+                let depth = *self.rng.pick(&[100usize, 1000, 100_000]);
+                if self.rng.chance(0.5) { "[".repeat(depth) + &"]".repeat(depth) } else { "{ a = ".repeat(depth) + "1" + &" }".repeat(depth) }
+            }
             _ => self.rng.pick(OTHERS).to_string(),
         }
     }
@@ -792,6 +797,7 @@ fn fuzz<I>(target: &str, mut generate: impl FnMut(&mut Case) -> I, mut check: im
             .collect();
         panic!("{} finding(s):\n\n{}", findings.len(), report.join("\n\n"));
     }
+    assert!(largest.0 <= MAX_SINGLE_ALLOCATION, "case {} made a single allocation of {} bytes", largest.1, largest.0);
 }
 
 // ---------------------------------------------------------------------------------
