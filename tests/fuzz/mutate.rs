@@ -59,7 +59,7 @@ impl Case {
     }
 
     pub fn edge_number(&mut self) -> &'static str {
-        *self.rng.pick(EDGE_NUMBERS)
+        self.rng.pick::<&str>(EDGE_NUMBERS)
     }
 
     pub fn edge_f32(&mut self) -> f32 {

@@ -533,7 +533,7 @@ pub fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, Plugin
                     z_loss: 0.1,
                 })
                 .collect();
-            let wanted: Vec<RouterUpdate> = r.updates.iter().map(|(layer, bias, spec)| RouterUpdate { layer: *layer, bias_delta: bias.as_ref().map(Compact::expand), spec: spec.clone() }).collect();
+            let wanted: Vec<RouterUpdate> = r.updates.iter().map(|(layer, bias, spec)| RouterUpdate { layer: *layer, bias_delta: bias.as_ref().map(Compact::expand), spec: *spec }).collect();
             let result = router.on_step(7, &stats, &r.layers);
             let accepted = result.is_ok();
             judged(judge("on-step", result, |u| updates_contract(u, &r.layers), updates_contract(&wanted, &r.layers), noise, stricter), accepted)?;
