@@ -73,6 +73,10 @@ const KNOWN: &[&str] = &[
     // `ModelInit::model_config` then allocates per layer and expert (num_layers = 2^40
     // aborts the process asking for 1 TiB).
     "run-config-unbounded-shape",
+    // `RunConfig::check` sums the stages' steps with a plain u64 `sum()`: in release
+    // builds it wraps (stages of 2^63-1, 2^63-1 and 12 steps pass as 10), in debug builds
+    // it panics.
+    "run-config-stage-sum-wraps",
     // `hf_config::from_json` builds per-layer and per-expert vectors from
     // num_hidden_layers / num_local_experts / num_experts before `validate` looks at them
     // (num_experts = 2^32 - 1 aborts the process asking for 32 GiB).
@@ -142,6 +146,15 @@ fn run_config_mutations_never_panic() {
                     return Outcome::Known("run-config-unbounded-shape");
                 }
                 let _ = init.model_config(256).validate();
+            }
+            // Stages must last `train.steps` in all, counted without wrapping.
+            let stages = config.stages.iter().try_fold(0u64, |total, s| total.checked_add(s.steps));
+            if !config.stages.is_empty() && stages != Some(config.train.steps) {
+                // KNOWN: run-config-stage-sum-wraps.
+                if known("run-config-stage-sum-wraps") {
+                    return Outcome::Known("run-config-stage-sum-wraps");
+                }
+                return Outcome::Broken("stage-sum", format!("accepted stages that last {stages:?} steps in all for train.steps = {}", config.train.steps));
             }
             let written = match toml::to_string(&config) {
                 Ok(written) => written,

@@ -166,6 +166,7 @@ impl Case {
         const INSERTS: &[&str] = &[
             "bogus = 1", "[bogus]", "[model.bogus]", "[[data.domains]]", "seed = 1", "[train]", "model.init.num_layers = 3", "[plugins.router.params]\nx = 1",
             "[[stages]]\nname = \"s\"\nsteps = 1", "[[stages]]\nname = \"a\"\nsteps = 9223372036854775807\n[[stages]]\nname = \"b\"\nsteps = 9223372036854775807",
+            "[[stages]]\nname = \"a\"\nsteps = 9223372036854775807\n[[stages]]\nname = \"b\"\nsteps = 9223372036854775807\n[[stages]]\nname = \"c\"\nsteps = 12",
             "[[plugin]]\nfile = \"x.wasm\"", "[[plugin]]\nfile = \"../x.wasm\"", "name = \"dup\"",
         ];
         for _ in 0..self.rng.range(1, 3) {
