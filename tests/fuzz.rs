@@ -20,9 +20,9 @@
 //! replays one case and prints its input. Every finding is printed with its replay line,
 //! the mutations that made it and, for a panic, the host frames of its backtrace.
 //!
-//! Host bugs found and not yet fixed are listed in [`KNOWN`]: the cases they match are
-//! skipped and counted, so the suite stays green until the lead fixes them and deletes
-//! the entry.
+//! The first run of this suite found six host bugs (unbounded shapes in run configs and
+//! config.json, a wrapping stage sum, quadratic dense-layer and bundle-entry checks,
+//! mis-shaped AdamW moments in checkpoints); all are fixed and checked here again.
 //!
 //! This file holds the five targets; `tests/fuzz/` the harness (allocation accounting,
 //! panic and hang capture, tallies), the shared mutator, the input generators and the
@@ -61,55 +61,11 @@ use mutate::{Case, escaped, shorten};
 use outputs::{OutputCase, run_output_case};
 
 // ---------------------------------------------------------------------------------
-// Known host bugs
-// ---------------------------------------------------------------------------------
-
-/// Host bugs this suite found that are not fixed yet, by id. A case matching one is
-/// skipped (and counted as such) instead of failing the run or, for the ones that abort
-/// the process, taking the whole test binary down. Each id is checked at one `// KNOWN:`
-/// site below; delete the id once the host is fixed and the suite checks it again.
-const KNOWN: &[&str] = &[
-    // `RunConfig::parse` accepts any `[model.init]` num_layers / num_experts;
-    // `ModelInit::model_config` then allocates per layer and expert (num_layers = 2^40
-    // aborts the process asking for 1 TiB).
-    "run-config-unbounded-shape",
-    // `RunConfig::check` sums the stages' steps with a plain u64 `sum()`: in release
-    // builds it wraps (stages of 2^63-1, 2^63-1 and 12 steps pass as 10), in debug builds
-    // it panics.
-    "run-config-stage-sum-wraps",
-    // `hf_config::from_json` builds per-layer and per-expert vectors from
-    // num_hidden_layers / num_local_experts / num_experts before `validate` looks at them
-    // (num_experts = 2^32 - 1 aborts the process asking for 32 GiB).
-    "hf-config-unbounded-counts",
-    // `hf_config::from_json` marks Qwen2-MoE layers with `mlp_only.contains(&l)` for
-    // every layer: O(num_hidden_layers x |mlp_only_layers|). `to_json` of a model with
-    // 10^6 layers, every other one dense, writes 5 x 10^5 of them, and reading that back
-    // runs for hours.
-    "hf-config-quadratic-mlp-only-layers",
-    // `Bundle::open` (bundle/archive.rs `read`) looks for a duplicate name among all
-    // earlier entries for each entry: O(entries^2). 80k empty entries (a 40 MB tar) take
-    // 6 s before the layout check refuses the archive; a few hundred MB, hours.
-    "bundle-quadratic-entries",
-    // `train::checkpoint::load` takes AdamW moments of any shape: `m.w` of [4, 3] beside
-    // a weight `w` of [0, 3] loads, and fails (or worse) only in the first optimizer step.
-    "train-checkpoint-moment-shapes",
-];
-
-/// Whether the known bug `id` is still listed.
-fn known(id: &str) -> bool {
-    KNOWN.contains(&id)
-}
-
-// ---------------------------------------------------------------------------------
 // Target 1: the run config
 // ---------------------------------------------------------------------------------
 
 /// Config files as the host is handed them: absolute, relative, bare, root.
 const CONFIG_PATHS: &[&str] = &["/runs/fuzz/run.toml", "run.toml", "", "/"];
-
-/// Above this many layers or experts, `ModelInit::model_config` is not called (see the
-/// KNOWN site in [`run_config`]).
-const HUGE_COUNT: usize = 1 << 24;
 
 /// `RunConfig::parse` on mutated configs: never a panic, always `Ok` or a typed `Err`.
 /// An accepted config must also build its model config (what `recast train` does next)
@@ -139,21 +95,11 @@ fn run_config_mutations_never_panic() {
                 }
             };
             if let Some(init) = &config.model.init {
-                // KNOWN: run-config-unbounded-shape: `parse` accepts any num_layers /
-                // num_experts, and `model_config` allocates per layer and expert before
-                // anything checks them (num_layers = 2^62 aborts the process).
-                if known("run-config-unbounded-shape") && (init.num_layers > HUGE_COUNT || init.num_experts > HUGE_COUNT) {
-                    return Outcome::Known("run-config-unbounded-shape");
-                }
                 let _ = init.model_config(256).validate();
             }
             // Stages must last `train.steps` in all, counted without wrapping.
             let stages = config.stages.iter().try_fold(0u64, |total, s| total.checked_add(s.steps));
             if !config.stages.is_empty() && stages != Some(config.train.steps) {
-                // KNOWN: run-config-stage-sum-wraps.
-                if known("run-config-stage-sum-wraps") {
-                    return Outcome::Known("run-config-stage-sum-wraps");
-                }
                 return Outcome::Broken("stage-sum", format!("accepted stages that last {stages:?} steps in all for train.steps = {}", config.train.steps));
             }
             let written = match toml::to_string(&config) {
@@ -172,25 +118,6 @@ fn run_config_mutations_never_panic() {
 // ---------------------------------------------------------------------------------
 // Target 2: config.json
 // ---------------------------------------------------------------------------------
-
-/// Keys whose value sets how much `from_json` allocates (one entry per layer or expert).
-const COUNT_KEYS: &[&str] = &["num_hidden_layers", "num_local_experts", "num_experts"];
-
-/// The largest layer or expert count of `value` (0 when none is a number).
-fn largest_count(value: &Value) -> u64 {
-    COUNT_KEYS.iter().filter_map(|k| value.get(k).and_then(Value::as_u64)).max().unwrap_or(0)
-}
-
-/// Above this many `contains` steps (layers x mlp_only_layers), `from_json` is not
-/// called (see the KNOWN sites in [`hf_config_mutations_never_panic`]).
-const QUADRATIC_STEPS: u64 = 100_000_000;
-
-/// The steps `from_json` spends marking Qwen2-MoE's dense layers.
-fn mlp_only_steps(value: &Value) -> u64 {
-    let layers = value.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0);
-    let dense = value.get("mlp_only_layers").and_then(Value::as_array).map_or(0, Vec::len) as u64;
-    layers.saturating_mul(dense)
-}
 
 /// `hf_config::from_json` on mutated Llama, Mixtral, Qwen2, Qwen2-MoE and Recast-format
 /// configs: never a panic; what it accepts must pass `validate` (it says it validated)
@@ -236,26 +163,12 @@ fn hf_config_mutations_never_panic() {
             value
         },
         |value| {
-            // KNOWN: hf-config-unbounded-counts: `from_json` builds per-layer and
-            // per-expert vectors from num_hidden_layers / num_experts before `validate`
-            // bounds anything (2^40 layers asks for a 16 TiB allocation).
-            if known("hf-config-unbounded-counts") && largest_count(value) > HUGE_COUNT as u64 {
-                return Outcome::Known("hf-config-unbounded-counts");
-            }
-            // KNOWN: hf-config-quadratic-mlp-only-layers: O(layers x mlp_only_layers).
-            if known("hf-config-quadratic-mlp-only-layers") && mlp_only_steps(value) > QUADRATIC_STEPS {
-                return Outcome::Known("hf-config-quadratic-mlp-only-layers");
-            }
             match hf_config::from_json(value) {
                 Ok(config) => {
                     if let Err(e) = config.validate() {
                         return Outcome::Broken("validated", format!("from_json accepted a config that validate refuses: {e}"));
                     }
                     if let Ok(written) = hf_config::to_json(&config) {
-                        // KNOWN: hf-config-quadratic-mlp-only-layers, on what Recast writes.
-                        if known("hf-config-quadratic-mlp-only-layers") && mlp_only_steps(&written) > QUADRATIC_STEPS {
-                            return Outcome::Known("hf-config-quadratic-mlp-only-layers");
-                        }
                         let _ = hf_config::from_json(&written);
                     }
                     Outcome::Accepted
@@ -365,10 +278,6 @@ fn checkpoint_readers_refuse_malformed_safetensors() {
                         // have its weight's shape is damage.
                         for (name, weight) in &loaded.params {
                             let (m, v) = &loaded.moments[name];
-                            // KNOWN: train-checkpoint-moment-shapes.
-                            if (m.dims() != weight.dims() || v.dims() != weight.dims()) && known("train-checkpoint-moment-shapes") {
-                                return Outcome::Known("train-checkpoint-moment-shapes");
-                            }
                             if m.dims() != weight.dims() || v.dims() != weight.dims() {
                                 return Outcome::Broken("moment-shapes", format!("load accepted moments of shapes {:?} / {:?} for weight `{name}` of shape {:?}", m.dims(), v.dims(), weight.dims()));
                             }
@@ -396,10 +305,6 @@ fn checkpoint_readers_refuse_malformed_safetensors() {
 // ---------------------------------------------------------------------------------
 // Target 4: bundle tars
 // ---------------------------------------------------------------------------------
-
-/// More entries than this are not opened (see the KNOWN site in
-/// [`bundles_refuse_malformed_tars`]).
-const MANY_ENTRIES: usize = 20_000;
 
 /// `Bundle::open` on damaged `.tar`s: the real packed bundle (unsigned and signed) with
 /// bit flips, truncation and garbage, and hand-made tars (see [`hand_made_tar`]). Never a
@@ -447,7 +352,7 @@ fn bundles_refuse_malformed_tars() {
             if case.rng.chance(0.4) {
                 let mut bytes = case.rng.pick(&reals).clone();
                 case.mutate_bytes(&mut bytes);
-                TarCase { bytes, entries: 0 }
+                TarCase { bytes }
             } else {
                 let mut tar = hand_made_tar(case, &files);
                 if case.rng.chance(0.2) {
@@ -457,10 +362,6 @@ fn bundles_refuse_malformed_tars() {
             }
         },
         |input| {
-            // KNOWN: bundle-quadratic-entries: O(entries^2) in archive::read.
-            if known("bundle-quadratic-entries") && input.entries > MANY_ENTRIES {
-                return Outcome::Known("bundle-quadratic-entries");
-            }
             std::fs::write(&target, &input.bytes).expect("write case");
             match Bundle::open(&target) {
                 Ok(bundle) => {

@@ -182,8 +182,6 @@ pub enum Outcome {
     Accepted,
     /// The host refused it with a typed error.
     Rejected,
-    /// Skipped: it matches a bug listed in [`KNOWN`].
-    Known(&'static str),
     /// The host broke the target's contract (an accepted invalid output, a typed error
     /// of the wrong kind, an accepted config that cannot be read back): which rule (the
     /// findings are grouped by it), and the details.
@@ -264,7 +262,7 @@ struct Finding {
 pub fn fuzz<I>(target: &str, mut generate: impl FnMut(&mut Case) -> I, mut check: impl FnMut(&I) -> Outcome, show: impl Fn(&I) -> String) {
     let s = settings();
     let start = Instant::now();
-    let (mut accepted, mut rejected, mut skipped) = (0u64, 0u64, BTreeMap::<&str, u64>::new());
+    let (mut accepted, mut rejected) = (0u64, 0u64);
     let mut findings: BTreeMap<String, Finding> = BTreeMap::new();
     let (mut slowest, mut largest) = ((Duration::ZERO, 0u64), (0usize, 0u64));
     let mut cases = 0u64;
@@ -312,7 +310,6 @@ pub fn fuzz<I>(target: &str, mut generate: impl FnMut(&mut Case) -> I, mut check
         match result {
             Ok(Outcome::Accepted) => accepted += 1,
             Ok(Outcome::Rejected) => rejected += 1,
-            Ok(Outcome::Known(id)) => *skipped.entry(id).or_default() += 1,
             Ok(Outcome::Broken(rule, why)) => found(format!("broken: {rule}"), format!("contract broken: {rule}"), why),
             Err(payload) => {
                 let (location, detail) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
@@ -326,9 +323,8 @@ pub fn fuzz<I>(target: &str, mut generate: impl FnMut(&mut Case) -> I, mut check
             found("allocation".into(), format!("a single allocation of {peak} bytes (cap {MAX_SINGLE_ALLOCATION})"), String::new());
         }
     }
-    let skipped_text = if skipped.is_empty() { String::new() } else { format!(", skipped as known: {skipped:?}") };
     eprintln!(
-        "fuzz {target}: seed {}: {cases} cases in {:.1} s: {accepted} ok, {rejected} err{skipped_text}; slowest case #{} took {:.1} ms; largest single allocation {:.1} MiB (case #{})",
+        "fuzz {target}: seed {}: {cases} cases in {:.1} s: {accepted} ok, {rejected} err; slowest case #{} took {:.1} ms; largest single allocation {:.1} MiB (case #{})",
         s.seed,
         start.elapsed().as_secs_f64(),
         slowest.1,
