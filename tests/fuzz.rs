@@ -162,19 +162,17 @@ fn hf_config_mutations_never_panic() {
             case.mutate_json(&mut value);
             value
         },
-        |value| {
-            match hf_config::from_json(value) {
-                Ok(config) => {
-                    if let Err(e) = config.validate() {
-                        return Outcome::Broken("validated", format!("from_json accepted a config that validate refuses: {e}"));
-                    }
-                    if let Ok(written) = hf_config::to_json(&config) {
-                        let _ = hf_config::from_json(&written);
-                    }
-                    Outcome::Accepted
+        |value| match hf_config::from_json(value) {
+            Ok(config) => {
+                if let Err(e) = config.validate() {
+                    return Outcome::Broken("validated", format!("from_json accepted a config that validate refuses: {e}"));
                 }
-                Err(_) => Outcome::Rejected,
+                if let Ok(written) = hf_config::to_json(&config) {
+                    let _ = hf_config::from_json(&written);
+                }
+                Outcome::Accepted
             }
+            Err(_) => Outcome::Rejected,
         },
         |value| value.to_string(),
     );

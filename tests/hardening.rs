@@ -107,7 +107,8 @@ fn llama_checkpoint_with(dir: &Path, edit: impl Fn(&mut serde_json::Value), weig
 #[test]
 fn model_configs_that_would_compute_nan_are_refused_by_forward_and_upcycle() {
     let dir = tempfile::tempdir().unwrap();
-    for (key, value, needle) in [("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps"), ("rope_theta", serde_json::json!(0.0), "rope_theta"), ("rope_theta", serde_json::json!(-5.0), "rope_theta")] {
+    for (key, value, needle) in [("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps"), ("rope_theta", serde_json::json!(0.0), "rope_theta"), ("rope_theta", serde_json::json!(-5.0), "rope_theta")]
+    {
         let sub = dir.path().join(format!("{key}-{value}"));
         std::fs::create_dir_all(&sub).unwrap();
         let model = llama_checkpoint(&sub, |c| {
@@ -120,7 +121,8 @@ fn model_configs_that_would_compute_nan_are_refused_by_forward_and_upcycle() {
         let forward = run(&["forward", "--model", model.to_str().unwrap(), "--tokens", "1,2,3", "--out", sub.join("logits.safetensors").to_str().unwrap()]);
         assert!(!forward.status.success() && text(&forward).contains(needle), "{key} = {value}: {}", text(&forward));
         assert!(!sub.join("logits.safetensors").exists());
-        let up = run(&["upcycle", model.to_str().unwrap(), "--scheme", plugin("sparse-upcycle").to_str().unwrap(), "--params", "num_experts = 2\ntop_k = 1", "--out", sub.join("moe").to_str().unwrap()]);
+        let up =
+            run(&["upcycle", model.to_str().unwrap(), "--scheme", plugin("sparse-upcycle").to_str().unwrap(), "--params", "num_experts = 2\ntop_k = 1", "--out", sub.join("moe").to_str().unwrap()]);
         assert!(!up.status.success() && text(&up).contains(needle), "{key} = {value}: {}", text(&up));
         assert!(!sub.join("moe/config.json").exists(), "upcycle copied a NaN-making model on");
     }
@@ -148,7 +150,11 @@ fn out_of_range_config_values_are_refused_before_anything_is_built() {
         ("[optimizer]\nbeta1 = 1.5\n", "", "optimizer.beta1"),
         ("[optimizer]\nclip_grad_norm = -1\n", "", "optimizer.clip_grad_norm"),
         ("std = 0.05", "std = -1", "model.init.std"),
-        ("[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n", "[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n\n[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"prose\"\n", "data.domains[1].name"),
+        (
+            "[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n",
+            "[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n\n[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"prose\"\n",
+            "data.domains[1].name",
+        ),
         ("num_experts = 4", "num_experts = 100000000", "model.init.num_experts"),
         ("hidden_size = 32", "hidden_size = 4294967296", "model.init.hidden_size"),
         ("architecture = \"mixtral\"", "architecture = \"llama\"", "model.init.num_experts"),
@@ -301,13 +307,17 @@ fn bundle_entries_are_bounded_before_they_are_read() {
 fn a_checkpoint_with_non_finite_weights_is_refused_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let name = "model.layers.1.mlp.up_proj.weight";
-    let model = llama_checkpoint_with(dir.path(), |_| {}, |params| {
-        let t = params.get(name).unwrap();
-        let mut values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        values[7] = f32::NAN;
-        let bad = candle_core::Tensor::from_vec(values, t.shape(), t.device()).unwrap();
-        params.insert(name, bad, None);
-    });
+    let model = llama_checkpoint_with(
+        dir.path(),
+        |_| {},
+        |params| {
+            let t = params.get(name).unwrap();
+            let mut values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            values[7] = f32::NAN;
+            let bad = candle_core::Tensor::from_vec(values, t.shape(), t.device()).unwrap();
+            params.insert(name, bad, None);
+        },
+    );
     let cfg = config(dir.path(), "", "steps = 2");
     let body = std::fs::read_to_string(&cfg).unwrap();
     let start = body.find("[model.init]").unwrap();

@@ -14,13 +14,7 @@ use support::{repo, text};
 fn transformers_and_recast_agree_on_all_five_architectures() {
     let python = repo().join(".venv/bin/python");
     assert!(python.exists(), "{} is missing: run scripts/python-env.sh (scripts/test.sh does it before the tests)", python.display());
-    let out = Command::new(&python)
-        .arg("tests/parity/hf_parity.py")
-        .arg("--recast")
-        .arg(env!("CARGO_BIN_EXE_recast"))
-        .current_dir(repo())
-        .output()
-        .expect("run the parity script");
+    let out = Command::new(&python).arg("tests/parity/hf_parity.py").arg("--recast").arg(env!("CARGO_BIN_EXE_recast")).current_dir(repo()).output().expect("run the parity script");
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(out.status.success(), "parity script failed\n{}", text(&out));
 }

@@ -84,7 +84,11 @@ fn written_checkpoints_read_back_identically_single_and_sharded() {
         let config = write_model(&path, shard);
         assert_eq!(path.join("model.safetensors.index.json").exists(), shard.is_some());
         let back = checkpoint::read(&path, DType::F32).expect("read");
-        assert_eq!(back.config, { let mut c = config.clone(); c.passthrough = back.config.passthrough.clone(); c });
+        assert_eq!(back.config, {
+            let mut c = config.clone();
+            c.passthrough = back.config.passthrough.clone();
+            c
+        });
         let original = random_params(&config, InitOptions { std: 0.3, seed: 3, dtype: DType::F32 }).unwrap();
         assert_eq!(back.params.len(), original.len());
         for (name, t) in original.iter() {

@@ -177,10 +177,15 @@ fn moe_top2_renormalised_with_aux_losses() {
 
 #[test]
 fn moe_top1_without_renormalisation() {
-    check("moe top-1 raw", &moe(4, vec![6; 4], vec![]), spec(|s| {
-        s.top_k = 1;
-        s.renormalize = false;
-    }), &[]);
+    check(
+        "moe top-1 raw",
+        &moe(4, vec![6; 4], vec![]),
+        spec(|s| {
+            s.top_k = 1;
+            s.renormalize = false;
+        }),
+        &[],
+    );
 }
 
 #[test]
@@ -193,36 +198,56 @@ fn moe_capacity_drops_by_probability_and_by_position() {
 
 #[test]
 fn moe_gated_shared_expert_and_fine_grained_widths() {
-    check("moe shared", &moe(4, vec![3, 5, 4, 6], vec![7]), spec(|s| {
-        s.shared_experts = 1;
-        s.shared_expert_gate = true;
-        s.renormalize = false;
-    }), &[]);
+    check(
+        "moe shared",
+        &moe(4, vec![3, 5, 4, 6], vec![7]),
+        spec(|s| {
+            s.shared_experts = 1;
+            s.shared_expert_gate = true;
+            s.renormalize = false;
+        }),
+        &[],
+    );
 }
 
 #[test]
 fn moe_skywork_normalisation_both_orders() {
     for order in [TopkOrder::SoftmaxThenTopk, TopkOrder::TopkThenSoftmax] {
-        check("moe skywork", &moe(4, vec![6; 4], vec![]), spec(|s| {
-            s.logit_norm = LogitNorm::Skywork(2.0);
-            s.order = order;
-        }), &[]);
+        check(
+            "moe skywork",
+            &moe(4, vec![6; 4], vec![]),
+            spec(|s| {
+                s.logit_norm = LogitNorm::Skywork(2.0);
+                s.order = order;
+            }),
+            &[],
+        );
     }
 }
 
 #[test]
 fn moe_sigmoid_scores_with_selection_bias_and_scaling() {
-    check("moe sigmoid", &moe(4, vec![6; 4], vec![]), spec(|s| {
-        s.score = ScoreFunction::Sigmoid;
-        s.scaling = 2.5;
-        s.selection_bias = SelectionBias::Plugin;
-    }), &[0.3, -0.2, 0.0, 0.1]);
+    check(
+        "moe sigmoid",
+        &moe(4, vec![6; 4], vec![]),
+        spec(|s| {
+            s.score = ScoreFunction::Sigmoid;
+            s.scaling = 2.5;
+            s.selection_bias = SelectionBias::Plugin;
+        }),
+        &[0.3, -0.2, 0.0, 0.1],
+    );
 }
 
 #[test]
 fn moe_expert_choice() {
-    check("moe expert choice", &moe(4, vec![6; 4], vec![]), spec(|s| {
-        s.mode = RoutingMode::ExpertChoice;
-        s.capacity = Some(Capacity { factor: 1.0, drop_policy: DropPolicy::Probs });
-    }), &[]);
+    check(
+        "moe expert choice",
+        &moe(4, vec![6; 4], vec![]),
+        spec(|s| {
+            s.mode = RoutingMode::ExpertChoice;
+            s.capacity = Some(Capacity { factor: 1.0, drop_policy: DropPolicy::Probs });
+        }),
+        &[],
+    );
 }

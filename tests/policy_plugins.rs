@@ -161,7 +161,8 @@ fn aux_free_bias_pulls_a_skewed_router_toward_balance() {
     let router_w = Tensor::cat(&[(&direction * 0.1).unwrap(), randn(&[3, 16], 0.1)], 0).unwrap();
     let experts: Vec<Ffn> = (0..4).map(|_| Ffn { gate: randn(&[8, 16], 0.1), up: randn(&[8, 16], 0.1), down: randn(&[16, 8], 0.1) }).collect();
     let info = layer(0, 4);
-    let mut moe = MoeLayer { layer: 0, router: router_w, experts, shared: vec![], shared_gate: None, spec: plugin.spec(&info).unwrap(), selection_bias: vec![0.0; 4], coefficients: Default::default() };
+    let mut moe =
+        MoeLayer { layer: 0, router: router_w, experts, shared: vec![], shared_gate: None, spec: plugin.spec(&info).unwrap(), selection_bias: vec![0.0; 4], coefficients: Default::default() };
     let max_vio = |load: &[u32]| *load.iter().max().unwrap() as f64 / (load.iter().sum::<u32>() as f64 / load.len() as f64) - 1.0;
     let mut history = Vec::new();
     for step in 0..300 {

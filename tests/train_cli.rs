@@ -178,7 +178,8 @@ fn without_a_blas_auto_falls_back_to_candle() {
         std::fs::create_dir_all(&sub).unwrap();
         let cfg = config(&sub, compute);
         let out = sub.join("run");
-        let o = recast().args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "3", "--threads", "2"]).env("RECAST_BLAS", "none").env("RUST_LOG", "info").output().unwrap();
+        let o =
+            recast().args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "3", "--threads", "2"]).env("RECAST_BLAS", "none").env("RUST_LOG", "info").output().unwrap();
         assert!(o.status.success(), "{}", text(&o));
         assert!(text(&o).contains("matmul: candle"), "{}", text(&o));
         assert_eq!(losses(&out).len(), 3);
@@ -239,7 +240,8 @@ fn validation_loss_falls_and_eval_reports_every_domain() {
     let out = dir.path().join("run");
     let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    let evals: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("eval").is_some()).collect();
+    let evals: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("eval").is_some()).collect();
     let first = &evals.first().expect("an evaluation at step 0")["eval"];
     let last = &evals.last().expect("a final evaluation")["eval"];
     assert_eq!(evals.first().unwrap()["step"], 0);
@@ -402,7 +404,8 @@ fn stages_freeze_groups_change_at_their_step_and_show_in_the_report() {
     let stages = "keep_checkpoints = 10\n\n[[stages]]\nname = \"routing-warmup\"\nsteps = 6\ntrain = [\"router\"]\nlr = 0.01\nmixture = [1.0, 0.0]\n\n[[stages]]\nname = \"everything\"\nsteps = 14\n";
     let cfg = config(dir.path(), stages);
     let out = dir.path().join("run");
-    for args in [vec![cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "0"], vec!["--resume", out.to_str().unwrap(), "--max-steps", "6"], vec!["--resume", out.to_str().unwrap()]] {
+    for args in [vec![cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "0"], vec!["--resume", out.to_str().unwrap(), "--max-steps", "6"], vec!["--resume", out.to_str().unwrap()]]
+    {
         let o = train(&args);
         assert!(o.status.success(), "{}", text(&o));
     }
@@ -423,7 +426,8 @@ fn stages_freeze_groups_change_at_their_step_and_show_in_the_report() {
     let journal: Vec<serde_json::Value> = std::fs::read_to_string(out.join("journal.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let starts: Vec<(u64, String)> = journal.iter().filter(|r| r["event"] == "stage").map(|r| (r["step"].as_u64().unwrap(), r["name"].as_str().unwrap().to_string())).collect();
     assert_eq!(starts, vec![(0, "routing-warmup".to_string()), (6, "everything".to_string())]);
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).collect();
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).collect();
     for r in &records[..6] {
         assert!(r["domain_loss"].get("prose").is_none(), "the warm-up's mixture is arithmetic only: {r}");
     }
@@ -448,7 +452,8 @@ fn per_token_route_runs_in_training_and_its_overhead_is_reported() {
     let out = dir.path().join("run");
     let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("loss").is_some()).collect();
     assert_eq!(lines.len(), 3);
     for l in &lines {
         assert!(l["route_ms"].as_f64().unwrap() > 0.0, "the host times the route calls: {l}");

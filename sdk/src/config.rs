@@ -12,12 +12,10 @@ pub fn parse_params<T: DeserializeOwned>(params: &str) -> Result<T, String> {
     let mut unknown = Vec::new();
     let parsed = if text.starts_with('{') {
         let mut de = serde_json::Deserializer::from_str(text);
-        serde_ignored::deserialize(&mut de, |path| unknown.push(path.to_string()))
-            .map_err(|e| format!("invalid JSON parameters: {e}"))
+        serde_ignored::deserialize(&mut de, |path| unknown.push(path.to_string())).map_err(|e| format!("invalid JSON parameters: {e}"))
     } else {
         let de = toml::Deserializer::parse(text).map_err(|e| format!("invalid TOML parameters: {e}"))?;
-        serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
-            .map_err(|e| format!("invalid parameters: {}", e.to_string().trim()))
+        serde_ignored::deserialize(de, |path| unknown.push(path.to_string())).map_err(|e| format!("invalid parameters: {}", e.to_string().trim()))
     };
     let value = parsed?;
     match unknown.as_slice() {

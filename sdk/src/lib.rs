@@ -52,9 +52,7 @@ pub use rng::Rng;
 
 /// Types shared by every plugin kind.
 pub mod types {
-    pub use crate::bindings::router_world::recast::plugins::types::{
-        LayerStats, LogLevel, PluginContext, PluginInfo, PluginKind,
-    };
+    pub use crate::bindings::router_world::recast::plugins::types::{LayerStats, LogLevel, PluginContext, PluginInfo, PluginKind};
 }
 
 /// Write a line to the run's log (tagged with the plugin's name by the host).

@@ -85,12 +85,7 @@ fn install_panic_hook() {
 macro_rules! __lifecycle_fns {
     ($slot:ident, $kind:ident) => {
         fn info() -> $crate::types::PluginInfo {
-            $crate::__private::info(
-                env!("CARGO_PKG_NAME"),
-                env!("CARGO_PKG_VERSION"),
-                env!("CARGO_PKG_DESCRIPTION"),
-                $crate::types::PluginKind::$kind,
-            )
+            $crate::__private::info(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"), env!("CARGO_PKG_DESCRIPTION"), $crate::types::PluginKind::$kind)
         }
         fn configure(params: String, context: $crate::types::PluginContext) -> Result<(), String> {
             $slot.configure(params, context)

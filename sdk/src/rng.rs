@@ -106,8 +106,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream_and_forks_differ() {
-        let a: Vec<u64> = { let mut r = Rng::new(7); (0..8).map(|_| r.next_u64()).collect() };
-        let b: Vec<u64> = { let mut r = Rng::new(7); (0..8).map(|_| r.next_u64()).collect() };
+        let a: Vec<u64> = {
+            let mut r = Rng::new(7);
+            (0..8).map(|_| r.next_u64()).collect()
+        };
+        let b: Vec<u64> = {
+            let mut r = Rng::new(7);
+            (0..8).map(|_| r.next_u64()).collect()
+        };
         assert_eq!(a, b);
         let base = Rng::new(7);
         assert_ne!(base.fork(0).next_u64(), base.fork(1).next_u64());

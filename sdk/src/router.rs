@@ -19,8 +19,7 @@
 //! ```
 
 pub use crate::bindings::router_world::recast::plugins::router_types::{
-    Capacity, DropPolicy, LayerInfo, LogitNorm, RouteAssignment, RouterSpec, RouterUpdate, RoutingMode,
-    ScoreFunction, SelectionBias, TokenLogits, TopkOrder,
+    Capacity, DropPolicy, LayerInfo, LogitNorm, RouteAssignment, RouterSpec, RouterUpdate, RoutingMode, ScoreFunction, SelectionBias, TokenLogits, TopkOrder,
 };
 pub use crate::plugin::{Context, Plugin};
 pub use crate::types::LayerStats;

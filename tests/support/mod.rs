@@ -36,11 +36,7 @@ pub fn plugins() -> &'static HashMap<String, PathBuf> {
     BUILT.get_or_init(|| {
         let out = run(&["plugin", "build", "plugins"]);
         assert!(out.status.success(), "recast plugin build plugins failed\n{}", text(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(PathBuf::from)
-            .map(|p| (p.file_stem().unwrap().to_string_lossy().to_string(), p))
-            .collect()
+        String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).map(|p| (p.file_stem().unwrap().to_string_lossy().to_string(), p)).collect()
     })
 }
 

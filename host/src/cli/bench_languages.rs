@@ -36,9 +36,7 @@ pub(super) fn languages(repeats: usize) -> anyhow::Result<()> {
     let request = SampleRequest {
         step: 7,
         batch_sequences: 64,
-        domains: (0..3)
-            .map(|i| DomainStats { domain: i, name: format!("d{i}"), tokens_available: 1 << 20, tokens_seen: 0, train_loss: None, valid_loss: None, reference_loss: None })
-            .collect(),
+        domains: (0..3).map(|i| DomainStats { domain: i, name: format!("d{i}"), tokens_available: 1 << 20, tokens_seen: 0, train_loss: None, valid_loss: None, reference_loss: None }).collect(),
     };
 
     println!("per-step call: router on-step over 8 layers x 64 experts, sampler next over 3 domains, aux-schedule coefficients for 8 layers");

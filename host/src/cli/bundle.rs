@@ -62,14 +62,7 @@ pub(super) fn list(path: &Path, json: bool, limits: &BundleLimits) -> anyhow::Re
     println!("signature: {}", bundle.signer.map(|k| format!("{k}")).unwrap_or_else(|| "none".into()));
     println!("{:<24} {:<13} {:<8} {:<66} file", "name", "kind", "wit", "sha256");
     for p in &m.plugins {
-        println!(
-            "{:<24} {:<13} {:<8} {:<66} {}",
-            p.name,
-            p.kind.map(PluginKind::as_str).unwrap_or("?"),
-            p.wit_version.as_deref().unwrap_or("?"),
-            p.sha256.as_deref().unwrap_or("?"),
-            p.file
-        );
+        println!("{:<24} {:<13} {:<8} {:<66} {}", p.name, p.kind.map(PluginKind::as_str).unwrap_or("?"), p.wit_version.as_deref().unwrap_or("?"), p.sha256.as_deref().unwrap_or("?"), p.file);
     }
     Ok(())
 }

@@ -18,11 +18,8 @@ pub(super) fn run(config: &Path, out: Option<&Path>) -> anyhow::Result<()> {
     let path = out.map(Path::to_path_buf).or_else(|| parsed.lock_file.clone()).unwrap_or_else(|| absolute.with_extension("lock"));
     let engine = PluginEngine::new()?;
     let plugins = load_run_plugins(&engine, &parsed)?;
-    let pins: Vec<PinnedPlugin> = plugins
-        .loaded
-        .iter()
-        .map(|(role, kind, source, component)| PinnedPlugin { role: role.to_string(), kind: *kind, source: source.clone(), sha256: component.digest().to_hex() })
-        .collect();
+    let pins: Vec<PinnedPlugin> =
+        plugins.loaded.iter().map(|(role, kind, source, component)| PinnedPlugin { role: role.to_string(), kind: *kind, source: source.clone(), sha256: component.digest().to_hex() }).collect();
     if pins.is_empty() {
         println!("{} uses no plugins; the lock file pins nothing", config.display());
     }

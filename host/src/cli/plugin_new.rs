@@ -20,9 +20,7 @@ pub(super) enum Lang {
 }
 
 pub(super) fn run(kind: PluginKind, name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') && name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
     if !valid {
         bail!("plugin name {name:?} must start with a lowercase letter and use only a-z, 0-9, '-' and '_'");
     }
@@ -85,12 +83,7 @@ fn scripted(kind: PluginKind, name: &str, lang: Lang, dir: &Path) -> anyhow::Res
 
 fn cargo_accepts(root: &Path) -> bool {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    Command::new(cargo)
-        .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"])
-        .arg(root.join("Cargo.toml"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(cargo).args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"]).arg(root.join("Cargo.toml")).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// `to` relative to `from` (both absolute), so the scaffold survives moving the pair.

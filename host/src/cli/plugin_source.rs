@@ -31,7 +31,8 @@ pub(super) fn builtin_dir(name: &str, kind: PluginKind) -> anyhow::Result<PathBu
     let kind_dir = super::source_root().join("plugins").join(kind.to_string());
     let dir = kind_dir.join(name);
     if !dir.join("Cargo.toml").exists() {
-        let mut known: Vec<String> = std::fs::read_dir(&kind_dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).filter(|n| !n.starts_with('.')).collect()).unwrap_or_default();
+        let mut known: Vec<String> =
+            std::fs::read_dir(&kind_dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).filter(|n| !n.starts_with('.')).collect()).unwrap_or_default();
         known.sort();
         bail!("no reference {kind} plugin {name:?} (reference {kind} plugins: {})", known.join(", "));
     }
@@ -42,9 +43,5 @@ pub(super) fn builtin_dir(name: &str, kind: PluginKind) -> anyhow::Result<PathBu
 /// `.wasm`, else a reference plugin's name.
 pub(super) fn scheme_file(scheme: &str, kind: PluginKind) -> anyhow::Result<PathBuf> {
     let path = Path::new(scheme);
-    if path.exists() || scheme.ends_with(".wasm") || scheme.contains('/') {
-        plugin_file(None, Some(path), kind)
-    } else {
-        plugin_file(Some(scheme), None, kind)
-    }
+    if path.exists() || scheme.ends_with(".wasm") || scheme.contains('/') { plugin_file(None, Some(path), kind) } else { plugin_file(Some(scheme), None, kind) }
 }

@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 
 use super::plugin_build::build_plugins;
 use super::plugin_source::builtin_dir;
-use crate::plugins::bundle::{Bundle, BundleLimits, PublicKey};
 use crate::plugins::MAX_COMPONENT_BYTES;
+use crate::plugins::bundle::{Bundle, BundleLimits, PublicKey};
 use crate::plugins::lock::LockFile;
 use crate::plugins::reload::{Fetch, Fetched, WatchedPlugin};
 use crate::plugins::{PluginComponent, PluginEngine, PluginKind};
@@ -73,7 +73,10 @@ enum Source {
     /// A plugin crate folder (a reference plugin, or `file` naming a folder): rebuilt
     /// when its sources change.
     Crate(PathBuf),
-    Bundle { path: PathBuf, plugin: Option<String> },
+    Bundle {
+        path: PathBuf,
+        plugin: Option<String>,
+    },
 }
 
 impl Source {

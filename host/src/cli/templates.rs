@@ -29,9 +29,13 @@ pub(super) fn script(kind: PluginKind, python: bool) -> Option<&'static str> {
 /// The `pyproject.toml` (Python) or `package.json` (JavaScript) of a new plugin.
 pub(super) fn script_manifest(name: &str, kind: PluginKind, python: bool) -> String {
     if python {
-        format!("[project]\nname = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"A Recast {kind} plugin.\"\n\n# Read by `recast plugin build`.\n[tool.recast]\nkind = \"{kind}\"\nmodule = \"app\"\n")
+        format!(
+            "[project]\nname = \"{name}\"\nversion = \"0.1.0\"\ndescription = \"A Recast {kind} plugin.\"\n\n# Read by `recast plugin build`.\n[tool.recast]\nkind = \"{kind}\"\nmodule = \"app\"\n"
+        )
     } else {
-        format!("{{\n  \"name\": \"{name}\",\n  \"version\": \"0.1.0\",\n  \"description\": \"A Recast {kind} plugin.\",\n  \"type\": \"module\",\n  \"main\": \"index.js\",\n  \"recast\": {{ \"kind\": \"{kind}\" }}\n}}\n")
+        format!(
+            "{{\n  \"name\": \"{name}\",\n  \"version\": \"0.1.0\",\n  \"description\": \"A Recast {kind} plugin.\",\n  \"type\": \"module\",\n  \"main\": \"index.js\",\n  \"recast\": {{ \"kind\": \"{kind}\" }}\n}}\n"
+        )
     }
 }
 

@@ -9,13 +9,41 @@ use super::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScalin
 
 /// Keys this module interprets or regenerates; everything else passes through.
 const OWNED_KEYS: &[&str] = &[
-    "architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling",
-    "rope_parameters", "max_position_embeddings", "tie_word_embeddings", "attention_bias", "qkv_bias",
-    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types", "num_local_experts",
-    "num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size",
-    "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "hidden_act",
-    "torch_dtype", "dtype", "transformers_version", "mlp_bias",
+    "architectures",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "attention_bias",
+    "qkv_bias",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "norm_topk_prob",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "router_aux_loss_coef",
+    "hidden_act",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "mlp_bias",
 ];
 
 /// `model_type` of checkpoints in Recast's own format: any model Recast can run, tensor
@@ -164,14 +192,11 @@ fn architecture(obj: &Map<String, Value>) -> Result<Architecture, String> {
     let class = obj.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str);
     let model_type = obj.get("model_type").and_then(Value::as_str);
     let supported = Architecture::ALL.iter().map(|a| a.hf_class()).collect::<Vec<_>>().join(", ");
-    Architecture::ALL
-        .into_iter()
-        .find(|a| class == Some(a.hf_class()) || (class.is_none() && model_type == Some(a.hf_model_type())))
-        .ok_or_else(|| match (class, model_type) {
-            (Some(c), _) => format!("unsupported architecture {c:?}; Recast reads {supported}"),
-            (None, Some(t)) => format!("unsupported model_type {t:?}; Recast reads {supported}"),
-            (None, None) => "neither `architectures` nor `model_type` says what model this is".into(),
-        })
+    Architecture::ALL.into_iter().find(|a| class == Some(a.hf_class()) || (class.is_none() && model_type == Some(a.hf_model_type()))).ok_or_else(|| match (class, model_type) {
+        (Some(c), _) => format!("unsupported architecture {c:?}; Recast reads {supported}"),
+        (None, Some(t)) => format!("unsupported model_type {t:?}; Recast reads {supported}"),
+        (None, None) => "neither `architectures` nor `model_type` says what model this is".into(),
+    })
 }
 
 /// Qwen2's sliding window applies to the layers `layer_types` marks (transformers 5) or
@@ -215,17 +240,15 @@ fn rope(obj: &Map<String, Value>) -> Result<RopeConfig, String> {
     let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
     let num = |key: &str| -> Result<f64, String> { s.get(key).and_then(Value::as_f64).ok_or_else(|| format!("rope scaling {kind:?} needs a number `{key}`")) };
     let original = || -> Result<f64, String> {
-        s.get("original_max_position_embeddings").and_then(Value::as_f64).or_else(|| obj.get("max_position_embeddings").and_then(Value::as_f64)).ok_or_else(|| format!("rope scaling {kind:?} needs `original_max_position_embeddings`"))
+        s.get("original_max_position_embeddings")
+            .and_then(Value::as_f64)
+            .or_else(|| obj.get("max_position_embeddings").and_then(Value::as_f64))
+            .ok_or_else(|| format!("rope scaling {kind:?} needs `original_max_position_embeddings`"))
     };
     let scaling = match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: num("factor")? },
-        "llama3" => RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_position_embeddings: original()?,
-        },
+        "llama3" => RopeScaling::Llama3 { factor: num("factor")?, low_freq_factor: num("low_freq_factor")?, high_freq_factor: num("high_freq_factor")?, original_max_position_embeddings: original()? },
         "dynamic" => RopeScaling::Dynamic { factor: num("factor")?, original_max_position_embeddings: original()? },
         other => return Err(format!("rope scaling {other:?} is not supported (Recast implements default, linear, llama3 and dynamic)")),
     };
@@ -352,10 +375,9 @@ fn rope_json(rope: &RopeConfig) -> (Value, Value) {
     let (kind, extra) = match &rope.scaling {
         RopeScaling::None => ("default", json!({})),
         RopeScaling::Linear { factor } => ("linear", json!({ "factor": factor })),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => (
-            "llama3",
-            json!({ "factor": factor, "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings }),
-        ),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            ("llama3", json!({ "factor": factor, "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings }))
+        }
         RopeScaling::Dynamic { factor, original_max_position_embeddings } => ("dynamic", json!({ "factor": factor, "original_max_position_embeddings": original_max_position_embeddings })),
     };
     params.insert("rope_type".into(), json!(kind));

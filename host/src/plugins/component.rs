@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::types::ComponentItem;
-use wasmtime::component::Component;
 use wasmtime::Engine;
+use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
 
 use super::digest::Digest;
 use super::error::{FaultCause, PluginError};
@@ -95,11 +95,7 @@ impl PluginComponent {
         let mut versions = Vec::new();
         for (name, item) in ty.exports(engine) {
             let functions = match &item.ty {
-                ComponentItem::ComponentInstance(inst) => inst
-                    .exports(engine)
-                    .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
-                    .map(|(n, _)| n.to_string())
-                    .collect(),
+                ComponentItem::ComponentInstance(inst) => inst.exports(engine).filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_))).map(|(n, _)| n.to_string()).collect(),
                 _ => Vec::new(),
             };
             exports.push(ExportedInterface { name: name.to_string(), functions });
@@ -127,10 +123,7 @@ impl PluginComponent {
             }
         };
         let wit_version = versions.first().cloned().unwrap_or_default();
-        Ok(PluginComponent {
-            component,
-            inner: Arc::new(ComponentFacts { label: label.to_string(), digest, kind, wit_version, exports, imports, size_bytes }),
-        })
+        Ok(PluginComponent { component, inner: Arc::new(ComponentFacts { label: label.to_string(), digest, kind, wit_version, exports, imports, size_bytes }) })
     }
 }
 

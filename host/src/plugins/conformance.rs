@@ -25,13 +25,7 @@ pub struct CheckedCall {
 
 /// Run the conformance calls of `component`'s kind; `report` sees each passing call.
 /// The first failure is returned as the typed error.
-pub fn check(
-    engine: &PluginEngine,
-    component: &PluginComponent,
-    params: &str,
-    limits: PluginLimits,
-    mut report: impl FnMut(&CheckedCall),
-) -> Result<PluginMeta, PluginError> {
+pub fn check(engine: &PluginEngine, component: &PluginComponent, params: &str, limits: PluginLimits, mut report: impl FnMut(&CheckedCall)) -> Result<PluginMeta, PluginError> {
     let seed = 0x5EED;
     let mut log = |instance: &mut PluginInstance, call: String, detail: String| {
         // `info` and `configure` ran inside instantiation; later calls report their fuel.
@@ -244,16 +238,7 @@ fn synthetic_source() -> SourceModel {
     SourceModel {
         index: 0,
         architecture: "llama".into(),
-        shape: ModelShape {
-            layers,
-            hidden: hidden as u32,
-            intermediate: inter as u32,
-            heads: heads as u32,
-            kv_heads: kv as u32,
-            head_dim: hd as u32,
-            vocab: vocab as u32,
-            tied_embeddings: false,
-        },
+        shape: ModelShape { layers, hidden: hidden as u32, intermediate: inter as u32, heads: heads as u32, kv_heads: kv as u32, head_dim: hd as u32, vocab: vocab as u32, tied_embeddings: false },
         tensors,
     }
 }

@@ -18,7 +18,6 @@ use super::error::{FaultCause, PluginError};
 use super::host_api::PluginState;
 use super::wit::AnyPlugin;
 
-
 /// Largest component file a plugin may be (the biggest, a Python plugin with its
 /// embedded interpreter, is about 40 MiB): a larger file is refused before it is read.
 pub const MAX_COMPONENT_BYTES: u64 = 512 << 20;
@@ -49,13 +48,7 @@ impl PluginEngine {
     }
 
     fn build(disk_cache: bool) -> Result<Self, PluginError> {
-        let runtime = |e: wasmtime::Error| PluginError {
-            plugin: "(engine)".into(),
-            digest: None,
-            call: "start".into(),
-            step: None,
-            cause: FaultCause::Runtime { reason: format!("{e:#}") },
-        };
+        let runtime = |e: wasmtime::Error| PluginError { plugin: "(engine)".into(), digest: None, call: "start".into(), step: None, cause: FaultCause::Runtime { reason: format!("{e:#}") } };
         let mut config = Config::new();
         config.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
         // Compile on the calling thread: a hot reload compiles on the low-priority

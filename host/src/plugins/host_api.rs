@@ -3,8 +3,8 @@
 
 use super::limits::MemoryCap;
 use super::wit::recast::plugins::host;
-use super::wit::{aux_schedule_types, init_scheme_types, router_types, sampler_types, types};
 use super::wit::types::LogLevel;
+use super::wit::{aux_schedule_types, init_scheme_types, router_types, sampler_types, types};
 
 /// Longest log message kept, in bytes.
 const MAX_MESSAGE: usize = 4096;
@@ -37,15 +37,7 @@ pub(crate) struct PluginState {
 
 impl PluginState {
     pub(crate) fn new(plugin: String, memory_cap: usize) -> Self {
-        PluginState {
-            limiter: MemoryCap::new(memory_cap),
-            plugin,
-            lines_this_call: 0,
-            dropped_lines: 0,
-            last_panic: None,
-            logs: Vec::new(),
-            metrics: Vec::new(),
-        }
+        PluginState { limiter: MemoryCap::new(memory_cap), plugin, lines_this_call: 0, dropped_lines: 0, last_panic: None, logs: Vec::new(), metrics: Vec::new() }
     }
 
     /// Reset the per-call counters before a call.

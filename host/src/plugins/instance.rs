@@ -10,8 +10,8 @@ use super::engine::{EPOCH_TICK, PluginEngine};
 use super::error::{FaultCause, OutputViolation, PluginError};
 use super::host_api::{PluginLog, PluginState};
 use super::kind::PluginKind;
-use super::limits::PluginLimits;
 use super::lifecycle::Lifecycle;
+use super::limits::PluginLimits;
 use super::wit::types::PluginContext;
 
 /// Who an instance is, from its `info` and its component.
@@ -49,11 +49,7 @@ pub(crate) struct Sandbox {
 
 impl Sandbox {
     /// Run `f` inside the sandbox: fresh fuel and deadline, then classify any failure.
-    pub(crate) fn call<R>(
-        &mut self,
-        call: &str,
-        f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
+    pub(crate) fn call<R>(&mut self, call: &str, f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<R>) -> Result<R, PluginError> {
         if let Some(earlier) = &self.poisoned {
             return Err(self.error(call, FaultCause::Poisoned { earlier: earlier.clone() }));
         }
@@ -70,11 +66,7 @@ impl Sandbox {
 
     /// Like [`Sandbox::call`] for functions returning `result<T, string>`: a plugin's
     /// own error becomes [`FaultCause::Refused`].
-    pub(crate) fn call_fallible<R>(
-        &mut self,
-        call: &str,
-        f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<R, String>>,
-    ) -> Result<R, PluginError> {
+    pub(crate) fn call_fallible<R>(&mut self, call: &str, f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<R, String>>) -> Result<R, PluginError> {
         self.call(call, f)?.map_err(|message| self.error(call, FaultCause::Refused { message }))
     }
 
@@ -128,21 +120,12 @@ pub struct PluginInstance {
 impl PluginInstance {
     /// Instantiate `component` as a plugin of kind `expected`, check its `info`, and
     /// configure it with `params` (TOML or JSON text) and `seed`.
-    pub fn new(
-        engine: &PluginEngine,
-        component: &PluginComponent,
-        expected: PluginKind,
-        params: &str,
-        seed: u64,
-        limits: PluginLimits,
-    ) -> Result<Self, PluginError> {
+    pub fn new(engine: &PluginEngine, component: &PluginComponent, expected: PluginKind, params: &str, seed: u64, limits: PluginLimits) -> Result<Self, PluginError> {
         let mut instance = Self::start(engine, component, expected, limits)?;
         let lifecycle = &instance.lifecycle;
         let context = PluginContext { seed };
         let sandbox = &mut instance.sandbox;
-        sandbox
-            .call("configure", |store| lifecycle.configure(store, params, context))?
-            .map_err(|message| sandbox.error("configure", FaultCause::ConfigRejected { message }))?;
+        sandbox.call("configure", |store| lifecycle.configure(store, params, context))?.map_err(|message| sandbox.error("configure", FaultCause::ConfigRejected { message }))?;
         Ok(instance)
     }
 
@@ -162,10 +145,7 @@ impl PluginInstance {
         let mut store = Store::new(&engine.engine, PluginState::new(label.clone(), limits.memory_bytes));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
-        let pre: InstancePre<PluginState> = engine
-            .linker
-            .instantiate_pre(&component.component)
-            .map_err(|e| load_error(FaultCause::Runtime { reason: format!("{e:#}") }))?;
+        let pre: InstancePre<PluginState> = engine.linker.instantiate_pre(&component.component).map_err(|e| load_error(FaultCause::Runtime { reason: format!("{e:#}") }))?;
         let mut sandbox = Sandbox { store, limits, name: label.clone(), digest: component.digest(), step: None, poisoned: None };
         let instance = sandbox.call("instantiate", |store| pre.instantiate(store))?;
         let kind = component.kind();
@@ -178,22 +158,12 @@ impl PluginInstance {
         }
         sandbox.name = info.name.clone();
         sandbox.store.data_mut().plugin = info.name.clone();
-        let meta = PluginMeta {
-            name: info.name,
-            version: info.version,
-            description: info.description,
-            kind,
-            wit_version: component.wit_version().to_string(),
-            digest: component.digest(),
-        };
+        let meta = PluginMeta { name: info.name, version: info.version, description: info.description, kind, wit_version: component.wit_version().to_string(), digest: component.digest() };
         Ok(PluginInstance { sandbox, instance, lifecycle, meta, component: component.clone() })
     }
 
     /// Load the kind-specific exports of this instance.
-    pub(crate) fn exports<G>(
-        &mut self,
-        load: impl FnOnce(&InstancePre<PluginState>, &mut Store<PluginState>, &Instance) -> wasmtime::Result<G>,
-    ) -> Result<G, PluginError> {
+    pub(crate) fn exports<G>(&mut self, load: impl FnOnce(&InstancePre<PluginState>, &mut Store<PluginState>, &Instance) -> wasmtime::Result<G>) -> Result<G, PluginError> {
         let instance = self.instance;
         self.sandbox.call("instantiate", |store| {
             let pre = instance.instance_pre(&*store);

@@ -27,11 +27,7 @@ impl PluginLimits {
 
 impl Default for PluginLimits {
     fn default() -> Self {
-        PluginLimits {
-            fuel_per_call: Some(Self::DEFAULT_FUEL),
-            deadline: Self::DEFAULT_DEADLINE,
-            memory_bytes: Self::DEFAULT_MEMORY,
-        }
+        PluginLimits { fuel_per_call: Some(Self::DEFAULT_FUEL), deadline: Self::DEFAULT_DEADLINE, memory_bytes: Self::DEFAULT_MEMORY }
     }
 }
 

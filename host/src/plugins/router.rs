@@ -7,10 +7,7 @@ use super::instance::PluginInstance;
 use super::kind::PluginKind;
 use super::limits::PluginLimits;
 use super::wit::router;
-pub use super::wit::router_types::{
-    Capacity, DropPolicy, LayerInfo, LogitNorm, RouteAssignment, RouterSpec, RouterUpdate, RoutingMode,
-    ScoreFunction, SelectionBias, TokenLogits, TopkOrder,
-};
+pub use super::wit::router_types::{Capacity, DropPolicy, LayerInfo, LogitNorm, RouteAssignment, RouterSpec, RouterUpdate, RoutingMode, ScoreFunction, SelectionBias, TokenLogits, TopkOrder};
 pub use super::wit::types::LayerStats;
 
 /// Largest `scaling` of the gates and largest Skywork λ a spec may give: beyond these the
@@ -122,11 +119,7 @@ pub fn validate_spec(spec: &RouterSpec, layer: &LayerInfo, field: &str) -> Resul
 pub fn validate_updates(updates: &[RouterUpdate], layers: &[LayerInfo]) -> Result<(), OutputViolation> {
     for (i, update) in updates.iter().enumerate() {
         let field = format!("updates[{i}]");
-        let layer = layers.iter().find(|l| l.layer == update.layer).ok_or_else(|| OutputViolation::Unknown {
-            field: format!("{field}.layer"),
-            what: "MoE layer",
-            name: update.layer.to_string(),
-        })?;
+        let layer = layers.iter().find(|l| l.layer == update.layer).ok_or_else(|| OutputViolation::Unknown { field: format!("{field}.layer"), what: "MoE layer", name: update.layer.to_string() })?;
         if let Some(delta) = &update.bias_delta {
             OutputViolation::length(|| format!("{field}.bias-delta"), layer.num_experts as usize, delta.len())?;
             for (e, &d) in delta.iter().enumerate() {

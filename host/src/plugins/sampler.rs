@@ -57,10 +57,7 @@ pub fn validate_mixture(mixture: &Mixture, request: &SampleRequest) -> Result<()
             OutputViolation::length(|| "mixture.counts".into(), domains, counts.len())?;
             let total: u64 = counts.iter().map(|&c| c as u64).sum();
             if total != request.batch_sequences as u64 {
-                return Err(OutputViolation::Inconsistent {
-                    field: "mixture.counts".into(),
-                    reason: format!("sum to {total}, but the batch holds {} sequences", request.batch_sequences),
-                });
+                return Err(OutputViolation::Inconsistent { field: "mixture.counts".into(), reason: format!("sum to {total}, but the batch holds {} sequences", request.batch_sequences) });
             }
         }
     }

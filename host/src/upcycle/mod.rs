@@ -70,7 +70,14 @@ pub struct Provenance {
 
 /// Run the scheme on `sources` and write the result to `out`. `progress(done, total)` is
 /// called after every op.
-pub fn upcycle(sources: &[PathBuf], plugin: &mut InitSchemePlugin, provenance: &Provenance, out: &Path, options: &UpcycleOptions, progress: impl FnMut(usize, usize)) -> Result<UpcycleReport, UpcycleError> {
+pub fn upcycle(
+    sources: &[PathBuf],
+    plugin: &mut InitSchemePlugin,
+    provenance: &Provenance,
+    out: &Path,
+    options: &UpcycleOptions,
+    progress: impl FnMut(usize, usize),
+) -> Result<UpcycleReport, UpcycleError> {
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(UpcycleError::OutExists { path: out.to_path_buf() });
     }
@@ -85,14 +92,23 @@ pub fn upcycle(sources: &[PathBuf], plugin: &mut InitSchemePlugin, provenance: &
     })
 }
 
-fn run(readers: &[CheckpointReader], plugin: &mut InitSchemePlugin, provenance: &Provenance, out: &Path, options: &UpcycleOptions, mut progress: impl FnMut(usize, usize)) -> Result<UpcycleReport, UpcycleError> {
+fn run(
+    readers: &[CheckpointReader],
+    plugin: &mut InitSchemePlugin,
+    provenance: &Provenance,
+    out: &Path,
+    options: &UpcycleOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<UpcycleReport, UpcycleError> {
     let plan_err = |reason: String| UpcycleError::Plan { scheme: provenance.scheme.clone(), reason };
     let described: Vec<_> = readers.iter().enumerate().map(|(i, r)| source::describe(i as u32, r)).collect();
     let (plan, planned) = plugin.plan(&described)?;
     let config = target::target_config(&plan.target, &readers[0].config, &planned).map_err(plan_err)?;
     target::check_planned(&config, &planned).map_err(plan_err)?;
     let config_json = match options.format {
-        Format::Hf => hf_config::to_json(&config).map_err(|reason| plan_err(format!("the result cannot be written as Hugging Face {}: {reason}; use --format recast", config.architecture.hf_class())))?,
+        Format::Hf => {
+            hf_config::to_json(&config).map_err(|reason| plan_err(format!("the result cannot be written as Hugging Face {}: {reason}; use --format recast", config.architecture.hf_class())))?
+        }
         Format::Recast => hf_config::recast_json(&config, serde_json::Map::new()).map_err(plan_err)?,
     };
     if let Some(i) = plan.ops.iter().position(|op| matches!(op, InitOp::InitRouter(r) if matches!(r.method, RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_)))) {
@@ -136,11 +152,14 @@ fn run(readers: &[CheckpointReader], plugin: &mut InitSchemePlugin, provenance: 
     }
     let mut config_json = config_json;
     if let Some(obj) = config_json.as_object_mut() {
-        obj.insert("dtype".into(), json!(match dtype {
-            DType::BF16 => "bfloat16",
-            DType::F16 => "float16",
-            _ => "float32",
-        }));
+        obj.insert(
+            "dtype".into(),
+            json!(match dtype {
+                DType::BF16 => "bfloat16",
+                DType::F16 => "float16",
+                _ => "float32",
+            }),
+        );
     }
     write_json(&tmp.join("config.json"), &config_json)?;
     if out.exists() {

@@ -20,7 +20,10 @@ pub fn target_config(target: &TargetModel, base: &ModelConfig, planned: &Planned
     let moe = match target.moe_layers.first() {
         None => None,
         Some(first) => {
-            if let Some(other) = target.moe_layers.iter().find(|m| (m.experts, m.expert_intermediate, m.top_k, m.shared_experts, m.shared_intermediate) != (first.experts, first.expert_intermediate, first.top_k, first.shared_experts, first.shared_intermediate)) {
+            if let Some(other) = target.moe_layers.iter().find(|m| {
+                (m.experts, m.expert_intermediate, m.top_k, m.shared_experts, m.shared_intermediate)
+                    != (first.experts, first.expert_intermediate, first.top_k, first.shared_experts, first.shared_intermediate)
+            }) {
                 return Err(format!("MoE layers {} and {} differ in experts, widths, top-k or shared experts; Recast models use one MoE layout for all MoE layers", first.layer, other.layer));
             }
             let mut moe_layers = vec![false; layers];

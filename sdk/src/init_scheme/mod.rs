@@ -2,9 +2,8 @@
 //! [`export_init_scheme!`](crate::export_init_scheme).
 
 pub use crate::bindings::init_scheme_world::recast::plugins::init_scheme_types::{
-    CopyOp, Distribution, FillOp, GatherOp, GroupCentroidParams, InitOp, InitPlan, ModelShape, MoeLayerShape,
-    NoiseOp, NormalParams, PermuteOp, ReinitOp, RouterInit, RouterInitOp, ScaleOp, SourceModel, TargetModel,
-    TensorInfo, TensorRef,
+    CopyOp, Distribution, FillOp, GatherOp, GroupCentroidParams, InitOp, InitPlan, ModelShape, MoeLayerShape, NoiseOp, NormalParams, PermuteOp, ReinitOp, RouterInit, RouterInitOp, ScaleOp,
+    SourceModel, TargetModel, TensorInfo, TensorRef,
 };
 pub use crate::plugin::{Context, Plugin};
 

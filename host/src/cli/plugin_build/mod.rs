@@ -15,7 +15,6 @@ use anyhow::Context;
 
 use crate::plugins::{PluginEngine, PluginKind};
 
-
 /// A plugin component that `build_plugins` wrote.
 #[derive(Clone, Debug)]
 pub struct BuiltPlugin {
@@ -58,10 +57,7 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
         return Ok(vec![javascript::build(&engine, path, &out_dir_for(path))?]);
     }
     if !path.join("Cargo.toml").exists() {
-        anyhow::bail!(
-            "no plugin at {}: expected Cargo.toml (Rust), pyproject.toml with a [tool.recast] table (Python) or package.json with a \"recast\" key (JavaScript)",
-            path.display()
-        );
+        anyhow::bail!("no plugin at {}: expected Cargo.toml (Rust), pyproject.toml with a [tool.recast] table (Python) or package.json with a \"recast\" key (JavaScript)", path.display());
     }
     let mut built = rust::build(&engine, path)?;
     if is_virtual_workspace(path) {

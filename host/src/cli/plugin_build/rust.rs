@@ -26,10 +26,7 @@ pub(super) fn build(engine: &PluginEngine, path: &Path) -> anyhow::Result<Vec<Bu
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--target", WASM_TARGET, "--message-format=json-render-diagnostics", "--manifest-path"])
-        .arg(&manifest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args(["build", "--release", "--target", WASM_TARGET, "--message-format=json-render-diagnostics", "--manifest-path"]).arg(&manifest).stdout(Stdio::piped()).stderr(Stdio::inherit());
     if virtual_workspace {
         cmd.arg("--workspace");
     }
@@ -76,9 +73,7 @@ fn path_remap_rustflags() -> String {
     if let Ok(root) = super::super::source_root().canonicalize() {
         remaps.push(format!("--remap-path-prefix={}=/recast", root.display()));
     }
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
     if let Some(home) = cargo_home.and_then(|h| h.canonicalize().ok()) {
         remaps.push(format!("--remap-path-prefix={}=/cargo", home.display()));
     }
@@ -106,11 +101,7 @@ fn cdylib_artifact(line: &str) -> Option<(String, PathBuf)> {
 /// component.
 fn componentize(module: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
-    wit_component::ComponentEncoder::default()
-        .validate(true)
-        .module(&bytes)
-        .and_then(|encoder| encoder.encode())
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
+    wit_component::ComponentEncoder::default().validate(true).module(&bytes).and_then(|encoder| encoder.encode()).map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
 /// Install the wasm target with rustup when it is missing.

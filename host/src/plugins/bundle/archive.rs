@@ -118,11 +118,7 @@ fn check_entry_name(name: &str) -> Result<(), String> {
 fn header_place(bytes: &[u8], at: usize, previous: Option<&str>) -> String {
     let name = bytes.get(at..at + 100).map(|raw| String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or_default()).into_owned()).unwrap_or_default();
     let after = previous.map(|p| format!(", after `{p}`")).unwrap_or_default();
-    if name.is_empty() {
-        format!("the header at byte {at}{after}")
-    } else {
-        format!("the header of `{name}` at byte {at}{after}")
-    }
+    if name.is_empty() { format!("the header at byte {at}{after}") } else { format!("the header of `{name}` at byte {at}{after}") }
 }
 
 #[cfg(test)]

@@ -229,7 +229,11 @@ fn read_folder(dir: &Path, limits: &BundleLimits) -> Result<BTreeMap<String, Vec
             Ok(bytes) => {
                 total.set(total.get() + bytes.len() as u64);
                 if total.get() > limits.bundle_bytes() {
-                    return Err(BundleError::TooLarge { bundle: dir.to_path_buf(), what: format!("{} bytes of files", total.get()), limit: format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib) });
+                    return Err(BundleError::TooLarge {
+                        bundle: dir.to_path_buf(),
+                        what: format!("{} bytes of files", total.get()),
+                        limit: format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib),
+                    });
                 }
                 Ok(Some(bytes))
             }

@@ -40,11 +40,7 @@ impl PublicKey {
     /// A public key given in a run config: the key itself, or the path of its file
     /// (relative paths resolved against `base`).
     pub fn from_config(entry: &str, base: &Path) -> Result<Self, BundleError> {
-        if entry.trim().starts_with(PUBLIC_PREFIX) {
-            Self::parse(entry, "trusted_keys")
-        } else {
-            Self::read(&base.join(entry))
-        }
+        if entry.trim().starts_with(PUBLIC_PREFIX) { Self::parse(entry, "trusted_keys") } else { Self::read(&base.join(entry)) }
     }
 
     /// The short form shown in messages: `ed25519:` and the first 16 hex digits.

@@ -11,9 +11,8 @@ use super::kind::PluginKind;
 use super::limits::PluginLimits;
 use super::wit::init_scheme;
 pub use super::wit::init_scheme_types::{
-    CopyOp, Distribution, FillOp, GatherOp, GroupCentroidParams, InitOp, InitPlan, ModelShape, MoeLayerShape,
-    NoiseOp, NormalParams, PermuteOp, ReinitOp, RouterInit, RouterInitOp, ScaleOp, SourceModel, TargetModel,
-    TensorInfo, TensorRef,
+    CopyOp, Distribution, FillOp, GatherOp, GroupCentroidParams, InitOp, InitPlan, ModelShape, MoeLayerShape, NoiseOp, NormalParams, PermuteOp, ReinitOp, RouterInit, RouterInitOp, ScaleOp,
+    SourceModel, TargetModel, TensorInfo, TensorRef,
 };
 pub use validate::{PlannedTensors, validate_plan};
 

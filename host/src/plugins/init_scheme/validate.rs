@@ -135,11 +135,8 @@ fn validate_op(op: &InitOp, i: usize, target: &TargetModel, shapes: &mut Shapes<
             OutputViolation::within(|| at("std"), n.std as f64, 0.0, f64::INFINITY, ">= 0")?;
         }
         InitOp::InitRouter(r) => {
-            let moe = target.moe_layers.iter().find(|m| m.layer == r.layer).ok_or_else(|| OutputViolation::Unknown {
-                field: at("layer"),
-                what: "MoE layer of the target",
-                name: r.layer.to_string(),
-            })?;
+            let moe =
+                target.moe_layers.iter().find(|m| m.layer == r.layer).ok_or_else(|| OutputViolation::Unknown { field: at("layer"), what: "MoE layer of the target", name: r.layer.to_string() })?;
             if r.experts != moe.experts || r.hidden != target.shape.hidden {
                 return Err(OutputViolation::Inconsistent {
                     field: at("experts/hidden"),
@@ -266,12 +263,7 @@ mod tests {
         assert!(matches!(validate_plan(&plan(vec![gather(vec![0, 1, 2, 3]), not_perm]), &src).unwrap_err(), OutputViolation::Duplicate { .. }));
         let wrong_router = InitOp::InitRouter(RouterInitOp { dst: "r".into(), layer: 0, experts: 3, hidden: 4, method: RouterInit::Zeros, seed: 0 });
         assert!(matches!(validate_plan(&plan(vec![wrong_router]), &src).unwrap_err(), OutputViolation::Inconsistent { .. }));
-        let nan = InitOp::Fill(crate::plugins::init_scheme::FillOp {
-            dst: "f".into(),
-            shape: vec![2, 2],
-            distribution: Distribution::Normal(NormalParams { mean: f32::NAN, std: 1.0 }),
-            seed: 0,
-        });
+        let nan = InitOp::Fill(crate::plugins::init_scheme::FillOp { dst: "f".into(), shape: vec![2, 2], distribution: Distribution::Normal(NormalParams { mean: f32::NAN, std: 1.0 }), seed: 0 });
         assert!(matches!(validate_plan(&plan(vec![nan]), &src).unwrap_err(), OutputViolation::NotFinite { .. }));
         let scale_before_write = InitOp::Scale(ScaleOp { tensor: "e9".into(), axis: 0, indices: vec![], factors: vec![2.0] });
         assert!(matches!(validate_plan(&plan(vec![scale_before_write]), &src).unwrap_err(), OutputViolation::Unknown { .. }));

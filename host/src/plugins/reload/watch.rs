@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::vet::Vetting;
-use super::{Candidate, DEBOUNCE, ReloadEvent, Rejection, WatchedPlugin};
+use super::{Candidate, DEBOUNCE, Rejection, ReloadEvent, WatchedPlugin};
 use crate::plugins::{Digest, PluginEngine, PluginLimits};
 
 /// A running watcher. Dropping it stops the thread.
@@ -34,7 +34,14 @@ struct Pending {
 impl ReloadWatcher {
     /// Watch `plugins`. `params` gives each role's current parameters for the trial
     /// `configure`; `lock` is the lock file when the run requires pinned digests.
-    pub fn start(engine: Arc<PluginEngine>, plugins: Vec<WatchedPlugin>, params: BTreeMap<&'static str, String>, seed: u64, limits: PluginLimits, lock: Option<PathBuf>) -> Result<Self, notify::Error> {
+    pub fn start(
+        engine: Arc<PluginEngine>,
+        plugins: Vec<WatchedPlugin>,
+        params: BTreeMap<&'static str, String>,
+        seed: u64,
+        limits: PluginLimits,
+        lock: Option<PathBuf>,
+    ) -> Result<Self, notify::Error> {
         let (raw_tx, raw_rx) = mpsc::channel();
         let mut watcher = notify::recommended_watcher(raw_tx)?;
         for plugin in &plugins {

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
 use crate::model::matmul::ComputeSettings;
 use crate::plugins::bundle::BundleLimits;
-use crate::model::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
 
 mod lines;
 mod ranges;

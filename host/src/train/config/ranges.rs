@@ -53,7 +53,13 @@ fn real(key: &str, value: f64, lo: (f64, bool), hi: (f64, bool)) -> Result<(), I
     let above = if l_open { value > l } else { value >= l };
     let below = if h_open { value < h } else { value <= h };
     let low = if l_open { format!("{l} < ") } else { format!("{l} <= ") };
-    let high = if h == f64::MAX { String::new() } else if h_open { format!(" < {h}") } else { format!(" <= {h}") };
+    let high = if h == f64::MAX {
+        String::new()
+    } else if h_open {
+        format!(" < {h}")
+    } else {
+        format!(" <= {h}")
+    };
     let allowed = format!("{low}{}{high}, finite", key.rsplit('.').next().unwrap_or(key));
     ensure(value.is_finite() && above && below, key, value, &allowed)
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::slots::Role;
 use super::{TrainError, Trainer};
-use crate::plugins::reload::{Candidate, ReloadEvent, ReloadWatcher, Rejection, WatchedPlugin};
+use crate::plugins::reload::{Candidate, Rejection, ReloadEvent, ReloadWatcher, WatchedPlugin};
 use crate::plugins::router::RouterSpec;
 use crate::plugins::{PluginComponent, PluginError};
 
@@ -57,7 +57,8 @@ impl Trainer {
         let started = Instant::now();
         let params = slot.params().to_string();
         let state = slot.instance().save_state().map_err(|source| TrainError::PluginFault { role, source })?;
-        let refuse = |reason: String| Rejection { role: candidate.role, label: candidate.component.label().to_string(), digest: Some(candidate.component.digest()), reason, noticed_at: candidate.noticed_at };
+        let refuse =
+            |reason: String| Rejection { role: candidate.role, label: candidate.component.label().to_string(), digest: Some(candidate.component.digest()), reason, noticed_at: candidate.noticed_at };
         if let Err(e) = slot.replace_with_state(&self.host, &candidate.component, &params, &state) {
             return self.journal_rejection(&refuse(format!("the running version's state does not load into it, or it does not configure: {e}")));
         }

@@ -3,8 +3,8 @@
 
 use serde_json::json;
 
-use super::{Trainer, TrainError};
 use super::slots::Role;
+use super::{TrainError, Trainer};
 use crate::plugins::PluginComponent;
 
 impl Trainer {

@@ -15,8 +15,8 @@ use crate::data::batch::training_batch;
 use crate::model::loss::next_token_nll;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
-use crate::plugins::router::{TokenLogits, validate_bias_sums};
 use crate::plugins::PluginError;
+use crate::plugins::router::{TokenLogits, validate_bias_sums};
 use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
 use crate::train::config::ParamGroup;
 use crate::train::optimizer::{AdamW, Gradients};
@@ -122,7 +122,15 @@ impl Trainer {
                         .iter()
                         .zip(&self.domains)
                         .enumerate()
-                        .map(|(i, (p, d))| DomainStats { domain: i as u32, name: p.name.clone(), tokens_available: d.train.len() as u64, tokens_seen: p.tokens_seen, train_loss: p.train_loss, valid_loss: p.valid_loss, reference_loss: None })
+                        .map(|(i, (p, d))| DomainStats {
+                            domain: i as u32,
+                            name: p.name.clone(),
+                            tokens_available: d.train.len() as u64,
+                            tokens_seen: p.tokens_seen,
+                            train_loss: p.train_loss,
+                            valid_loss: p.valid_loss,
+                            reference_loss: None,
+                        })
                         .collect(),
                 };
                 s.live.next(&request).map_err(fault(Role::Sampler))?
@@ -296,5 +304,4 @@ impl Trainer {
         let path = self.metrics.path().to_path_buf();
         self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
     }
-
 }

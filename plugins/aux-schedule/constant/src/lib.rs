@@ -54,11 +54,7 @@ impl AuxSchedule for Constant {
             .iter()
             .map(|&layer| {
                 let o = p.layers.iter().rev().find(|o| o.layer == layer);
-                LayerCoefficients {
-                    layer,
-                    load_balance: o.and_then(|o| o.load_balance).unwrap_or(p.load_balance),
-                    z_loss: o.and_then(|o| o.z_loss).unwrap_or(p.z_loss),
-                }
+                LayerCoefficients { layer, load_balance: o.and_then(|o| o.load_balance).unwrap_or(p.load_balance), z_loss: o.and_then(|o| o.z_loss).unwrap_or(p.z_loss) }
             })
             .collect())
     }

@@ -33,7 +33,8 @@ impl Plugin for SigmoidTopK {
         if !(p.scaling.is_finite() && p.scaling > 0.0) {
             return Err(format!("scaling must be > 0, not {}", p.scaling));
         }
-        let spec = RouterSpec { score: ScoreFunction::Sigmoid, renormalize: p.renormalize, scaling: p.scaling, capacity: capacity(p.capacity_factor, &p.drop_policy)?, ..RouterSpec::softmax_topk(p.top_k) };
+        let spec =
+            RouterSpec { score: ScoreFunction::Sigmoid, renormalize: p.renormalize, scaling: p.scaling, capacity: capacity(p.capacity_factor, &p.drop_policy)?, ..RouterSpec::softmax_topk(p.top_k) };
         Ok(SigmoidTopK { spec })
     }
 }
