@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test Recast has (the README's test command; CI runs it through .ci/run).
+# Runs every test Recast has (the README's test command; CI runs it through .ci/run):
+# formatting and clippy first, then every test in release mode, the fuzz suite
+# (tests/fuzz.rs, about a minute) included.
 # Installs what it needs: the wasm32 Rust target for plugins (via rustup), the Python
 # environment of the Hugging Face parity tests and the Python and JavaScript plugin
 # toolchains (.venv and scripts/js-tools, via scripts/plugin-tools.sh), MKL for the
@@ -13,6 +15,16 @@ if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep 
 fi
 
 scripts/plugin-tools.sh
+
+# Formatting (rustfmt.toml sets the project's width) and lints are checked like tests.
+if command -v rustup >/dev/null 2>&1; then
+    for component in rustfmt clippy; do
+        rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+    done
+fi
+cargo fmt --all --check
+cargo fmt --all --check --manifest-path plugins/Cargo.toml
+cargo clippy --release --workspace --all-targets -- -D warnings
 
 # Every CUDA kernel must compile (to PTX, with the pinned pip CUDA toolchain; no GPU).
 scripts/cuda-kernels.sh
