@@ -73,8 +73,7 @@ impl ParamStore {
     /// Hugging Face model with them is corrupt.
     pub fn check_finite(&self) -> Result<(), ModelError> {
         for (name, t) in &self.tensors {
-            let finite = t.to_dtype(candle_core::DType::F32).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map(|v| v.iter().all(|x| x.is_finite()))?;
-            if !finite {
+            if !all_finite(t)? {
                 return Err(ModelError::Config { path: self.origin(name), reason: format!("tensor `{name}` holds NaN or infinite values") });
             }
         }
@@ -157,4 +156,9 @@ impl ParamSource for ParamReader<'_> {
         self.used.insert(name.to_string());
         Ok(t.clone())
     }
+}
+
+/// Whether every value of `t` is finite (no NaN, no infinity).
+pub fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite()))
 }

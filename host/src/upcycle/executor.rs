@@ -181,6 +181,11 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
                 && let Some(t) = live.remove(k)
                 && !k.starts_with("source")
             {
+                // A plan whose numbers overflow (a huge scale factor, mean or std) is
+                // refused here rather than written as a model that computes NaN.
+                if !crate::model::params::all_finite(&t).map_err(tensor_err)? {
+                    return Err(err(format!("`{k}` holds NaN or infinite values; check the plan's scale factors and distributions")));
+                }
                 writer.write(&stored_name(k), &t)?;
             }
         }
@@ -212,4 +217,22 @@ fn draw(dist: &Distribution, n: usize, seed: u64, fetch: &mut dyn FnMut(&TensorR
             (0..n).map(|_| (mean + rng.normal() * std) as f32).collect()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::init_scheme::{FillOp, ModelShape, NormalParams, ScaleOp, TargetModel};
+
+    #[test]
+    fn a_plan_whose_numbers_overflow_writes_nothing_and_names_the_tensor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fill = InitOp::Fill(FillOp { dst: "w".into(), shape: vec![2, 3], distribution: Distribution::Normal(NormalParams { mean: 10.0, std: 0.1 }), seed: 1 });
+        let scale = InitOp::Scale(ScaleOp { tensor: "w".into(), axis: 0, indices: vec![], factors: vec![f32::MAX] });
+        let shape = ModelShape { layers: 1, hidden: 3, intermediate: 2, heads: 1, kv_heads: 1, head_dim: 2, vocab: 2, tied_embeddings: true };
+        let plan = InitPlan { target: TargetModel { shape, moe_layers: vec![] }, ops: vec![fill, scale] };
+        let mut writer = ShardWriter::create(dir.path(), &[("w".to_string(), vec![2, 3])], DType::F32, 1 << 30).expect("writer");
+        let err = execute(&plan, &[], &mut writer, |n| n.to_string(), |_| {}).expect_err("an infinite tensor was written");
+        assert!(err.to_string().contains("plan op 1: `w` holds NaN or infinite values"), "{err}");
+    }
 }

@@ -105,6 +105,9 @@ fn run(
     let (plan, planned) = plugin.plan(&described)?;
     let config = target::target_config(&plan.target, &readers[0].config, &planned).map_err(plan_err)?;
     target::check_planned(&config, &planned).map_err(plan_err)?;
+    // Tensors are made one at a time, but each whole, with a working copy or two.
+    let largest = planned.values().map(|dims| dims.iter().map(|&d| d as u128).product::<u128>()).max().unwrap_or(0);
+    crate::memory::ensure_fits("the plan's largest tensor", largest * 4 * 3).map_err(plan_err)?;
     let config_json = match options.format {
         Format::Hf => {
             hf_config::to_json(&config).map_err(|reason| plan_err(format!("the result cannot be written as Hugging Face {}: {reason}; use --format recast", config.architecture.hf_class())))?
