@@ -14,6 +14,7 @@
 
 pub mod atomic_file;
 pub mod cli;
+pub mod contract;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod data;

@@ -3,8 +3,8 @@
 //! draws exactly the batches the uninterrupted run would have.
 
 use super::domain::Domain;
+use crate::contract::Mixture;
 use crate::model::init::SplitMix64;
-use crate::plugins::sampler::Mixture;
 
 /// A step's sequences, laid end to end.
 pub struct Batch {

@@ -11,9 +11,9 @@ use super::losses;
 use super::selection::{self, Selection, token_choice_capacity, top_k};
 use super::spec::{AuxCoefficients, DropPolicy, LayerStats, RouterSpec, RoutingMode, SelectionBias};
 use super::stats::layer_stats;
+use crate::contract::{RouteAssignment, TokenLogits};
 use crate::model::ffn::Ffn;
 use crate::model::ops::{linear, linear_f32, sigmoid};
-use crate::plugins::router::{RouteAssignment, TokenLogits};
 
 /// One MoE layer's weights and routing state.
 pub struct MoeLayer {

@@ -2,29 +2,9 @@
 //! record is the one definition), and the routing a checkpoint was trained with, used
 //! when no router plugin is given.
 
-pub use crate::plugins::router::{Capacity, DropPolicy, LayerStats, LogitNorm, RouterSpec, RoutingMode, ScoreFunction, SelectionBias, TopkOrder};
+pub use crate::contract::{Capacity, DropPolicy, LayerStats, LogitNorm, RouterSpec, RoutingMode, ScoreFunction, SelectionBias, TopkOrder};
 
 use crate::model::config::MoeConfig;
-
-impl RouterSpec {
-    /// Plain token-choice routing: softmax, top-`k`, renormalised, dropless (Mixtral's).
-    pub fn softmax_topk(k: u32) -> Self {
-        RouterSpec {
-            score: ScoreFunction::Softmax,
-            logit_norm: LogitNorm::None,
-            top_k: k,
-            order: TopkOrder::SoftmaxThenTopk,
-            renormalize: true,
-            scaling: 1.0,
-            mode: RoutingMode::TokenChoice,
-            capacity: None,
-            shared_experts: 0,
-            shared_expert_gate: false,
-            selection_bias: SelectionBias::None,
-            per_token_route: false,
-        }
-    }
-}
 
 /// Mixtral/Qwen2-MoE routing as the checkpoint's config describes it: softmax, top-k,
 /// renormalised if the config says so, dropless, shared experts on and gated as stored.

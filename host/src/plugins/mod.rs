@@ -36,8 +36,11 @@ pub mod lock;
 pub mod reload;
 pub mod router;
 pub mod sampler;
-mod wit;
 
+/// The generated bindings live with the contract; the runtime calls their exports.
+use crate::contract::wit;
+
+pub use crate::contract::LogLevel;
 pub use aux_schedule::AuxSchedulePlugin;
 pub use component::{ExportedInterface, PluginComponent};
 pub use digest::Digest;
@@ -50,4 +53,3 @@ pub use kind::{PluginKind, WIT_PACKAGE, WIT_VERSION, version_compatible};
 pub use limits::PluginLimits;
 pub use router::RouterPlugin;
 pub use sampler::SamplerPlugin;
-pub use wit::types::LogLevel;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::{LayerStats, RouterSpec};
 use crate::model::checkpoint::write_tensors;
 use crate::model::config::ModelConfig;
 
@@ -32,7 +33,7 @@ pub struct PluginSnapshot {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerRouting {
     pub layer: usize,
-    pub spec: serde_json::Value,
+    pub spec: RouterSpec,
     pub selection_bias: Vec<f32>,
 }
 
@@ -57,7 +58,7 @@ pub struct TrainState {
     pub layers: Vec<LayerRouting>,
     pub domains: Vec<DomainProgress>,
     /// Per-layer statistics of the last step (the aux-schedule's next input).
-    pub last_stats: Vec<serde_json::Value>,
+    pub last_stats: Vec<LayerStats>,
 }
 
 /// A checkpoint error, naming the file.

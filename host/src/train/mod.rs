@@ -8,4 +8,3 @@ pub mod metrics;
 pub mod optimizer;
 pub mod schedule;
 pub mod trainer;
-pub mod wit_json;

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 
 use super::writer::ShardWriter;
+use crate::contract::{Distribution, InitOp, InitPlan, NormalParams, RouterInit, TensorRef};
 use crate::model::checkpoint::CheckpointReader;
 use crate::model::error::ModelError;
 use crate::model::init::SplitMix64;
-use crate::plugins::init_scheme::{Distribution, InitOp, InitPlan, RouterInit, TensorRef};
 
 /// Why executing a plan failed, naming the op.
 #[derive(Debug, thiserror::Error)]
@@ -158,13 +158,13 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
             InitOp::InitRouter(r) => {
                 let (e, d) = (r.experts as usize, r.hidden as usize);
                 let values = match &r.method {
-                    RouterInit::Normal(std) => draw(&Distribution::Normal(crate::plugins::init_scheme::NormalParams { mean: 0.0, std: *std }), e * d, r.seed, &mut |x| fetch(x, &mut live))?,
+                    RouterInit::Normal(std) => draw(&Distribution::Normal(NormalParams { mean: 0.0, std: *std }), e * d, r.seed, &mut |x| fetch(x, &mut live))?,
                     RouterInit::UniformCentred(std) => draw(&Distribution::UniformCentred(*std), e * d, r.seed, &mut |x| fetch(x, &mut live))?,
                     RouterInit::Zeros => vec![0.0; e * d],
                     RouterInit::VirtualGroup(g) => {
                         // R = E / G random rows, each repeated G times: expert r·G + g uses row r.
                         let g = *g as usize;
-                        let rows = draw(&Distribution::Normal(crate::plugins::init_scheme::NormalParams { mean: 0.0, std: 0.02 }), (e / g) * d, r.seed, &mut |x| fetch(x, &mut live))?;
+                        let rows = draw(&Distribution::Normal(NormalParams { mean: 0.0, std: 0.02 }), (e / g) * d, r.seed, &mut |x| fetch(x, &mut live))?;
                         (0..e).flat_map(|x| rows[(x / g) * d..(x / g + 1) * d].to_vec()).collect()
                     }
                     RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_) => {
@@ -222,7 +222,7 @@ fn draw(dist: &Distribution, n: usize, seed: u64, fetch: &mut dyn FnMut(&TensorR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::init_scheme::{FillOp, ModelShape, NormalParams, ScaleOp, TargetModel};
+    use crate::contract::{FillOp, ModelShape, ScaleOp, TargetModel};
 
     #[test]
     fn a_plan_whose_numbers_overflow_writes_nothing_and_names_the_tensor() {

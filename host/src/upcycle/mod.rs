@@ -16,13 +16,12 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use serde_json::{Value, json};
 
+use crate::contract::{InitOp, InitPlanner, RouterInit};
 use crate::model::checkpoint::CheckpointReader;
 use crate::model::checkpoint::names::to_hf;
 use crate::model::config::ModelConfig;
 use crate::model::error::ModelError;
 use crate::model::hf_config;
-use crate::plugins::init_scheme::{InitOp, RouterInit};
-use crate::plugins::{InitSchemePlugin, PluginError};
 
 pub use crate::model::checkpoint::Format;
 
@@ -50,7 +49,8 @@ pub enum UpcycleError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
-    Plugin(#[from] PluginError),
+    /// The planner (an init-scheme plugin) failed; its own error says how.
+    Planner(Box<dyn std::error::Error + Send + Sync>),
     #[error("the plan of {scheme} cannot be used: {reason}")]
     Plan { scheme: String, reason: String },
     #[error(transparent)]
@@ -72,7 +72,7 @@ pub struct Provenance {
 /// called after every op.
 pub fn upcycle(
     sources: &[PathBuf],
-    plugin: &mut InitSchemePlugin,
+    plugin: &mut impl InitPlanner,
     provenance: &Provenance,
     out: &Path,
     options: &UpcycleOptions,
@@ -94,7 +94,7 @@ pub fn upcycle(
 
 fn run(
     readers: &[CheckpointReader],
-    plugin: &mut InitSchemePlugin,
+    plugin: &mut impl InitPlanner,
     provenance: &Provenance,
     out: &Path,
     options: &UpcycleOptions,
@@ -102,7 +102,7 @@ fn run(
 ) -> Result<UpcycleReport, UpcycleError> {
     let plan_err = |reason: String| UpcycleError::Plan { scheme: provenance.scheme.clone(), reason };
     let described: Vec<_> = readers.iter().enumerate().map(|(i, r)| source::describe(i as u32, r)).collect();
-    let (plan, planned) = plugin.plan(&described)?;
+    let (plan, planned) = plugin.plan(&described).map_err(|e| UpcycleError::Planner(Box::new(e)))?;
     let config = target::target_config(&plan.target, &readers[0].config, &planned).map_err(plan_err)?;
     target::check_planned(&config, &planned).map_err(plan_err)?;
     // Tensors are made one at a time, but each whole, with a working copy or two.

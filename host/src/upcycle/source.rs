@@ -4,8 +4,8 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
+use crate::contract::{ModelShape, SourceModel, TensorInfo};
 use crate::model::checkpoint::CheckpointReader;
-use crate::plugins::init_scheme::{ModelShape, SourceModel, TensorInfo};
 
 /// The plugin's view of source `index`: architecture, shape and every tensor (Recast's
 /// names, Hugging Face layouts).

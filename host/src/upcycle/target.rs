@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::contract::{PlannedTensors, TargetModel};
 use crate::model::config::{Architecture, ModelConfig, MoeConfig};
 use crate::model::error::ModelError;
 use crate::model::params::ParamSource;
 use crate::model::transformer::Transformer;
-use crate::plugins::init_scheme::{PlannedTensors, TargetModel};
 
 /// The target's config. `planned` decides details a shape cannot (a shared-expert gate
 /// exists when the plan writes one).

@@ -14,6 +14,7 @@ pub use super::wit::init_scheme_types::{
     CopyOp, Distribution, FillOp, GatherOp, GroupCentroidParams, InitOp, InitPlan, ModelShape, MoeLayerShape, NoiseOp, NormalParams, PermuteOp, ReinitOp, RouterInit, RouterInitOp, ScaleOp,
     SourceModel, TargetModel, TensorInfo, TensorRef,
 };
+use crate::contract::InitPlanner;
 pub use validate::{PlannedTensors, validate_plan};
 
 /// An initialisation-scheme plugin.
@@ -38,6 +39,14 @@ impl InitSchemePlugin {
     /// The plan for `sources`, validated op by op against the sources' tensors; returns
     /// it with the shapes of every target tensor it writes.
     pub fn plan(&mut self, sources: &[SourceModel]) -> Result<(InitPlan, PlannedTensors), PluginError> {
+        <Self as InitPlanner>::plan(self, sources)
+    }
+}
+
+impl InitPlanner for InitSchemePlugin {
+    type Error = PluginError;
+
+    fn plan(&mut self, sources: &[SourceModel]) -> Result<(InitPlan, PlannedTensors), PluginError> {
         let guest = &self.guest;
         let sandbox = &mut self.instance.sandbox;
         let plan = sandbox.call_fallible("plan", |store| guest.call_plan(store, sources))?;

@@ -4,10 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Distribution, InitOp, InitPlan, ModelShape, RouterInit, SourceModel, TargetModel, TensorRef};
+pub use crate::contract::PlannedTensors;
 use crate::plugins::error::OutputViolation;
-
-/// Shapes of the target tensors a plan writes, by name.
-pub type PlannedTensors = BTreeMap<String, Vec<u64>>;
 
 /// Largest tensor a plan may create, in elements (2^40, far above any real layer).
 const MAX_ELEMENTS: u64 = 1 << 40;

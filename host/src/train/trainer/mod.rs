@@ -15,7 +15,6 @@ use super::checkpoint::{self, DomainProgress, LayerRouting, TrainState};
 use super::config::RunConfig;
 use super::metrics::MetricsLog;
 use super::optimizer::AdamW;
-use super::wit_json::{spec_to_json, stats_to_json};
 use crate::data::batch::validation_windows;
 use crate::data::domain::Domain;
 use crate::data::tokenizer::Tokenizer;
@@ -322,9 +321,9 @@ impl Trainer {
             config_toml: toml::to_string(&self.config).map_err(|e| TrainError::Resume(format!("cannot record the config: {e}")))?,
             model_config: self.model_config.clone(),
             plugins,
-            layers: self.model.moe_layers().map(|l| LayerRouting { layer: l.layer, spec: spec_to_json(&l.spec), selection_bias: l.selection_bias.clone() }).collect(),
+            layers: self.model.moe_layers().map(|l| LayerRouting { layer: l.layer, spec: l.spec.clone(), selection_bias: l.selection_bias.clone() }).collect(),
             domains: self.progress.clone(),
-            last_stats: self.last_stats.iter().map(stats_to_json).collect(),
+            last_stats: self.last_stats.clone(),
         };
         let params: BTreeMap<String, Tensor> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
         Ok(checkpoint::save(&self.run_dir, &params, &self.optimizer.moments, &state, self.config.train.keep_checkpoints)?)

@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::{TrainError, Trainer};
 use crate::train::checkpoint::{PluginSnapshot, TrainState};
-use crate::train::wit_json::{spec_from_json, stats_from_json};
 
 impl Trainer {
     /// Every live plugin's digest and state, for a checkpoint.
@@ -63,11 +62,11 @@ impl Trainer {
             self.journal(&record)?;
         }
         for (layer, saved) in self.model.moe_layers_mut().zip(&state.layers) {
-            layer.spec = spec_from_json(&saved.spec).map_err(|e| TrainError::Resume(format!("{}: layer {}: {e}", state_file.display(), saved.layer)))?;
+            layer.spec = saved.spec.clone();
             layer.selection_bias = saved.selection_bias.clone();
         }
         self.progress = state.domains.clone();
-        self.last_stats = state.last_stats.iter().map(stats_from_json).collect::<Result<_, _>>().map_err(|e| TrainError::Resume(format!("{}: {e}", state_file.display())))?;
+        self.last_stats = state.last_stats.clone();
         Ok(())
     }
 }

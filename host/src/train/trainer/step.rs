@@ -21,7 +21,6 @@ use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
 use crate::train::config::ParamGroup;
 use crate::train::optimizer::{AdamW, Gradients};
 use crate::train::schedule::learning_rate;
-use crate::train::wit_json::stats_to_json;
 
 /// A step computed up to the optimizer update.
 struct StepWork {
@@ -286,7 +285,7 @@ impl Trainer {
             .last_stats
             .iter()
             .map(|s| {
-                let mut v = stats_to_json(s);
+                let mut v = serde_json::to_value(s).unwrap_or_default();
                 if let Some(layer) = self.model.moe_layers().find(|l| l.layer == s.layer as usize) {
                     v["load_balance_coef"] = json!(layer.coefficients.load_balance);
                     v["z_loss_coef"] = json!(layer.coefficients.z_loss);
