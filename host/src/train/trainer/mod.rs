@@ -321,7 +321,7 @@ impl Trainer {
             config_toml: toml::to_string(&self.config).map_err(|e| TrainError::Resume(format!("cannot record the config: {e}")))?,
             model_config: self.model_config.clone(),
             plugins,
-            layers: self.model.moe_layers().map(|l| LayerRouting { layer: l.layer, spec: l.spec.clone(), selection_bias: l.selection_bias.clone() }).collect(),
+            layers: self.model.moe_layers().map(|l| LayerRouting { layer: l.layer, spec: l.spec, selection_bias: l.selection_bias.clone() }).collect(),
             domains: self.progress.clone(),
             last_stats: self.last_stats.clone(),
         };

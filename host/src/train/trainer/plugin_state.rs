@@ -62,7 +62,7 @@ impl Trainer {
             self.journal(&record)?;
         }
         for (layer, saved) in self.model.moe_layers_mut().zip(&state.layers) {
-            layer.spec = saved.spec.clone();
+            layer.spec = saved.spec;
             layer.selection_bias = saved.selection_bias.clone();
         }
         self.progress = state.domains.clone();
