@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use recast::contract::{LayerStats, RouterSpec};
 use recast::model::config::ModelConfig;
 use recast::model::hf_config;
 use recast::train::checkpoint::{DomainProgress, LayerRouting, PluginSnapshot, TrainState};
@@ -284,9 +285,20 @@ pub fn train_state() -> Value {
         config_toml: MINIMAL_RUN.into(),
         model_config,
         plugins: vec![PluginSnapshot { role: "router".into(), label: "topk-softmax".into(), digest: "ab".repeat(32), state: "00ff".into() }],
-        layers: vec![LayerRouting { layer: 0, spec: json!({"top_k": 2}), selection_bias: vec![0.0; 4] }],
+        layers: vec![LayerRouting { layer: 0, spec: RouterSpec::softmax_topk(2), selection_bias: vec![0.0; 4] }],
         domains: vec![DomainProgress { name: "math".into(), tokens_seen: 100, train_loss: Some(2.5), valid_loss: None }],
-        last_stats: vec![json!({"layer": 0, "expert_load": [1, 2, 3, 4]})],
+        last_stats: vec![LayerStats {
+            layer: 0,
+            tokens: 5,
+            top_k: 2,
+            expert_load: vec![1, 2, 3, 4],
+            dropped: 0,
+            overflow_rate: 0.0,
+            gate_entropy: 1.0,
+            max1_over_max2: 1.5,
+            load_balance_loss: 1.0,
+            z_loss: 0.5,
+        }],
     };
     serde_json::to_value(&state).expect("state json")
 }
