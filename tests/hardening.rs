@@ -208,9 +208,17 @@ fn a_failed_start_leaves_no_run_folder_and_the_same_out_works_next() {
 
 #[test]
 fn each_io_cause_is_printed_once() {
-    let o = run(&["train", "/nonexistent/run.toml", "--out", "/tmp/never"]);
+    // An error that quotes its I/O cause in its own message (`path: cause`) and carries
+    // it as its source: the cause is printed once, not twice.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("shards/meta.json")).unwrap();
+    let cfg = config(dir.path(), "", "steps = 2");
+    let body = std::fs::read_to_string(&cfg).unwrap().replace("builtin = \"arithmetic\"", "shards = \"shards\"");
+    std::fs::write(&cfg, body).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()]);
     let message = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(message.matches("No such file or directory").count(), 1, "{message}");
+    assert!(!o.status.success() && message.contains("meta.json"), "{message}");
+    assert_eq!(message.matches("(os error 21)").count(), 1, "{message}");
 }
 
 #[test]
