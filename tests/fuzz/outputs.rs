@@ -501,7 +501,9 @@ fn judge<T>(call: &str, result: Result<T, PluginError>, contract: impl Fn(&T) ->
 /// `Err` on a broken contract.
 pub fn run_output_case(engine: &PluginEngine, components: &BTreeMap<&str, PluginComponent>, input: &OutputCase, stricter: &mut u64) -> Result<bool, Broken> {
     let params = input.params();
-    let limits = PluginLimits::default();
+    // Fuel is counted, the deadline timed: with the deadline far away, the outcome is the
+    // same on a loaded machine (a 1 s deadline fired under load in a long run).
+    let limits = PluginLimits { deadline: std::time::Duration::from_secs(600), ..PluginLimits::default() };
     let noise = input.noise();
     let new_error = |e: PluginError| ("echo-configure", format!("the echo refused its own params ({}): {e}", e.code()));
     let mut all_ok = true;
