@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use clap::Args;
 
 use crate::plugins::bundle::{self, Bundle, BundleLimits, PublicKey, SecretKey};
 use crate::plugins::{PluginEngine, PluginKind};
@@ -99,4 +100,24 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
+}
+
+/// How much a bundle may hold (defaults as in the run config's `[bundle_limits]`).
+#[derive(Args, Debug, Clone, Copy)]
+pub(super) struct BundleLimitArgs {
+    /// Largest file inside the bundle, in MiB.
+    #[arg(long, default_value_t = BundleLimits::default().max_entry_mib)]
+    max_entry_mib: u64,
+    /// Largest bundle, in MiB.
+    #[arg(long, default_value_t = BundleLimits::default().max_bundle_mib)]
+    max_bundle_mib: u64,
+    /// Most entries in a bundle .tar.
+    #[arg(long, default_value_t = BundleLimits::default().max_entries)]
+    max_entries: usize,
+}
+
+impl BundleLimitArgs {
+    pub(super) fn limits(self) -> BundleLimits {
+        BundleLimits { max_entry_mib: self.max_entry_mib, max_bundle_mib: self.max_bundle_mib, max_entries: self.max_entries }
+    }
 }

@@ -8,6 +8,7 @@ mod bench_model;
 mod bundle;
 mod convert;
 mod data_prepare;
+mod error_chain;
 mod experiment;
 mod forward;
 mod lock;
@@ -29,9 +30,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::compute_device::ComputeDevice;
 use crate::model::matmul::{ComputeSettings, MatmulBackend, Precision};
-use crate::plugins::bundle::BundleLimits;
 use crate::plugins::{PluginKind, PluginLimits};
 
+use bundle::BundleLimitArgs;
+use error_chain::error_chain;
 pub use plugin_build::{BuiltPlugin, build_plugins};
 
 /// Recast: upcycle dense transformers into Mixture-of-Experts models and keep training
@@ -252,26 +254,6 @@ enum BundleCommand {
         #[arg(long)]
         key: PathBuf,
     },
-}
-
-/// How much a bundle may hold (defaults as in the run config's `[bundle_limits]`).
-#[derive(Args, Debug, Clone, Copy)]
-struct BundleLimitArgs {
-    /// Largest file inside the bundle, in MiB.
-    #[arg(long, default_value_t = BundleLimits::default().max_entry_mib)]
-    max_entry_mib: u64,
-    /// Largest bundle, in MiB.
-    #[arg(long, default_value_t = BundleLimits::default().max_bundle_mib)]
-    max_bundle_mib: u64,
-    /// Most entries in a bundle .tar.
-    #[arg(long, default_value_t = BundleLimits::default().max_entries)]
-    max_entries: usize,
-}
-
-impl BundleLimitArgs {
-    fn limits(self) -> BundleLimits {
-        BundleLimits { max_entry_mib: self.max_entry_mib, max_bundle_mib: self.max_bundle_mib, max_entries: self.max_entries }
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -531,23 +513,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, each cause once: many errors already quote
-/// their source in their own message (`path: cause`), and printing it again after them
-/// said "No such file or directory" twice.
-fn error_chain(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-    }
-    text
 }
 
 fn init_logging(verbose: u8) {
