@@ -73,7 +73,7 @@ pub fn read(path: &Path, bytes: &[u8], limits: &BundleLimits) -> Result<Vec<Arch
         check_entry_name(&name).map_err(|reason| corrupt(at(), reason))?;
         let size = entry.header().size().map_err(|e| corrupt(at(), e.to_string()))?;
         if size > limits.entry_bytes() {
-            return Err(BundleError::TooLarge { bundle: path.to_path_buf(), what: format!("`{name}` ({size} bytes)"), limit: format!("{} MiB per file (`max_entry_mib`)", limits.max_entry_mib) });
+            return Err(BundleError::TooLarge { bundle: path.to_path_buf(), what: format!("`{name}` ({size} bytes)"), limit: limits.describe_entry_limit() });
         }
         if !names.insert(name.clone()) {
             return Err(corrupt(format!("`{name}`"), "the archive holds this file twice".into()));

@@ -36,4 +36,14 @@ impl BundleLimits {
     pub fn bundle_bytes(&self) -> u64 {
         self.max_bundle_mib.saturating_mul(MIB)
     }
+
+    /// The per-entry limit as a refusal names it (with the key that raises it).
+    pub fn describe_entry_limit(&self) -> String {
+        format!("{} MiB per file (`max_entry_mib`)", self.max_entry_mib)
+    }
+
+    /// The whole-bundle limit as a refusal names it.
+    pub fn describe_bundle_limit(&self) -> String {
+        format!("{} MiB per bundle (`max_bundle_mib`)", self.max_bundle_mib)
+    }
 }

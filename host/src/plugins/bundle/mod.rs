@@ -63,7 +63,7 @@ impl Bundle {
         let (files, packed) = if path.is_dir() {
             (read_folder(path, limits)?, false)
         } else {
-            let bytes = read_limited(path, limits.bundle_bytes(), path, || format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib))?;
+            let bytes = read_limited(path, limits.bundle_bytes(), path, || limits.describe_bundle_limit())?;
             let files = archive::read(path, &bytes, limits)?;
             (files.into_iter().map(|f| (f.name, f.bytes)).collect::<BTreeMap<_, _>>(), true)
         };
@@ -188,7 +188,7 @@ pub fn sign(path: &Path, key: &SecretKey) -> Result<PublicKey, BundleError> {
         crate::atomic_file::write(&sig, signature.as_bytes()).map_err(|source| BundleError::Io { path: sig, source })?;
     } else {
         let limits = BundleLimits::default();
-        let bytes = read_limited(path, limits.bundle_bytes(), path, || format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib))?;
+        let bytes = read_limited(path, limits.bundle_bytes(), path, || limits.describe_bundle_limit())?;
         let mut files: Vec<ArchivedFile> = archive::read(path, &bytes, &limits)?.into_iter().filter(|f| f.name != SIGNATURE).collect();
         files.push(ArchivedFile { name: SIGNATURE.into(), bytes: signature.into_bytes() });
         write_archive(path, &files)?;
@@ -225,15 +225,11 @@ fn read_folder(dir: &Path, limits: &BundleLimits) -> Result<BTreeMap<String, Vec
     let total = std::cell::Cell::new(0u64);
     let read = |name: &str| -> Result<Option<Vec<u8>>, BundleError> {
         let path = dir.join(name);
-        match read_limited(&path, limits.entry_bytes(), dir, || format!("{} MiB per file (`max_entry_mib`)", limits.max_entry_mib)) {
+        match read_limited(&path, limits.entry_bytes(), dir, || limits.describe_entry_limit()) {
             Ok(bytes) => {
                 total.set(total.get() + bytes.len() as u64);
                 if total.get() > limits.bundle_bytes() {
-                    return Err(BundleError::TooLarge {
-                        bundle: dir.to_path_buf(),
-                        what: format!("{} bytes of files", total.get()),
-                        limit: format!("{} MiB per bundle (`max_bundle_mib`)", limits.max_bundle_mib),
-                    });
+                    return Err(BundleError::TooLarge { bundle: dir.to_path_buf(), what: format!("{} bytes of files", total.get()), limit: limits.describe_bundle_limit() });
                 }
                 Ok(Some(bytes))
             }

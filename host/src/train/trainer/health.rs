@@ -33,11 +33,29 @@ pub struct NonFinite {
     pub suspect: String,
 }
 
+/// Which of a step's numbers was not finite; each points at its own likely cause.
+#[derive(Clone, Copy)]
+enum Quantity {
+    AuxLoss,
+    Loss,
+    GradNorm,
+}
+
+impl Quantity {
+    fn name(self) -> &'static str {
+        match self {
+            Quantity::AuxLoss => "aux loss",
+            Quantity::Loss => "loss",
+            Quantity::GradNorm => "gradient norm",
+        }
+    }
+}
+
 impl StepHealth {
     /// The first non-finite value, if any, in the order that names its cause best: the
     /// aux loss before the total that contains it, the losses before the gradients.
-    fn first_bad(&self) -> Option<(&'static str, f64)> {
-        [("aux loss", self.aux_loss), ("loss", self.lm_loss), ("gradient norm", self.grad_norm)].into_iter().find(|(_, v)| !v.is_finite())
+    fn first_bad(&self) -> Option<(Quantity, f64)> {
+        [(Quantity::AuxLoss, self.aux_loss), (Quantity::Loss, self.lm_loss), (Quantity::GradNorm, self.grad_norm)].into_iter().find(|(_, v)| !v.is_finite())
     }
 }
 
@@ -46,11 +64,11 @@ impl Trainer {
     pub(super) fn check_health(&mut self, health: StepHealth) -> Result<(), NonFinite> {
         let Some((what, value)) = health.first_bad() else { return Ok(()) };
         let suspect = match what {
-            "aux loss" => self.aux_suspect(),
-            "loss" => self.router_suspect(),
-            _ => format!("{}, or optimizer.lr = {} is too large for these weights", self.aux_suspect(), self.config.optimizer.lr),
+            Quantity::AuxLoss => self.aux_suspect(),
+            Quantity::Loss => self.router_suspect(),
+            Quantity::GradNorm => format!("{}, or optimizer.lr = {} is too large for these weights", self.aux_suspect(), self.config.optimizer.lr),
         };
-        Err(NonFinite { step: health.step, what, value, suspect })
+        Err(NonFinite { step: health.step, what: what.name(), value, suspect })
     }
 
     /// The aux-loss coefficients in force and where they came from.
