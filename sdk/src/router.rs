@@ -45,26 +45,7 @@ pub trait Router: Plugin {
     }
 }
 
-impl RouterSpec {
-    /// Mixtral-style routing: softmax scores, top-k, renormalised, dropless, no shared
-    /// experts, no bias. Change fields from here.
-    pub fn softmax_topk(k: u32) -> Self {
-        RouterSpec {
-            score: ScoreFunction::Softmax,
-            logit_norm: LogitNorm::None,
-            top_k: k,
-            order: TopkOrder::SoftmaxThenTopk,
-            renormalize: true,
-            scaling: 1.0,
-            mode: RoutingMode::TokenChoice,
-            capacity: None,
-            shared_experts: 0,
-            shared_expert_gate: false,
-            selection_bias: SelectionBias::None,
-            per_token_route: false,
-        }
-    }
-}
+include!("shared/router_spec.rs");
 
 /// A capacity limit from the `capacity_factor` / `drop_policy` parameters routers share:
 /// `None` (dropless) without a factor; `drop_policy` is `"probs"` or `"position"`.

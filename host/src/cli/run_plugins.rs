@@ -15,6 +15,7 @@ use crate::plugins::lock::LockFile;
 use crate::plugins::reload::{Fetch, Fetched, WatchedPlugin};
 use crate::plugins::{PluginComponent, PluginEngine, PluginKind};
 use crate::train::config::{PluginRef, RunConfig};
+use crate::train::role::Role;
 use crate::train::trainer::PluginSet;
 
 /// A run's plugins and how to watch them.
@@ -30,10 +31,9 @@ pub(super) struct RunPlugins {
 pub(super) fn load_run_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow::Result<RunPlugins> {
     let trusted = trusted_keys(config)?;
     let mut out = RunPlugins { set: PluginSet::default(), watched: Vec::new(), loaded: Vec::new() };
-    let roles: [(&'static str, PluginKind, &Option<PluginRef>); 3] =
-        [("router", PluginKind::Router, &config.plugins.router), ("aux_schedule", PluginKind::AuxSchedule, &config.plugins.aux_schedule), ("sampler", PluginKind::Sampler, &config.plugins.sampler)];
-    for (role, kind, plugin) in roles {
-        let Some(r) = plugin else { continue };
+    for run_role in Role::all() {
+        let (role, kind) = (run_role.as_str(), run_role.kind());
+        let Some(r) = config.plugins.get(run_role) else { continue };
         let params = toml::to_string(&r.params).with_context(|| format!("[plugins.{role}].params"))?;
         let source = Source::of(r, kind).with_context(|| format!("[plugins.{role}]"))?;
         let mut fetch = source.fetcher(kind, trusted.clone(), config.bundle_limits);
@@ -44,12 +44,7 @@ pub(super) fn load_run_plugins(engine: &PluginEngine, config: &RunConfig) -> any
         }
         out.watched.push(WatchedPlugin { role, kind, paths: source.watch_paths(), recursive: true, fetch, running: component.digest() });
         out.loaded.push((role, kind, source.describe(), component.clone()));
-        let entry = Some((component, params));
-        match kind {
-            PluginKind::Router => out.set.router = entry,
-            PluginKind::AuxSchedule => out.set.aux_schedule = entry,
-            _ => out.set.sampler = entry,
-        }
+        out.set.insert(run_role, component, params);
     }
     if config.require_pinned {
         let path = config.lock_file.clone().unwrap_or_default();

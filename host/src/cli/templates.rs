@@ -1,29 +1,18 @@
-//! Source templates for `recast plugin new`: one working plugin per kind.
+//! Files `recast plugin new` writes around a kind's source template (each kind's
+//! templates live with its `Kind` implementation): manifests and the README.
 
 use crate::plugins::PluginKind;
 
 /// The `src/lib.rs` of a new plugin of `kind`.
 pub(super) fn lib_rs(kind: PluginKind) -> &'static str {
-    match kind {
-        PluginKind::Router => include_str!("templates/router.rs.tmpl"),
-        PluginKind::AuxSchedule => include_str!("templates/aux-schedule.rs.tmpl"),
-        PluginKind::InitScheme => include_str!("templates/init-scheme.rs.tmpl"),
-        PluginKind::Sampler => include_str!("templates/sampler.rs.tmpl"),
-    }
+    kind.templates().rust
 }
 
 /// The module of a new Python (`python`) or JavaScript plugin of `kind`; `None` for
-/// init schemes, which are written in Rust.
+/// kinds that are written in Rust only (init schemes).
 pub(super) fn script(kind: PluginKind, python: bool) -> Option<&'static str> {
-    Some(match (kind, python) {
-        (PluginKind::Router, true) => include_str!("templates/router.py.tmpl"),
-        (PluginKind::AuxSchedule, true) => include_str!("templates/aux-schedule.py.tmpl"),
-        (PluginKind::Sampler, true) => include_str!("templates/sampler.py.tmpl"),
-        (PluginKind::Router, false) => include_str!("templates/router.js.tmpl"),
-        (PluginKind::AuxSchedule, false) => include_str!("templates/aux-schedule.js.tmpl"),
-        (PluginKind::Sampler, false) => include_str!("templates/sampler.js.tmpl"),
-        (PluginKind::InitScheme, _) => return None,
-    })
+    let templates = kind.templates();
+    if python { templates.python } else { templates.javascript }
 }
 
 /// The `pyproject.toml` (Python) or `package.json` (JavaScript) of a new plugin.

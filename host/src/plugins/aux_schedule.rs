@@ -1,38 +1,55 @@
 //! The aux-schedule adapter: typed, validated calls into a coefficient schedule.
 
-use super::component::PluginComponent;
-use super::engine::PluginEngine;
+use super::conformance::{self, Log};
 use super::error::{OutputViolation, PluginError};
-use super::instance::PluginInstance;
-use super::kind::PluginKind;
-use super::limits::PluginLimits;
+use super::host_api::PluginState;
+use super::kind::{Kind, Plugin, PluginKind, ScaffoldTemplates, lifecycle_calls};
 use super::wit::aux_schedule;
 pub use super::wit::aux_schedule_types::LayerCoefficients;
 pub use super::wit::types::LayerStats;
+use super::wit::types::PluginKind as WitKind;
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
 
 /// Largest load-balancing or z-loss coefficient: the papers use 1e-4 .. 1e-1; far larger
 /// ones swamp the language-model loss and overflow it (3.4e38 turned it into NaN).
 pub const MAX_COEFFICIENT: f64 = 100.0;
 
-/// An auxiliary-loss schedule plugin.
-pub struct AuxSchedulePlugin {
-    instance: PluginInstance,
-    guest: aux_schedule::Guest,
+/// The aux-schedule kind: schedules of the auxiliary-loss coefficients.
+pub struct AuxScheduleKind;
+
+impl Kind for AuxScheduleKind {
+    const KIND: PluginKind = PluginKind::AuxSchedule;
+    const NAME: &'static str = "aux-schedule";
+    const RUN_ROLE: Option<&'static str> = Some("aux_schedule");
+    const WIT: WitKind = WitKind::AuxSchedule;
+    const TEMPLATES: ScaffoldTemplates = ScaffoldTemplates {
+        rust: include_str!("templates/aux-schedule.rs.tmpl"),
+        python: Some(include_str!("templates/aux-schedule.py.tmpl")),
+        javascript: Some(include_str!("templates/aux-schedule.js.tmpl")),
+    };
+    lifecycle_calls!(aux_schedule::Guest);
+
+    fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {
+        aux_schedule::GuestIndices::new(pre)?.load(store, instance)
+    }
+
+    /// Coefficients at the first step, with balanced statistics, and late with skewed ones.
+    fn conformance(p: &mut AuxSchedulePlugin, log: &mut Log<'_>) -> Result<(), PluginError> {
+        let layers = [0, 1, 2, 3];
+        for (step, stats) in [(0, Vec::new()), (1, conformance::synthetic_stats(&layers, 8, false)), (1000, conformance::synthetic_stats(&layers, 8, true))] {
+            let c = p.coefficients(step, &layers, &stats)?;
+            let detail = c.iter().map(|c| format!("L{}: lb {:.3e} z {:.3e}", c.layer, c.load_balance, c.z_loss)).collect::<Vec<_>>().join(", ");
+            log(p.instance(), format!("coefficients(step {step})"), detail);
+        }
+        Ok(())
+    }
 }
 
+/// An auxiliary-loss schedule plugin.
+pub type AuxSchedulePlugin = Plugin<AuxScheduleKind>;
+
 impl AuxSchedulePlugin {
-    /// Instantiate and configure an aux schedule.
-    pub fn new(engine: &PluginEngine, component: &PluginComponent, params: &str, seed: u64, limits: PluginLimits) -> Result<Self, PluginError> {
-        let mut instance = PluginInstance::new(engine, component, PluginKind::AuxSchedule, params, seed, limits)?;
-        let guest = instance.exports(|pre, store, inst| aux_schedule::GuestIndices::new(pre)?.load(store, inst))?;
-        Ok(AuxSchedulePlugin { instance, guest })
-    }
-
-    /// The lifecycle and bookkeeping shared by every kind.
-    pub fn instance(&mut self) -> &mut PluginInstance {
-        &mut self.instance
-    }
-
     /// Coefficients for `step`, one per MoE layer in `moe_layers` order, validated.
     pub fn coefficients(&mut self, step: u64, moe_layers: &[u32], stats: &[LayerStats]) -> Result<Vec<LayerCoefficients>, PluginError> {
         self.instance.set_step(Some(step));

@@ -24,8 +24,9 @@ pub struct PluginLog {
     pub message: String,
 }
 
-/// The data a plugin's store holds.
-pub(crate) struct PluginState {
+/// The data a plugin's store holds (memory cap, logs, metrics); opaque outside the
+/// runtime, public only because [`super::Kind`] binds exports in a store of it.
+pub struct PluginState {
     pub(crate) limiter: MemoryCap,
     pub(crate) plugin: String,
     pub(crate) lines_this_call: u32,

@@ -9,10 +9,9 @@ use super::digest::Digest;
 use super::engine::{EPOCH_TICK, PluginEngine};
 use super::error::{FaultCause, OutputViolation, PluginError};
 use super::host_api::{PluginLog, PluginState};
-use super::kind::PluginKind;
-use super::lifecycle::Lifecycle;
+use super::kind::{Kind, KindVisitor, PluginKind};
 use super::limits::PluginLimits;
-use super::wit::types::PluginContext;
+use super::wit::types::{PluginContext, PluginInfo};
 
 /// Who an instance is, from its `info` and its component.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -107,12 +106,53 @@ impl Sandbox {
     }
 }
 
-/// A live, configured plugin of any kind. Kind adapters ([`super::RouterPlugin`] and
-/// friends) wrap it with typed, validated calls.
+/// The lifecycle functions (`info`, `configure`, `save-state`, `load-state`) that open
+/// every kind's interface, called the same way whatever the kind.
+trait Lifecycle: Send + Sync {
+    fn info(&self, store: &mut Store<PluginState>) -> wasmtime::Result<PluginInfo>;
+    fn configure(&self, store: &mut Store<PluginState>, params: &str, context: PluginContext) -> wasmtime::Result<Result<(), String>>;
+    fn save_state(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Vec<u8>>;
+    fn load_state(&self, store: &mut Store<PluginState>, state: &[u8]) -> wasmtime::Result<Result<(), String>>;
+}
+
+/// A kind's exports, seen only through their lifecycle functions.
+struct LifecycleOf<K: Kind>(K::Guest);
+
+impl<K: Kind> Lifecycle for LifecycleOf<K> {
+    fn info(&self, store: &mut Store<PluginState>) -> wasmtime::Result<PluginInfo> {
+        K::info(&self.0, store)
+    }
+    fn configure(&self, store: &mut Store<PluginState>, params: &str, context: PluginContext) -> wasmtime::Result<Result<(), String>> {
+        K::configure(&self.0, store, params, context)
+    }
+    fn save_state(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Vec<u8>> {
+        K::save_state(&self.0, store)
+    }
+    fn load_state(&self, store: &mut Store<PluginState>, state: &[u8]) -> wasmtime::Result<Result<(), String>> {
+        K::load_state(&self.0, store, state)
+    }
+}
+
+/// Binds the lifecycle exports of whichever kind a component is.
+struct LoadLifecycle<'a> {
+    pre: &'a InstancePre<PluginState>,
+    store: &'a mut Store<PluginState>,
+    instance: &'a Instance,
+}
+
+impl KindVisitor for LoadLifecycle<'_> {
+    type Output = wasmtime::Result<Box<dyn Lifecycle>>;
+    fn visit<K: Kind>(self) -> Self::Output {
+        Ok(Box::new(LifecycleOf::<K>(K::load(self.pre, self.store, self.instance)?)))
+    }
+}
+
+/// A live, configured plugin of any kind. [`super::Plugin`] wraps it with a kind's
+/// typed, validated calls.
 pub struct PluginInstance {
     pub(crate) sandbox: Sandbox,
     pub(crate) instance: Instance,
-    lifecycle: Lifecycle,
+    lifecycle: Box<dyn Lifecycle>,
     meta: PluginMeta,
     component: PluginComponent,
 }
@@ -149,9 +189,12 @@ impl PluginInstance {
         let mut sandbox = Sandbox { store, limits, name: label.clone(), digest: component.digest(), step: None, poisoned: None };
         let instance = sandbox.call("instantiate", |store| pre.instantiate(store))?;
         let kind = component.kind();
-        let lifecycle = sandbox.call("instantiate", |store| Lifecycle::load(kind, &pre, store, &instance))?;
+        let lifecycle = sandbox.call("instantiate", |store| kind.visit(LoadLifecycle { pre: &pre, store, instance: &instance }))?;
         let info = sandbox.call("info", |store| lifecycle.info(store))?;
-        let kind = PluginKind::from_wit(info.kind);
+        let Some(kind) = PluginKind::from_wit(info.kind) else {
+            let found = format!("its `info` names a kind this host does not know ({:?})", info.kind);
+            return Err(sandbox.error("info", FaultCause::WrongKind { expected, found }));
+        };
         if kind != component.kind() {
             let found = format!("its `info` says it is a {kind} plugin while it exports the {} interface", component.kind());
             return Err(sandbox.error("info", FaultCause::WrongKind { expected, found }));

@@ -1,8 +1,8 @@
 //! The sandboxed plugin runtime: one [`PluginEngine`] per process compiles and caches
 //! components by sha256; each plugin runs in its own store with a fuel budget and a
-//! wall-clock deadline per call and a memory cap; one adapter per kind
-//! ([`RouterPlugin`], [`AuxSchedulePlugin`], [`InitSchemePlugin`], [`SamplerPlugin`])
-//! makes typed calls and validates every output. Plugins get no capability but
+//! wall-clock deadline per call and a memory cap; one generic adapter, [`Plugin`], per
+//! [`Kind`] ([`RouterPlugin`], [`AuxSchedulePlugin`], [`InitSchemePlugin`],
+//! [`SamplerPlugin`]) makes typed calls and validates every output. Plugins get no capability but
 //! `recast:plugins/host` (`log`, `metric`): no files, clock, randomness, environment
 //! or network; a component importing anything else is refused at load.
 //!
@@ -30,7 +30,6 @@ mod host_api;
 pub mod init_scheme;
 mod instance;
 mod kind;
-mod lifecycle;
 mod limits;
 pub mod lock;
 pub mod reload;
@@ -41,15 +40,15 @@ pub mod sampler;
 use crate::contract::wit;
 
 pub use crate::contract::LogLevel;
-pub use aux_schedule::AuxSchedulePlugin;
+pub use aux_schedule::{AuxScheduleKind, AuxSchedulePlugin};
 pub use component::{ExportedInterface, PluginComponent};
 pub use digest::Digest;
 pub use engine::{MAX_COMPONENT_BYTES, PluginEngine};
 pub use error::{FaultCause, OutputViolation, PluginError};
-pub use host_api::PluginLog;
-pub use init_scheme::InitSchemePlugin;
+pub use host_api::{PluginLog, PluginState};
+pub use init_scheme::{InitSchemeKind, InitSchemePlugin};
 pub use instance::{PluginInstance, PluginMeta};
-pub use kind::{PluginKind, WIT_PACKAGE, WIT_VERSION, version_compatible};
+pub use kind::{Kind, KindVisitor, Plugin, PluginKind, ScaffoldTemplates, WIT_PACKAGE, WIT_VERSION, version_compatible};
 pub use limits::PluginLimits;
-pub use router::RouterPlugin;
-pub use sampler::SamplerPlugin;
+pub use router::{RouterKind, RouterPlugin};
+pub use sampler::{SamplerKind, SamplerPlugin};

@@ -1,14 +1,15 @@
 //! The router adapter: typed, validated calls into a routing-policy plugin.
 
-use super::component::PluginComponent;
-use super::engine::PluginEngine;
+use super::conformance::{self, Log, describe_spec};
 use super::error::{OutputViolation, PluginError};
-use super::instance::PluginInstance;
-use super::kind::PluginKind;
-use super::limits::PluginLimits;
+use super::host_api::PluginState;
+use super::kind::{Kind, Plugin, PluginKind, ScaffoldTemplates, lifecycle_calls};
 use super::wit::router;
 pub use super::wit::router_types::{Capacity, DropPolicy, LayerInfo, LogitNorm, RouteAssignment, RouterSpec, RouterUpdate, RoutingMode, ScoreFunction, SelectionBias, TokenLogits, TopkOrder};
 pub use super::wit::types::LayerStats;
+use super::wit::types::PluginKind as WitKind;
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
 
 /// Largest `scaling` of the gates and largest Skywork λ a spec may give: beyond these the
 /// softmax saturates to one-hot and the router's gradient vanishes (a scaling of 1e38
@@ -23,25 +24,64 @@ pub const MAX_BIAS_DELTA: f64 = 100.0;
 /// host's running sums, and so every checkpoint, finite.
 pub const MAX_SELECTION_BIAS: f64 = 1e4;
 
-/// A routing-policy plugin. Every output is validated against the layer it is for.
-pub struct RouterPlugin {
-    instance: PluginInstance,
-    guest: router::Guest,
+/// The router kind: routing policies for MoE layers.
+pub struct RouterKind;
+
+impl Kind for RouterKind {
+    const KIND: PluginKind = PluginKind::Router;
+    const NAME: &'static str = "router";
+    const RUN_ROLE: Option<&'static str> = Some("router");
+    const WIT: WitKind = WitKind::Router;
+    const TEMPLATES: ScaffoldTemplates =
+        ScaffoldTemplates { rust: include_str!("templates/router.rs.tmpl"), python: Some(include_str!("templates/router.py.tmpl")), javascript: Some(include_str!("templates/router.js.tmpl")) };
+    lifecycle_calls!(router::Guest);
+
+    fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {
+        router::GuestIndices::new(pre)?.load(store, instance)
+    }
+
+    /// Specs for two synthetic layers, `on-step` with balanced then skewed loads, and
+    /// `route` wherever a spec asks for per-token routing.
+    fn conformance(p: &mut RouterPlugin, log: &mut Log<'_>) -> Result<(), PluginError> {
+        let layers = conformance::synthetic_layers();
+        let mut specs = Vec::new();
+        for layer in &layers {
+            let spec = p.spec(layer)?;
+            log(p.instance(), format!("spec(layer {}, {} experts)", layer.layer, layer.num_experts), describe_spec(&spec));
+            specs.push(spec);
+        }
+        let ids: Vec<u32> = layers.iter().map(|l| l.layer).collect();
+        for (step, skewed) in [(1, false), (2, true)] {
+            let mut stats = conformance::synthetic_stats(&ids, 0, skewed);
+            for (s, l) in stats.iter_mut().zip(&layers) {
+                s.expert_load = conformance::loads(l.num_experts, s.tokens * 2, skewed);
+            }
+            let updates = p.on_step(step, &stats, &layers)?;
+            log(p.instance(), format!("on-step(step {step}, {} loads)", if skewed { "skewed" } else { "balanced" }), format!("{} updates", updates.len()));
+        }
+        p.instance().set_step(None);
+        for (layer, spec) in layers.iter().zip(&specs) {
+            if spec.per_token_route {
+                let logits = conformance::synthetic_logits(64, layer.num_experts);
+                let a = p.route(layer, &logits)?;
+                log(p.instance(), format!("route(layer {}, 64 tokens)", layer.layer), format!("top-{} assignment", a.top_k));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec again after the state round trip: a restored router still answers.
+    fn after_state_round_trip(p: &mut RouterPlugin, log: &mut Log<'_>) -> Result<(), PluginError> {
+        let spec = p.spec(&conformance::synthetic_layers()[0])?;
+        log(p.instance(), "spec(layer 0) after load-state".into(), describe_spec(&spec));
+        Ok(())
+    }
 }
 
+/// A routing-policy plugin. Every output is validated against the layer it is for.
+pub type RouterPlugin = Plugin<RouterKind>;
+
 impl RouterPlugin {
-    /// Instantiate and configure a router.
-    pub fn new(engine: &PluginEngine, component: &PluginComponent, params: &str, seed: u64, limits: PluginLimits) -> Result<Self, PluginError> {
-        let mut instance = PluginInstance::new(engine, component, PluginKind::Router, params, seed, limits)?;
-        let guest = instance.exports(|pre, store, inst| router::GuestIndices::new(pre)?.load(store, inst))?;
-        Ok(RouterPlugin { instance, guest })
-    }
-
-    /// The lifecycle and bookkeeping shared by every kind.
-    pub fn instance(&mut self) -> &mut PluginInstance {
-        &mut self.instance
-    }
-
     /// The routing spec for `layer`, validated.
     pub fn spec(&mut self, layer: &LayerInfo) -> Result<RouterSpec, PluginError> {
         let guest = &self.guest;

@@ -1,33 +1,46 @@
 //! The sampler adapter: typed, validated calls into a data-mixture policy.
 
-use super::component::PluginComponent;
-use super::engine::PluginEngine;
+use super::conformance::{self, Log};
 use super::error::{OutputViolation, PluginError};
-use super::instance::PluginInstance;
-use super::kind::PluginKind;
-use super::limits::PluginLimits;
+use super::host_api::PluginState;
+use super::kind::{Kind, Plugin, PluginKind, ScaffoldTemplates, lifecycle_calls};
 use super::wit::sampler;
 pub use super::wit::sampler_types::{DomainStats, Mixture, SampleRequest};
+use super::wit::types::PluginKind as WitKind;
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
 
-/// A data-sampler plugin.
-pub struct SamplerPlugin {
-    instance: PluginInstance,
-    guest: sampler::Guest,
+/// The sampler kind: data-mixture policies.
+pub struct SamplerKind;
+
+impl Kind for SamplerKind {
+    const KIND: PluginKind = PluginKind::Sampler;
+    const NAME: &'static str = "sampler";
+    const RUN_ROLE: Option<&'static str> = Some("sampler");
+    const WIT: WitKind = WitKind::Sampler;
+    const TEMPLATES: ScaffoldTemplates =
+        ScaffoldTemplates { rust: include_str!("templates/sampler.rs.tmpl"), python: Some(include_str!("templates/sampler.py.tmpl")), javascript: Some(include_str!("templates/sampler.js.tmpl")) };
+    lifecycle_calls!(sampler::Guest);
+
+    fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {
+        sampler::GuestIndices::new(pre)?.load(store, instance)
+    }
+
+    /// Mixtures at the first step, after one step and once validation losses exist.
+    fn conformance(p: &mut SamplerPlugin, log: &mut Log<'_>) -> Result<(), PluginError> {
+        for step in [0, 1, 50] {
+            let request = conformance::synthetic_request(step);
+            let m = p.next(&request)?;
+            log(p.instance(), format!("next(step {step})"), format!("{m:?}"));
+        }
+        Ok(())
+    }
 }
 
+/// A data-sampler plugin.
+pub type SamplerPlugin = Plugin<SamplerKind>;
+
 impl SamplerPlugin {
-    /// Instantiate and configure a sampler.
-    pub fn new(engine: &PluginEngine, component: &PluginComponent, params: &str, seed: u64, limits: PluginLimits) -> Result<Self, PluginError> {
-        let mut instance = PluginInstance::new(engine, component, PluginKind::Sampler, params, seed, limits)?;
-        let guest = instance.exports(|pre, store, inst| sampler::GuestIndices::new(pre)?.load(store, inst))?;
-        Ok(SamplerPlugin { instance, guest })
-    }
-
-    /// The lifecycle and bookkeeping shared by every kind.
-    pub fn instance(&mut self) -> &mut PluginInstance {
-        &mut self.instance
-    }
-
     /// The mixture for the step in `request`, validated.
     pub fn next(&mut self, request: &SampleRequest) -> Result<Mixture, PluginError> {
         self.instance.set_step(Some(request.step));

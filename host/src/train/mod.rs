@@ -6,5 +6,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optimizer;
+pub mod role;
 pub mod schedule;
 pub mod trainer;

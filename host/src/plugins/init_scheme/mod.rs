@@ -3,39 +3,51 @@
 
 mod validate;
 
-use super::component::PluginComponent;
-use super::engine::PluginEngine;
+use super::conformance::{self, Log};
 use super::error::PluginError;
-use super::instance::PluginInstance;
-use super::kind::PluginKind;
-use super::limits::PluginLimits;
+use super::host_api::PluginState;
+use super::kind::{Kind, Plugin, PluginKind, ScaffoldTemplates, lifecycle_calls};
 use super::wit::init_scheme;
 pub use super::wit::init_scheme_types::{
     CopyOp, Distribution, FillOp, GatherOp, GroupCentroidParams, InitOp, InitPlan, ModelShape, MoeLayerShape, NoiseOp, NormalParams, PermuteOp, ReinitOp, RouterInit, RouterInitOp, ScaleOp,
     SourceModel, TargetModel, TensorInfo, TensorRef,
 };
+use super::wit::types::PluginKind as WitKind;
 use crate::contract::InitPlanner;
 pub use validate::{PlannedTensors, validate_plan};
+use wasmtime::Store;
+use wasmtime::component::{Instance, InstancePre};
 
-/// An initialisation-scheme plugin.
-pub struct InitSchemePlugin {
-    instance: PluginInstance,
-    guest: init_scheme::Guest,
+/// The init-scheme kind: upcycling schemes, run by `recast upcycle` (not during
+/// training), written in Rust only (their plans use the Rust SDK's builders).
+pub struct InitSchemeKind;
+
+impl Kind for InitSchemeKind {
+    const KIND: PluginKind = PluginKind::InitScheme;
+    const NAME: &'static str = "init-scheme";
+    const RUN_ROLE: Option<&'static str> = None;
+    const WIT: WitKind = WitKind::InitScheme;
+    const TEMPLATES: ScaffoldTemplates = ScaffoldTemplates { rust: include_str!("../templates/init-scheme.rs.tmpl"), python: None, javascript: None };
+    lifecycle_calls!(init_scheme::Guest);
+
+    fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {
+        init_scheme::GuestIndices::new(pre)?.load(store, instance)
+    }
+
+    /// A plan for a synthetic two-layer Llama, validated in full.
+    fn conformance(p: &mut InitSchemePlugin, log: &mut Log<'_>) -> Result<(), PluginError> {
+        let sources = [conformance::synthetic_source()];
+        let (plan, tensors) = p.plan(&sources)?;
+        let detail = format!("{} ops writing {} tensors, {} MoE layers", plan.ops.len(), tensors.len(), plan.target.moe_layers.len());
+        log(p.instance(), "plan(synthetic 2-layer llama)".into(), detail);
+        Ok(())
+    }
 }
 
+/// An initialisation-scheme plugin.
+pub type InitSchemePlugin = Plugin<InitSchemeKind>;
+
 impl InitSchemePlugin {
-    /// Instantiate and configure an init scheme.
-    pub fn new(engine: &PluginEngine, component: &PluginComponent, params: &str, seed: u64, limits: PluginLimits) -> Result<Self, PluginError> {
-        let mut instance = PluginInstance::new(engine, component, PluginKind::InitScheme, params, seed, limits)?;
-        let guest = instance.exports(|pre, store, inst| init_scheme::GuestIndices::new(pre)?.load(store, inst))?;
-        Ok(InitSchemePlugin { instance, guest })
-    }
-
-    /// The lifecycle and bookkeeping shared by every kind.
-    pub fn instance(&mut self) -> &mut PluginInstance {
-        &mut self.instance
-    }
-
     /// The plan for `sources`, validated op by op against the sources' tensors; returns
     /// it with the shapes of every target tensor it writes.
     pub fn plan(&mut self, sources: &[SourceModel]) -> Result<(InitPlan, PlannedTensors), PluginError> {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
 use crate::model::matmul::ComputeSettings;
 use crate::plugins::bundle::BundleLimits;
+use crate::train::role::Role;
 
 mod lines;
 mod ranges;
@@ -110,6 +111,18 @@ pub struct StagePlugins {
     pub router: Option<toml::Table>,
     pub aux_schedule: Option<toml::Table>,
     pub sampler: Option<toml::Table>,
+}
+
+impl StagePlugins {
+    /// The overrides for `role`'s params, if the stage has any.
+    pub fn get(&self, role: Role) -> Option<&toml::Table> {
+        match role {
+            Role::ROUTER => self.router.as_ref(),
+            Role::AUX_SCHEDULE => self.aux_schedule.as_ref(),
+            Role::SAMPLER => self.sampler.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// Groups of parameters a stage can train or freeze, by tensor name.
@@ -276,6 +289,18 @@ pub struct PluginsSection {
     pub aux_schedule: Option<PluginRef>,
     /// Domain mixture (default: uniform over domains).
     pub sampler: Option<PluginRef>,
+}
+
+impl PluginsSection {
+    /// The plugin the config names for `role`, if any.
+    pub fn get(&self, role: Role) -> Option<&PluginRef> {
+        match role {
+            Role::ROUTER => self.router.as_ref(),
+            Role::AUX_SCHEDULE => self.aux_schedule.as_ref(),
+            Role::SAMPLER => self.sampler.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// A plugin: a reference plugin by name, or a file (`.wasm`, or a plugin crate folder

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use super::{RunConfig, lines};
 use crate::model::config::size_limits as max;
+use crate::train::role::Role;
 
 /// Most optimizer steps, sequences or tokens a run config may ask for in one place: far
 /// beyond any run, small enough that products of them cannot overflow.
@@ -147,8 +148,9 @@ impl RunConfig {
     }
 
     fn check_plugins(&self) -> Result<(), Invalid> {
-        for (name, plugin) in [("router", &self.plugins.router), ("aux_schedule", &self.plugins.aux_schedule), ("sampler", &self.plugins.sampler)] {
-            if let Some(p) = plugin {
+        for role in Role::all() {
+            let name = role.as_str();
+            if let Some(p) = self.plugins.get(role) {
                 if [p.builtin.is_some(), p.file.is_some(), p.bundle.is_some()].iter().filter(|&&x| x).count() != 1 {
                     return Err(Invalid::new(format!("plugins.{name}"), "needs exactly one of `builtin`, `file` and `bundle`"));
                 }

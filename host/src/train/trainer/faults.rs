@@ -38,7 +38,7 @@ impl Trainer {
         {
             w.set_params(role.as_str(), slot.params());
         }
-        if role == Role::Router && restored.digest() != faulty.digest() {
+        if role == Role::ROUTER && restored.digest() != faulty.digest() {
             self.initial_specs()?;
         }
         tracing::warn!("step {step}: {source}; keep-last-good: the {role} plugin runs {} ({}) again from the state of the step's start", restored.digest(), restored.label());

@@ -74,7 +74,7 @@ impl Trainer {
     /// The aux-loss coefficients in force and where they came from.
     fn aux_suspect(&mut self) -> String {
         let (lb, z) = self.model.moe_layers().fold((0f32, 0f32), |(lb, z), l| (lb.max(l.coefficients.load_balance), z.max(l.coefficients.z_loss)));
-        let source = match self.plugins.get(Role::AuxSchedule) {
+        let source = match self.plugins.get(Role::AUX_SCHEDULE) {
             Some(slot) => {
                 let c = slot.component();
                 format!("the aux_schedule plugin {} ({})", c.label(), c.digest().short())
@@ -87,7 +87,7 @@ impl Trainer {
     /// The routing in force and where it came from.
     fn router_suspect(&mut self) -> String {
         let scaling = self.model.moe_layers().map(|l| l.spec.scaling).fold(0f32, f32::max);
-        let routing = match self.plugins.get(Role::Router) {
+        let routing = match self.plugins.get(Role::ROUTER) {
             Some(slot) => {
                 let c = slot.component();
                 format!("the router plugin {} ({}) with gate scaling up to {scaling}", c.label(), c.digest().short())

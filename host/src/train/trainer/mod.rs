@@ -25,7 +25,7 @@ use crate::model::params::ParamStore;
 use crate::model::transformer::Transformer;
 use crate::moe::spec::LayerStats;
 use crate::plugins::router::LayerInfo;
-use crate::plugins::{PluginComponent, PluginEngine, PluginError, PluginLimits};
+use crate::plugins::{PluginEngine, PluginError, PluginLimits};
 
 mod faults;
 mod health;
@@ -35,8 +35,8 @@ mod slots;
 mod stages;
 mod step;
 
-pub use slots::Role;
-use slots::{LivePlugins, PluginHost, Slot};
+use slots::{LivePlugins, PluginHost};
+pub use slots::{PluginSet, Role};
 
 /// The built-in domains are one fixed corpus, the same for every run and seed, so runs
 /// (and the steps of a recipe) are evaluated on the same text.
@@ -83,14 +83,6 @@ pub enum TrainError {
         match checkpoint { Some(c) => format!("{} holds step {good_step}; fix the cause, then continue with `recast train --resume {}`", c.display(), run.display()), None => "no checkpoint could be written".to_string() }
     )]
     NonFinite { step: u64, what: &'static str, value: f64, suspect: String, checkpoint: Option<PathBuf>, good_step: u64, run: PathBuf },
-}
-
-/// The plugin components a run uses, with their parameters (TOML text).
-#[derive(Clone, Default)]
-pub struct PluginSet {
-    pub router: Option<(PluginComponent, String)>,
-    pub aux_schedule: Option<(PluginComponent, String)>,
-    pub sampler: Option<(PluginComponent, String)>,
 }
 
 /// The run's two logs.
@@ -257,11 +249,7 @@ impl Trainer {
         }
         let progress = domains.iter().map(|d| DomainProgress { name: d.name.clone(), tokens_seen: 0, train_loss: None, valid_loss: None }).collect();
         let host = PluginHost { engine, seed: config.seed, limits: PluginLimits::default() };
-        let live = LivePlugins {
-            router: plugins.router.as_ref().map(|(c, p)| Slot::new(&host, c, p)).transpose()?,
-            aux: plugins.aux_schedule.as_ref().map(|(c, p)| Slot::new(&host, c, p)).transpose()?,
-            sampler: plugins.sampler.as_ref().map(|(c, p)| Slot::new(&host, c, p)).transpose()?,
-        };
+        let live = LivePlugins::new(&host, plugins)?;
         Ok(Self {
             config,
             run_dir: run_dir.into(),
@@ -300,7 +288,7 @@ impl Trainer {
     }
 
     fn initial_specs(&mut self) -> Result<(), TrainError> {
-        let specs = self.router_specs().map_err(|source| TrainError::PluginFault { role: Role::Router, source })?;
+        let specs = self.router_specs().map_err(|source| TrainError::PluginFault { role: Role::ROUTER, source })?;
         for (layer, spec) in self.model.moe_layers_mut().zip(specs) {
             layer.spec = spec;
         }

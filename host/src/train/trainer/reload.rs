@@ -48,7 +48,7 @@ impl Trainer {
     }
 
     fn swap_in(&mut self, candidate: Candidate) -> Result<(), TrainError> {
-        let Some(role) = Role::ALL.into_iter().find(|r| r.as_str() == candidate.role) else { return Ok(()) };
+        let Some(role) = Role::all().find(|r| r.as_str() == candidate.role) else { return Ok(()) };
         let Some(slot) = self.plugins.get(role) else { return Ok(()) };
         let old = slot.component();
         if old.digest() == candidate.component.digest() {
@@ -62,7 +62,7 @@ impl Trainer {
         if let Err(e) = slot.replace_with_state(&self.host, &candidate.component, &params, &state) {
             return self.journal_rejection(&refuse(format!("the running version's state does not load into it, or it does not configure: {e}")));
         }
-        if role == Role::Router {
+        if role == Role::ROUTER {
             match self.router_specs() {
                 Ok(specs) => {
                     for (layer, spec) in self.model.moe_layers_mut().zip(specs) {
@@ -90,7 +90,7 @@ impl Trainer {
     }
 
     fn journal_rejection(&mut self, r: &Rejection) -> Result<(), TrainError> {
-        let role = Role::ALL.into_iter().find(|x| x.as_str() == r.role);
+        let role = Role::all().find(|x| x.as_str() == r.role);
         let running: Option<PluginComponent> = role.and_then(|role| self.plugins.get(role)).map(|s| s.component());
         let old = running.as_ref().map(|c| c.digest().to_hex());
         let digest = r.digest.map(|d| d.to_string()).unwrap_or_else(|| "unreadable".into());

@@ -2,38 +2,10 @@
 //! was configured with, and what a fault falls back to (the last version that completed
 //! a step, and the state it had when the current step began).
 
-use std::fmt;
 use std::sync::Arc;
 
-use crate::plugins::{AuxSchedulePlugin, PluginComponent, PluginEngine, PluginError, PluginInstance, PluginLimits, RouterPlugin, SamplerPlugin};
-
-/// A plugin role of a run; the names are the run config's `[plugins.*]` sections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    Router,
-    AuxSchedule,
-    Sampler,
-}
-
-impl Role {
-    /// All roles, in checkpoint order.
-    pub const ALL: [Role; 3] = [Role::Router, Role::AuxSchedule, Role::Sampler];
-
-    /// The config section and journal name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Router => "router",
-            Role::AuxSchedule => "aux_schedule",
-            Role::Sampler => "sampler",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::plugins::{AuxScheduleKind, Kind, Plugin, PluginComponent, PluginEngine, PluginError, PluginInstance, PluginLimits, RouterKind, SamplerKind};
+pub use crate::train::role::Role;
 
 /// What instantiating a plugin needs besides the component and its params.
 pub(super) struct PluginHost {
@@ -42,31 +14,16 @@ pub(super) struct PluginHost {
     pub limits: PluginLimits,
 }
 
-/// A kind adapter the trainer can build and reach the instance of.
-pub(super) trait Adapter: Sized {
-    fn build(host: &PluginHost, component: &PluginComponent, params: &str) -> Result<Self, PluginError>;
-    fn instance(&mut self) -> &mut PluginInstance;
+impl PluginHost {
+    /// A configured plugin of kind `K`.
+    fn build<K: Kind>(&self, component: &PluginComponent, params: &str) -> Result<Plugin<K>, PluginError> {
+        Plugin::new(&self.engine, component, params, self.seed, self.limits.clone())
+    }
 }
-
-macro_rules! adapter {
-    ($ty:ty) => {
-        impl Adapter for $ty {
-            fn build(host: &PluginHost, component: &PluginComponent, params: &str) -> Result<Self, PluginError> {
-                <$ty>::new(&host.engine, component, params, host.seed, host.limits.clone())
-            }
-            fn instance(&mut self) -> &mut PluginInstance {
-                <$ty>::instance(self)
-            }
-        }
-    };
-}
-adapter!(RouterPlugin);
-adapter!(AuxSchedulePlugin);
-adapter!(SamplerPlugin);
 
 /// One role's live plugin and its fallback.
-pub(super) struct Slot<P> {
-    pub live: P,
+pub(super) struct Slot<K: Kind> {
+    pub live: Plugin<K>,
     /// The params (TOML text) the live instance was configured with.
     pub params: String,
     /// The newest version that completed a whole step.
@@ -89,13 +46,13 @@ pub(super) trait AnySlot {
     fn rewind(&mut self) -> Result<(), PluginError>;
 }
 
-impl<P: Adapter> Slot<P> {
+impl<K: Kind> Slot<K> {
     pub fn new(host: &PluginHost, component: &PluginComponent, params: &str) -> Result<Self, PluginError> {
-        Ok(Slot { live: P::build(host, component, params)?, params: params.to_string(), good: component.clone(), good_state: None })
+        Ok(Slot { live: host.build(component, params)?, params: params.to_string(), good: component.clone(), good_state: None })
     }
 }
 
-impl<P: Adapter> AnySlot for Slot<P> {
+impl<K: Kind> AnySlot for Slot<K> {
     /// The component the live instance runs.
     fn component(&mut self) -> PluginComponent {
         self.live.instance().component().clone()
@@ -138,7 +95,7 @@ impl<P: Adapter> AnySlot for Slot<P> {
 
     /// Like [`Slot::replace`] with a given state (from a checkpoint).
     fn replace_with_state(&mut self, host: &PluginHost, component: &PluginComponent, params: &str, state: &[u8]) -> Result<(), PluginError> {
-        let mut new = P::build(host, component, params)?;
+        let mut new = host.build(component, params)?;
         new.instance().load_state(state)?;
         self.live = new;
         self.params = params.to_string();
@@ -147,7 +104,7 @@ impl<P: Adapter> AnySlot for Slot<P> {
 
     /// Re-instantiate the last good version with the state from the start of the step.
     fn restore_good(&mut self, host: &PluginHost) -> Result<PluginComponent, PluginError> {
-        let mut new = P::build(host, &self.good, &self.params)?;
+        let mut new = host.build(&self.good, &self.params)?;
         if let Some(state) = &self.good_state {
             new.instance().load_state(state)?;
         }
@@ -165,26 +122,56 @@ impl<P: Adapter> AnySlot for Slot<P> {
     }
 }
 
-/// The run's live plugins, one optional slot per role.
+/// The run's live plugins, one optional slot per role, typed by kind (the trainer calls
+/// each kind's own functions).
 pub(super) struct LivePlugins {
-    pub router: Option<Slot<RouterPlugin>>,
-    pub aux: Option<Slot<AuxSchedulePlugin>>,
-    pub sampler: Option<Slot<SamplerPlugin>>,
+    pub router: Option<Slot<RouterKind>>,
+    pub aux: Option<Slot<AuxScheduleKind>>,
+    pub sampler: Option<Slot<SamplerKind>>,
 }
 
 impl LivePlugins {
+    /// Build a slot for every plugin in `set`.
+    pub fn new(host: &PluginHost, set: &PluginSet) -> Result<Self, PluginError> {
+        fn slot<K: Kind>(host: &PluginHost, set: &PluginSet, role: Role) -> Result<Option<Slot<K>>, PluginError> {
+            set.get(role).map(|(c, p)| Slot::new(host, c, p)).transpose()
+        }
+        Ok(LivePlugins { router: slot(host, set, Role::ROUTER)?, aux: slot(host, set, Role::AUX_SCHEDULE)?, sampler: slot(host, set, Role::SAMPLER)? })
+    }
+
     /// The slot for `role`, if the run has that plugin.
     pub fn get(&mut self, role: Role) -> Option<&mut dyn AnySlot> {
-        match role {
-            Role::Router => self.router.as_mut().map(|s| s as &mut dyn AnySlot),
-            Role::AuxSchedule => self.aux.as_mut().map(|s| s as &mut dyn AnySlot),
-            Role::Sampler => self.sampler.as_mut().map(|s| s as &mut dyn AnySlot),
+        fn any<K: Kind>(slot: &mut Option<Slot<K>>) -> Option<&mut dyn AnySlot> {
+            slot.as_mut().map(|s| s as &mut dyn AnySlot)
+        }
+        match role.kind() {
+            RouterKind::KIND => any(&mut self.router),
+            AuxScheduleKind::KIND => any(&mut self.aux),
+            SamplerKind::KIND => any(&mut self.sampler),
+            _ => None,
         }
     }
 
     /// The roles the run has plugins for, in checkpoint order.
-    pub fn roles(&self) -> Vec<Role> {
-        let present = [self.router.is_some(), self.aux.is_some(), self.sampler.is_some()];
-        Role::ALL.into_iter().zip(present).filter(|(_, p)| *p).map(|(r, _)| r).collect()
+    pub fn roles(&mut self) -> Vec<Role> {
+        Role::all().filter(|&r| self.get(r).is_some()).collect()
+    }
+}
+
+/// The components and params a run starts its plugins with, by role.
+#[derive(Clone, Default)]
+pub struct PluginSet {
+    by_role: std::collections::BTreeMap<Role, (PluginComponent, String)>,
+}
+
+impl PluginSet {
+    /// Run `component` configured with `params` (TOML text) in `role`.
+    pub fn insert(&mut self, role: Role, component: PluginComponent, params: String) {
+        self.by_role.insert(role, (component, params));
+    }
+
+    /// The component and params of `role`, if the run has one.
+    pub fn get(&self, role: Role) -> Option<&(PluginComponent, String)> {
+        self.by_role.get(&role)
     }
 }

@@ -25,18 +25,14 @@ impl Trainer {
     /// and journal the change.
     pub(super) fn enter_stage(&mut self, index: usize, start: u64) -> Result<(), TrainError> {
         let stage = self.config.stages[index].clone();
-        let merged = |base: &Option<(PluginComponent, String)>, over: &Option<toml::Table>| -> Result<Option<String>, TrainError> {
+        let merged = |base: Option<&(PluginComponent, String)>, over: Option<&toml::Table>| -> Result<Option<String>, TrainError> {
             let Some((_, base_params)) = base else { return Ok(None) };
             let Some(over) = over else { return Ok(Some(base_params.clone())) };
             let mut table: toml::Table = toml::from_str(base_params).map_err(|e| TrainError::Resume(format!("plugin params: {e}")))?;
             table.extend(over.clone());
             toml::to_string(&table).map(Some).map_err(|e| TrainError::Resume(format!("stage {:?} plugin params: {e}", stage.name)))
         };
-        let wanted = [
-            (Role::Router, merged(&self.base_plugins.router, &stage.plugins.router)?),
-            (Role::AuxSchedule, merged(&self.base_plugins.aux_schedule, &stage.plugins.aux_schedule)?),
-            (Role::Sampler, merged(&self.base_plugins.sampler, &stage.plugins.sampler)?),
-        ];
+        let wanted = Role::all().map(|role| Ok((role, merged(self.base_plugins.get(role), stage.plugins.get(role))?))).collect::<Result<Vec<_>, TrainError>>()?;
         let mut router_changed = false;
         for (role, params) in wanted {
             let (Some(params), Some(slot)) = (params, self.plugins.get(role)) else { continue };
@@ -48,7 +44,7 @@ impl Trainer {
             if let Some(w) = &self.watcher {
                 w.set_params(role.as_str(), &params);
             }
-            router_changed |= role == Role::Router;
+            router_changed |= role == Role::ROUTER;
         }
         if self.step == start {
             if router_changed {

@@ -11,14 +11,15 @@ use serde_json::json;
 use super::health::StepHealth;
 use super::slots::Role;
 use super::{StepReport, TrainError, Trainer, tensor_err};
-use crate::data::batch::training_batch;
+use crate::data::batch::{Batch, training_batch};
 use crate::model::loss::next_token_nll;
+use crate::model::transformer::ForwardOutput;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
 use crate::plugins::PluginError;
 use crate::plugins::router::{TokenLogits, validate_bias_sums};
 use crate::plugins::sampler::{DomainStats, Mixture, SampleRequest};
-use crate::train::config::ParamGroup;
+use crate::train::config::{ParamGroup, Stage};
 use crate::train::optimizer::{AdamW, Gradients};
 use crate::train::schedule::learning_rate;
 
@@ -33,6 +34,17 @@ struct StepWork {
     lr: f64,
     grad_norm: f64,
     plugin_time: Duration,
+    route_time: Duration,
+}
+
+/// What the micro-batches of one step add up: gradients, losses, statistics and the
+/// time spent in per-token routing.
+struct Accumulated {
+    grads: Gradients,
+    domain_loss: Vec<(f64, usize)>,
+    stats: Vec<LayerStats>,
+    total_loss: f64,
+    aux_total: f64,
     route_time: Duration,
 }
 
@@ -100,141 +112,166 @@ impl Trainer {
     }
 
     /// Everything of step `step` up to and including the optimizer update: the sampler's
-    /// mixture, the aux schedule's coefficients, forward and backward (with per-token
-    /// routing), the update. A plugin fault returns before anything is changed, so the
-    /// step can be retried.
+    /// mixture, the aux schedule's coefficients, forward and backward of each
+    /// micro-batch (with per-token routing), the update. A plugin fault returns before
+    /// anything is changed, so the step can be retried.
     fn compute_step(&mut self, step: u64) -> Result<StepWork, TrainError> {
         let stage = self.stage_at(step).map(|(i, _)| self.config.stages[i].clone());
         let t = self.config.train.clone();
         let sequences = t.batch_size * t.grad_accum;
-        let mut plugin_time = Duration::ZERO;
 
         let clock = Instant::now();
-        let mixture = match (stage.as_ref().and_then(|s| s.mixture.clone()), self.plugins.sampler.as_mut()) {
-            (Some(weights), _) => Mixture::Weights(weights),
-            (None, Some(s)) => {
-                let request = SampleRequest {
-                    step,
-                    batch_sequences: sequences as u32,
-                    domains: self
-                        .progress
-                        .iter()
-                        .zip(&self.domains)
-                        .enumerate()
-                        .map(|(i, (p, d))| DomainStats {
-                            domain: i as u32,
-                            name: p.name.clone(),
-                            tokens_available: d.train.len() as u64,
-                            tokens_seen: p.tokens_seen,
-                            train_loss: p.train_loss,
-                            valid_loss: p.valid_loss,
-                            reference_loss: None,
-                        })
-                        .collect(),
-                };
-                s.live.next(&request).map_err(fault(Role::Sampler))?
-            }
-            (None, None) => Mixture::Weights(vec![1.0; self.domains.len()]),
-        };
-        if let Some(aux) = self.plugins.aux.as_mut() {
-            let moe_layers: Vec<u32> = self.model.moe_layers().map(|l| l.layer as u32).collect();
-            let coefficients = aux.live.coefficients(step, &moe_layers, &self.last_stats).map_err(fault(Role::AuxSchedule))?;
-            for layer in self.model.moe_layers_mut() {
-                if let Some(c) = coefficients.iter().find(|c| c.layer as usize == layer.layer) {
-                    layer.coefficients = crate::moe::spec::AuxCoefficients { load_balance: c.load_balance, z_loss: c.z_loss };
-                }
-            }
-        }
-        plugin_time += clock.elapsed();
+        let mixture = self.step_mixture(step, stage.as_ref(), sequences)?;
+        self.apply_aux_coefficients(step)?;
+        let steering_time = clock.elapsed();
 
         let batch = training_batch(&self.domains, &mixture, self.config.seed, step, sequences, t.seq_len);
-        let per_micro = t.batch_size * t.seq_len;
-        let mut grads: Gradients = BTreeMap::new();
-        let mut domain_loss = vec![(0f64, 0usize); self.domains.len()];
-        let mut stats: Vec<LayerStats> = Vec::new();
-        let mut total_loss = 0f64;
-        let mut aux_total = 0f64;
-        let mut route_total = Duration::ZERO;
+        let mut acc = Accumulated { grads: BTreeMap::new(), domain_loss: vec![(0f64, 0usize); self.domains.len()], stats: Vec::new(), total_loss: 0.0, aux_total: 0.0, route_time: Duration::ZERO };
         for micro in 0..t.grad_accum {
-            let tokens = &batch.tokens[micro * per_micro..(micro + 1) * per_micro];
-            let infos = self.layer_infos();
-            let mut route_time = Duration::ZERO;
-            let out = match self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) {
-                Some(router) => {
-                    router.live.instance().set_step(Some(step));
-                    let mut route_fault = None;
-                    let mut hook = |layer: usize, logits: &TokenLogits| -> Result<_, String> {
-                        let start = Instant::now();
-                        let info = infos.iter().find(|i| i.layer as usize == layer).ok_or_else(|| format!("no MoE layer {layer}"))?;
-                        let r = router.live.route(info, logits).map_err(|e| {
-                            let message = e.to_string();
-                            route_fault = Some(e);
-                            message
-                        });
-                        route_time += start.elapsed();
-                        r
-                    };
-                    let out = self.model.forward_routed(tokens, t.batch_size, Some(&mut hook));
-                    if let Some(source) = route_fault {
-                        return Err(TrainError::PluginFault { role: Role::Router, source });
-                    }
-                    let out = out?;
-                    plugin_time += route_time;
-                    route_total += route_time;
-                    out
-                }
-                None => self.model.forward(tokens, t.batch_size)?,
-            };
-            let nll = next_token_nll(&out.logits, tokens, t.batch_size).map_err(tensor_err(step))?;
-            let ce = nll.mean_all().map_err(tensor_err(step))?;
-            let loss = match &out.aux_loss {
-                Some(aux) => {
-                    let aux = aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?;
-                    aux_total += aux.to_dtype(DType::F32).and_then(|a| a.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / t.grad_accum as f64;
-                    ce.add(&aux).map_err(tensor_err(step))?
-                }
-                None => ce.clone(),
-            };
-            let scaled = (loss / t.grad_accum as f64).map_err(tensor_err(step))?;
-            let store = scaled.backward().map_err(tensor_err(step))?;
-            for (name, p) in self.params.iter() {
-                if let Some(g) = store.get(p) {
-                    let sum = match grads.remove(name) {
-                        Some(acc) => acc.add(g).map_err(tensor_err(step))?,
-                        None => g.clone(),
-                    };
-                    grads.insert(name.clone(), sum);
-                }
-            }
-            let values: Vec<f32> = nll.to_dtype(DType::F32).and_then(|n| n.to_vec1()).map_err(tensor_err(step))?;
-            let per_seq = t.seq_len - 1;
-            for (s, chunk) in values.chunks(per_seq).enumerate() {
-                let d = batch.domains[micro * t.batch_size + s];
-                domain_loss[d].0 += chunk.iter().map(|&x| x as f64).sum::<f64>();
-                domain_loss[d].1 += chunk.len();
-            }
-            total_loss += ce.to_dtype(DType::F32).and_then(|c| c.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / t.grad_accum as f64;
-            if stats.is_empty() {
-                stats = out.moe_stats;
-            } else {
-                for (into, other) in stats.iter_mut().zip(&out.moe_stats) {
-                    merge(into, other);
-                }
+            self.micro_batch(step, &batch, micro, &mut acc)?;
+        }
+        let (lr, grad_norm) = self.update(step, stage.as_ref(), &acc)?;
+        Ok(StepWork {
+            tokens: sequences * t.seq_len,
+            seq_len: t.seq_len,
+            batch_domains: batch.domains,
+            domain_loss: acc.domain_loss,
+            stats: acc.stats,
+            total_loss: acc.total_loss,
+            lr,
+            grad_norm,
+            plugin_time: steering_time + acc.route_time,
+            route_time: acc.route_time,
+        })
+    }
+
+    /// The step's domain mixture: the stage's fixed one, else the sampler's, else uniform.
+    fn step_mixture(&mut self, step: u64, stage: Option<&Stage>, sequences: usize) -> Result<Mixture, TrainError> {
+        if let Some(weights) = stage.and_then(|s| s.mixture.clone()) {
+            return Ok(Mixture::Weights(weights));
+        }
+        let Some(sampler) = self.plugins.sampler.as_mut() else { return Ok(Mixture::Weights(vec![1.0; self.domains.len()])) };
+        let domains = self
+            .progress
+            .iter()
+            .zip(&self.domains)
+            .enumerate()
+            .map(|(i, (p, d))| DomainStats {
+                domain: i as u32,
+                name: p.name.clone(),
+                tokens_available: d.train.len() as u64,
+                tokens_seen: p.tokens_seen,
+                train_loss: p.train_loss,
+                valid_loss: p.valid_loss,
+                reference_loss: None,
+            })
+            .collect();
+        sampler.live.next(&SampleRequest { step, batch_sequences: sequences as u32, domains }).map_err(fault(Role::SAMPLER))
+    }
+
+    /// The aux schedule's coefficients for `step`, set on every MoE layer.
+    fn apply_aux_coefficients(&mut self, step: u64) -> Result<(), TrainError> {
+        let Some(aux) = self.plugins.aux.as_mut() else { return Ok(()) };
+        let moe_layers: Vec<u32> = self.model.moe_layers().map(|l| l.layer as u32).collect();
+        let coefficients = aux.live.coefficients(step, &moe_layers, &self.last_stats).map_err(fault(Role::AUX_SCHEDULE))?;
+        for layer in self.model.moe_layers_mut() {
+            if let Some(c) = coefficients.iter().find(|c| c.layer as usize == layer.layer) {
+                layer.coefficients = crate::moe::spec::AuxCoefficients { load_balance: c.load_balance, z_loss: c.z_loss };
             }
         }
+        Ok(())
+    }
 
-        let peak = stage.as_ref().and_then(|s| s.lr).unwrap_or(self.config.optimizer.lr);
-        let lr = learning_rate(peak, &self.config.schedule, step, t.steps);
-        let groups: Vec<ParamGroup> = stage.as_ref().map(|s| s.train.clone()).unwrap_or_default();
+    /// Forward and backward of micro-batch `micro` of `batch`, added into `acc`.
+    fn micro_batch(&mut self, step: u64, batch: &Batch, micro: usize, acc: &mut Accumulated) -> Result<(), TrainError> {
+        let t = &self.config.train;
+        let (batch_size, seq_len, grad_accum) = (t.batch_size, t.seq_len, t.grad_accum);
+        let per_micro = batch_size * seq_len;
+        let tokens = &batch.tokens[micro * per_micro..(micro + 1) * per_micro];
+        let out = self.forward_with_router(step, tokens, batch_size, acc)?;
+        let nll = next_token_nll(&out.logits, tokens, batch_size).map_err(tensor_err(step))?;
+        let ce = nll.mean_all().map_err(tensor_err(step))?;
+        let loss = match &out.aux_loss {
+            Some(aux) => {
+                let aux = aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?;
+                acc.aux_total += aux.to_dtype(DType::F32).and_then(|a| a.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / grad_accum as f64;
+                ce.add(&aux).map_err(tensor_err(step))?
+            }
+            None => ce.clone(),
+        };
+        let scaled = (loss / grad_accum as f64).map_err(tensor_err(step))?;
+        let store = scaled.backward().map_err(tensor_err(step))?;
+        for (name, p) in self.params.iter() {
+            if let Some(g) = store.get(p) {
+                let sum = match acc.grads.remove(name) {
+                    Some(sum) => sum.add(g).map_err(tensor_err(step))?,
+                    None => g.clone(),
+                };
+                acc.grads.insert(name.clone(), sum);
+            }
+        }
+        let values: Vec<f32> = nll.to_dtype(DType::F32).and_then(|n| n.to_vec1()).map_err(tensor_err(step))?;
+        for (s, chunk) in values.chunks(seq_len - 1).enumerate() {
+            let d = batch.domains[micro * batch_size + s];
+            acc.domain_loss[d].0 += chunk.iter().map(|&x| x as f64).sum::<f64>();
+            acc.domain_loss[d].1 += chunk.len();
+        }
+        acc.total_loss += ce.to_dtype(DType::F32).and_then(|c| c.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / grad_accum as f64;
+        if acc.stats.is_empty() {
+            acc.stats = out.moe_stats;
+        } else {
+            for (into, other) in acc.stats.iter_mut().zip(&out.moe_stats) {
+                merge(into, other);
+            }
+        }
+        Ok(())
+    }
+
+    /// The model's forward pass over one micro-batch; when a layer's spec asks for
+    /// per-token routing, the router plugin's `route` chooses its experts (its time is
+    /// added to `acc.route_time`).
+    fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated) -> Result<ForwardOutput, TrainError> {
+        let infos = self.layer_infos();
+        let Some(router) = self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) else {
+            return Ok(self.model.forward(tokens, batch_size)?);
+        };
+        router.live.instance().set_step(Some(step));
+        let mut route_fault = None;
+        let mut route_time = Duration::ZERO;
+        let mut hook = |layer: usize, logits: &TokenLogits| -> Result<_, String> {
+            let start = Instant::now();
+            let info = infos.iter().find(|i| i.layer as usize == layer).ok_or_else(|| format!("no MoE layer {layer}"))?;
+            let r = router.live.route(info, logits).map_err(|e| {
+                let message = e.to_string();
+                route_fault = Some(e);
+                message
+            });
+            route_time += start.elapsed();
+            r
+        };
+        let out = self.model.forward_routed(tokens, batch_size, Some(&mut hook));
+        if let Some(source) = route_fault {
+            return Err(TrainError::PluginFault { role: Role::ROUTER, source });
+        }
+        acc.route_time += route_time;
+        Ok(out?)
+    }
+
+    /// The optimizer update from the accumulated gradients, after the health check;
+    /// returns the learning rate and the gradient norm before clipping.
+    fn update(&mut self, step: u64, stage: Option<&Stage>, acc: &Accumulated) -> Result<(f64, f64), TrainError> {
+        let peak = stage.and_then(|s| s.lr).unwrap_or(self.config.optimizer.lr);
+        let lr = learning_rate(peak, &self.config.schedule, step, self.config.train.steps);
+        let groups: Vec<ParamGroup> = stage.map(|s| s.train.clone()).unwrap_or_default();
         let trains = |name: &str| groups.is_empty() || groups.iter().any(|g| g.contains(name));
-        let grad_norm = AdamW::grad_norm(&grads).map_err(tensor_err(step))?;
-        if let Err(bad) = self.check_health(StepHealth { step, lm_loss: total_loss, aux_loss: aux_total, grad_norm }) {
+        let grad_norm = AdamW::grad_norm(&acc.grads).map_err(tensor_err(step))?;
+        if let Err(bad) = self.check_health(StepHealth { step, lm_loss: acc.total_loss, aux_loss: acc.aux_total, grad_norm }) {
             return Err(self.stop_non_finite(bad));
         }
         let clip = self.config.optimizer.clip_grad_norm;
         let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-        self.optimizer.step(&self.params, &grads, lr, scale, &trains).map_err(tensor_err(step))?;
-        Ok(StepWork { tokens: sequences * t.seq_len, seq_len: t.seq_len, batch_domains: batch.domains, domain_loss, stats, total_loss, lr, grad_norm, plugin_time, route_time: route_total })
+        self.optimizer.step(&self.params, &acc.grads, lr, scale, &trains).map_err(tensor_err(step))?;
+        Ok((lr, grad_norm))
     }
 
     /// The router's `on-step` after the update of step `step`; its changes apply from
@@ -243,10 +280,10 @@ impl Trainer {
         let clock = Instant::now();
         let infos = self.layer_infos();
         if let Some(router) = self.plugins.router.as_mut() {
-            let updates = router.live.on_step(step, stats, &infos).map_err(fault(Role::Router))?;
+            let updates = router.live.on_step(step, stats, &infos).map_err(fault(Role::ROUTER))?;
             let layers: Vec<(u32, &[f32])> = self.model.moe_layers().map(|l| (l.layer as u32, l.selection_bias.as_slice())).collect();
             validate_bias_sums(&updates, |layer| layers.iter().find(|(l, _)| *l == layer).map(|(_, b)| *b))
-                .map_err(|v| TrainError::PluginFault { role: Role::Router, source: router.live.invalid_update(v) })?;
+                .map_err(|v| TrainError::PluginFault { role: Role::ROUTER, source: router.live.invalid_update(v) })?;
             for update in updates {
                 if let Some(layer) = self.model.moe_layers_mut().find(|l| l.layer == update.layer as usize) {
                     if let Some(delta) = &update.bias_delta {
