@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 
 use super::writer::ShardWriter;
-use crate::contract::{Distribution, InitOp, InitPlan, NormalParams, RouterInit, TensorRef};
+use crate::contract::{Distribution, InitOp, InitPlan, NormalParams, ReinitOp, RouterInit, RouterInitOp, ScaleOp, TensorRef};
 use crate::model::checkpoint::CheckpointReader;
 use crate::model::error::ModelError;
 use crate::model::init::SplitMix64;
@@ -73,118 +73,21 @@ pub fn flush_order(plan: &InitPlan, planned: &BTreeMap<String, Vec<u64>>) -> Vec
 /// Run `plan`; `stored_name` maps a target tensor to its name in the output files.
 pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut ShardWriter, stored_name: impl Fn(&str) -> String, mut progress: impl FnMut(usize)) -> Result<(), ExecuteError> {
     let last = last_uses(plan);
-    let mut live: HashMap<String, Tensor> = HashMap::new();
+    let mut live = Live { tensors: HashMap::new(), sources, op: 0 };
     for (i, op) in plan.ops.iter().enumerate() {
-        let err = |reason: String| ExecuteError::Op { op: i, reason };
-        let fetch = |r: &TensorRef, live: &mut HashMap<String, Tensor>| -> Result<Tensor, ExecuteError> {
-            let k = key(r);
-            if let Some(t) = live.get(&k) {
-                return Ok(t.clone());
-            }
-            let s = r.source.ok_or_else(|| err(format!("target tensor `{}` is not written by an earlier op", r.name)))?;
-            let reader = sources.get(s as usize).ok_or_else(|| err(format!("no source {s}")))?;
-            let t = reader.load_stored(&r.name)?;
-            live.insert(k, t.clone());
-            Ok(t)
-        };
-        let tensor_err = |e: candle_core::Error| ExecuteError::Op { op: i, reason: e.to_string() };
-        match op {
-            InitOp::Copy(c) => {
-                let t = fetch(&c.src, &mut live)?;
-                live.insert(c.dst.clone(), t);
-            }
-            InitOp::Gather(g) => {
-                let t = fetch(&g.src, &mut live)?;
-                let idx = Tensor::from_slice(&g.indices, g.indices.len(), &Device::Cpu).map_err(tensor_err)?;
-                let out = t.index_select(&idx, g.axis as usize).map_err(tensor_err)?;
-                live.insert(g.dst.clone(), out);
-            }
-            InitOp::Fill(f) => {
-                let dims: Vec<usize> = f.shape.iter().map(|&d| d as usize).collect();
-                let n = dims.iter().product();
-                let values = draw(&f.distribution, n, f.seed, &mut |r| fetch(r, &mut live))?;
-                live.insert(f.dst.clone(), Tensor::from_vec(values, dims, &Device::Cpu).map_err(tensor_err)?);
-            }
-            InitOp::Scale(s) => {
-                let t = live.get(&s.tensor).ok_or_else(|| err(format!("`{}` is not written yet", s.tensor)))?;
-                let dim = t.dims()[s.axis as usize];
-                let mut factors = vec![1f32; dim];
-                if s.indices.is_empty() {
-                    for (j, f) in factors.iter_mut().enumerate() {
-                        *f = if s.factors.len() == 1 { s.factors[0] } else { s.factors[j] };
-                    }
-                } else {
-                    for (j, &index) in s.indices.iter().enumerate() {
-                        factors[index as usize] = if s.factors.len() == 1 { s.factors[0] } else { s.factors[j] };
-                    }
-                }
-                let mut shape = vec![1usize; t.rank()];
-                shape[s.axis as usize] = dim;
-                let f = Tensor::from_vec(factors, shape, &Device::Cpu).map_err(tensor_err)?;
-                let out = t.to_dtype(DType::F32).and_then(|t| t.broadcast_mul(&f)).map_err(tensor_err)?;
-                live.insert(s.tensor.clone(), out);
-            }
-            InitOp::Reinit(r) => {
-                let t = live.get(&r.tensor).ok_or_else(|| err(format!("`{}` is not written yet", r.tensor)))?.clone();
-                let dims = t.dims().to_vec();
-                let axis = r.axis as usize;
-                let stride: usize = dims[axis + 1..].iter().product();
-                let mut chosen = vec![false; dims[axis]];
-                for &j in &r.indices {
-                    chosen[j as usize] = true;
-                }
-                let mut values: Vec<f32> = t.to_dtype(DType::F32).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1()).map_err(tensor_err)?;
-                let positions: Vec<usize> = (0..values.len()).filter(|&f| chosen[(f / stride) % dims[axis]]).collect();
-                let fresh = draw(&r.distribution, positions.len(), r.seed, &mut |x| fetch(x, &mut live))?;
-                for (p, v) in positions.into_iter().zip(fresh) {
-                    values[p] = v;
-                }
-                live.insert(r.tensor.clone(), Tensor::from_vec(values, dims, &Device::Cpu).map_err(tensor_err)?);
-            }
-            InitOp::Permute(p) => {
-                let t = live.get(&p.tensor).ok_or_else(|| err(format!("`{}` is not written yet", p.tensor)))?;
-                let idx = Tensor::from_slice(&p.order, p.order.len(), &Device::Cpu).map_err(tensor_err)?;
-                let out = t.index_select(&idx, p.axis as usize).map_err(tensor_err)?;
-                live.insert(p.tensor.clone(), out);
-            }
-            InitOp::Noise(n) => {
-                let t = live.get(&n.tensor).ok_or_else(|| err(format!("`{}` is not written yet", n.tensor)))?.clone();
-                let std = if n.relative { n.std as f64 * moments(&t).map_err(tensor_err)?.1 } else { n.std as f64 };
-                let mut rng = SplitMix64(n.seed);
-                let noise: Vec<f32> = (0..t.elem_count()).map(|_| (rng.normal() * std) as f32).collect();
-                let noise = Tensor::from_vec(noise, t.dims(), &Device::Cpu).map_err(tensor_err)?;
-                live.insert(n.tensor.clone(), t.to_dtype(DType::F32).and_then(|t| t + noise).map_err(tensor_err)?);
-            }
-            InitOp::InitRouter(r) => {
-                let (e, d) = (r.experts as usize, r.hidden as usize);
-                let values = match &r.method {
-                    RouterInit::Normal(std) => draw(&Distribution::Normal(NormalParams { mean: 0.0, std: *std }), e * d, r.seed, &mut |x| fetch(x, &mut live))?,
-                    RouterInit::UniformCentred(std) => draw(&Distribution::UniformCentred(*std), e * d, r.seed, &mut |x| fetch(x, &mut live))?,
-                    RouterInit::Zeros => vec![0.0; e * d],
-                    RouterInit::VirtualGroup(g) => {
-                        // R = E / G random rows, each repeated G times: expert r·G + g uses row r.
-                        let g = *g as usize;
-                        let rows = draw(&Distribution::Normal(NormalParams { mean: 0.0, std: 0.02 }), (e / g) * d, r.seed, &mut |x| fetch(x, &mut live))?;
-                        (0..e).flat_map(|x| rows[(x / g) * d..(x / g + 1) * d].to_vec()).collect()
-                    }
-                    RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_) => {
-                        return Err(err("router initialisation from calibration centroids is not computed by this executor (refused before execution by `upcycle`)".into()));
-                    }
-                };
-                live.insert(r.dst.clone(), Tensor::from_vec(values, (e, d), &Device::Cpu).map_err(tensor_err)?);
-            }
-        }
+        live.op = i;
+        live.apply(op)?;
         // Write out and forget everything this op was the last to touch.
         let (reads, write) = touches(op);
         for k in reads.iter().map(String::as_str).chain(write) {
             if last.get(k) == Some(&i)
-                && let Some(t) = live.remove(k)
+                && let Some(t) = live.tensors.remove(k)
                 && !k.starts_with("source")
             {
                 // A plan whose numbers overflow (a huge scale factor, mean or std) is
                 // refused here rather than written as a model that computes NaN.
-                if !crate::model::params::all_finite(&t).map_err(tensor_err)? {
-                    return Err(err(format!("`{k}` holds NaN or infinite values; check the plan's scale factors and distributions")));
+                if !crate::model::params::all_finite(&t).map_err(|e| live.tensor_err(e))? {
+                    return Err(live.err(format!("`{k}` holds NaN or infinite values; check the plan's scale factors and distributions")));
                 }
                 writer.write(&stored_name(k), &t)?;
             }
@@ -192,6 +95,152 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
         progress(i + 1);
     }
     Ok(())
+}
+
+/// The tensors alive while a plan runs (source tensors read so far, target tensors not
+/// yet written), and the op being executed, for errors.
+struct Live<'a> {
+    tensors: HashMap<String, Tensor>,
+    sources: &'a [CheckpointReader],
+    op: usize,
+}
+
+impl Live<'_> {
+    fn err(&self, reason: String) -> ExecuteError {
+        ExecuteError::Op { op: self.op, reason }
+    }
+
+    fn tensor_err(&self, e: candle_core::Error) -> ExecuteError {
+        self.err(e.to_string())
+    }
+
+    /// The tensor `r` names: alive already, or read from its source checkpoint.
+    fn fetch(&mut self, r: &TensorRef) -> Result<Tensor, ExecuteError> {
+        let k = key(r);
+        if let Some(t) = self.tensors.get(&k) {
+            return Ok(t.clone());
+        }
+        let s = r.source.ok_or_else(|| self.err(format!("target tensor `{}` is not written by an earlier op", r.name)))?;
+        let reader = self.sources.get(s as usize).ok_or_else(|| self.err(format!("no source {s}")))?;
+        let t = reader.load_stored(&r.name)?;
+        self.tensors.insert(k, t.clone());
+        Ok(t)
+    }
+
+    /// A target tensor an earlier op wrote.
+    fn written(&self, name: &str) -> Result<Tensor, ExecuteError> {
+        self.tensors.get(name).cloned().ok_or_else(|| self.err(format!("`{name}` is not written yet")))
+    }
+
+    /// `n` values from `dist`, seeded; `matching` reads its reference tensor.
+    fn draw(&mut self, dist: &Distribution, n: usize, seed: u64) -> Result<Vec<f32>, ExecuteError> {
+        draw(dist, n, seed, &mut |r| self.fetch(r))
+    }
+
+    fn put(&mut self, name: &str, t: candle_core::Result<Tensor>) -> Result<(), ExecuteError> {
+        let t = t.map_err(|e| self.tensor_err(e))?;
+        self.tensors.insert(name.to_string(), t);
+        Ok(())
+    }
+
+    /// Execute one op on the live tensors.
+    fn apply(&mut self, op: &InitOp) -> Result<(), ExecuteError> {
+        let cpu = &Device::Cpu;
+        match op {
+            InitOp::Copy(c) => {
+                let t = self.fetch(&c.src)?;
+                self.put(&c.dst, Ok(t))
+            }
+            InitOp::Gather(g) => {
+                let t = self.fetch(&g.src)?;
+                self.put(&g.dst, Tensor::from_slice(&g.indices, g.indices.len(), cpu).and_then(|idx| t.index_select(&idx, g.axis as usize)))
+            }
+            InitOp::Fill(f) => {
+                let dims: Vec<usize> = f.shape.iter().map(|&d| d as usize).collect();
+                let values = self.draw(&f.distribution, dims.iter().product(), f.seed)?;
+                self.put(&f.dst, Tensor::from_vec(values, dims, cpu))
+            }
+            InitOp::Scale(s) => {
+                let t = self.written(&s.tensor)?;
+                let dim = t.dims()[s.axis as usize];
+                let mut shape = vec![1usize; t.rank()];
+                shape[s.axis as usize] = dim;
+                let factors = Tensor::from_vec(scale_factors(s, dim), shape, cpu);
+                self.put(&s.tensor, factors.and_then(|f| t.to_dtype(DType::F32)?.broadcast_mul(&f)))
+            }
+            InitOp::Reinit(r) => self.reinit(r),
+            InitOp::Permute(p) => {
+                let t = self.written(&p.tensor)?;
+                self.put(&p.tensor, Tensor::from_slice(&p.order, p.order.len(), cpu).and_then(|idx| t.index_select(&idx, p.axis as usize)))
+            }
+            InitOp::Noise(n) => {
+                let t = self.written(&n.tensor)?;
+                let std = if n.relative { n.std as f64 * moments(&t).map_err(|e| self.tensor_err(e))?.1 } else { n.std as f64 };
+                let mut rng = SplitMix64(n.seed);
+                let noise: Vec<f32> = (0..t.elem_count()).map(|_| (rng.normal() * std) as f32).collect();
+                self.put(&n.tensor, Tensor::from_vec(noise, t.dims(), cpu).and_then(|noise| t.to_dtype(DType::F32)? + noise))
+            }
+            InitOp::InitRouter(r) => {
+                let values = self.router_rows(r)?;
+                self.put(&r.dst, Tensor::from_vec(values, (r.experts as usize, r.hidden as usize), cpu))
+            }
+        }
+    }
+
+    /// Fresh values for the chosen slices of a tensor along an axis; the rest kept.
+    fn reinit(&mut self, r: &ReinitOp) -> Result<(), ExecuteError> {
+        let t = self.written(&r.tensor)?;
+        let dims = t.dims().to_vec();
+        let axis = r.axis as usize;
+        let stride: usize = dims[axis + 1..].iter().product();
+        let mut chosen = vec![false; dims[axis]];
+        for &j in &r.indices {
+            chosen[j as usize] = true;
+        }
+        let mut values: Vec<f32> = t.to_dtype(DType::F32).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1()).map_err(|e| self.tensor_err(e))?;
+        let positions: Vec<usize> = (0..values.len()).filter(|&f| chosen[(f / stride) % dims[axis]]).collect();
+        let fresh = self.draw(&r.distribution, positions.len(), r.seed)?;
+        for (p, v) in positions.into_iter().zip(fresh) {
+            values[p] = v;
+        }
+        self.put(&r.tensor, Tensor::from_vec(values, dims, &Device::Cpu))
+    }
+
+    /// The `[E, d]` router weight of an `init-router` op, row-major.
+    fn router_rows(&mut self, r: &RouterInitOp) -> Result<Vec<f32>, ExecuteError> {
+        let (e, d) = (r.experts as usize, r.hidden as usize);
+        Ok(match &r.method {
+            RouterInit::Normal(std) => self.draw(&Distribution::Normal(NormalParams { mean: 0.0, std: *std }), e * d, r.seed)?,
+            RouterInit::UniformCentred(std) => self.draw(&Distribution::UniformCentred(*std), e * d, r.seed)?,
+            RouterInit::Zeros => vec![0.0; e * d],
+            RouterInit::VirtualGroup(g) => {
+                // R = E / G random rows, each repeated G times: expert r·G + g uses row r.
+                let g = *g as usize;
+                let rows = self.draw(&Distribution::Normal(NormalParams { mean: 0.0, std: 0.02 }), (e / g) * d, r.seed)?;
+                (0..e).flat_map(|x| rows[(x / g) * d..(x / g + 1) * d].to_vec()).collect()
+            }
+            RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_) => {
+                return Err(self.err("router initialisation from calibration centroids is not computed by this executor (refused before execution by `upcycle`)".into()));
+            }
+        })
+    }
+}
+
+/// The factor of every slice along a `scale` op's axis: its factors for the listed
+/// indices (or all slices), 1 elsewhere; one factor applies to all.
+fn scale_factors(s: &ScaleOp, dim: usize) -> Vec<f32> {
+    let factor = |j: usize| if s.factors.len() == 1 { s.factors[0] } else { s.factors[j] };
+    let mut factors = vec![1f32; dim];
+    if s.indices.is_empty() {
+        for (j, f) in factors.iter_mut().enumerate() {
+            *f = factor(j);
+        }
+    } else {
+        for (j, &index) in s.indices.iter().enumerate() {
+            factors[index as usize] = factor(j);
+        }
+    }
+    factors
 }
 
 /// Mean and standard deviation of a tensor, in f64.
@@ -222,7 +271,7 @@ fn draw(dist: &Distribution, n: usize, seed: u64, fetch: &mut dyn FnMut(&TensorR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{FillOp, ModelShape, ScaleOp, TargetModel};
+    use crate::contract::{FillOp, ModelShape, TargetModel};
 
     #[test]
     fn a_plan_whose_numbers_overflow_writes_nothing_and_names_the_tensor() {
