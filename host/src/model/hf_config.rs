@@ -69,115 +69,66 @@ pub fn from_json(value: &Value) -> Result<ModelConfig, String> {
         return Ok(config);
     }
     let architecture = architecture(obj)?;
-    let get_usize = |key: &str| -> Result<Option<usize>, String> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| format!("`{key}` must be a non-negative integer, found {v}")),
-        }
-    };
-    let need = |key: &str| -> Result<usize, String> { get_usize(key)?.ok_or_else(|| format!("`{key}` is missing")) };
-    let get_f64 = |key: &str| -> Result<Option<f64>, String> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| format!("`{key}` must be a number, found {v}")),
-        }
-    };
-    let get_bool = |key: &str| -> Result<Option<bool>, String> {
-        match obj.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| format!("`{key}` must be true or false, found {v}")),
-        }
-    };
+    let keys = Keys(obj);
     if let Some(act) = obj.get("hidden_act").and_then(Value::as_str)
         && act != "silu"
     {
         return Err(format!("`hidden_act` is {act:?}; Recast implements SwiGLU MLPs (\"silu\") only"));
     }
-    if get_bool("mlp_bias")?.unwrap_or(false) {
+    if keys.bool("mlp_bias")?.unwrap_or(false) {
         return Err("`mlp_bias` = true is not supported (Llama/Qwen2 MLPs have no bias)".into());
     }
 
-    let hidden_size = need("hidden_size")?;
-    let num_heads = need("num_attention_heads")?;
-    let num_layers = need("num_hidden_layers")?;
+    let hidden_size = keys.need("hidden_size")?;
+    let num_heads = keys.need("num_attention_heads")?;
+    let num_layers = keys.need("num_hidden_layers")?;
     // Counts that size the per-layer and per-expert lists below are bounded before any
     // list is built ([`ModelConfig::validate`] checks the rest).
     let bounded = |key: &str, value: usize, limit: usize| if value <= limit { Ok(value) } else { Err(format!("`{key}` = {value} is out of range (0 ..= {limit})")) };
     bounded("num_hidden_layers", num_layers, size_limits::LAYERS)?;
     for key in ["num_local_experts", "num_experts"] {
-        if let Some(n) = get_usize(key)? {
+        if let Some(n) = keys.usize(key)? {
             bounded(key, n, size_limits::EXPERTS)?;
         }
     }
     if num_heads == 0 {
         return Err("`num_attention_heads` must be positive".into());
     }
-    let head_dim = get_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
-    let attention_bias = get_bool("attention_bias")?.unwrap_or(false);
+    let head_dim = keys.usize("head_dim")?.unwrap_or(hidden_size / num_heads);
+    let attention_bias = keys.bool("attention_bias")?.unwrap_or(false);
     let qkv_bias = match architecture {
-        Architecture::Qwen2 | Architecture::Qwen2Moe => get_bool("qkv_bias")?.unwrap_or(true),
+        Architecture::Qwen2 | Architecture::Qwen2Moe => keys.bool("qkv_bias")?.unwrap_or(true),
         _ => attention_bias,
     };
     let o_bias = matches!(architecture, Architecture::Llama) && attention_bias;
 
-    let sliding_window = get_usize("sliding_window")?.filter(|&w| w > 0);
+    let sliding_window = keys.usize("sliding_window")?.filter(|&w| w > 0);
     let attention_window = match architecture {
         Architecture::Mistral | Architecture::Mixtral => vec![sliding_window; num_layers],
         Architecture::Llama => vec![None; num_layers],
-        Architecture::Qwen2 | Architecture::Qwen2Moe => qwen_windows(obj, num_layers, sliding_window, get_bool("use_sliding_window")?.unwrap_or(false))?,
+        Architecture::Qwen2 | Architecture::Qwen2Moe => qwen_windows(obj, num_layers, sliding_window, keys.bool("use_sliding_window")?.unwrap_or(false))?,
     };
 
     let moe = match architecture {
-        Architecture::Mixtral => {
-            let num_experts = need("num_local_experts")?;
-            Some(MoeConfig {
-                num_experts,
-                top_k: need("num_experts_per_tok")?,
-                expert_intermediate: vec![need("intermediate_size")?; num_experts],
-                shared_expert_intermediate: vec![],
-                shared_expert_gate: false,
-                normalize_top_k: true,
-                moe_layers: vec![true; num_layers],
-                router_aux_loss_coef: get_f64("router_aux_loss_coef")?.unwrap_or(0.02),
-            })
-        }
-        Architecture::Qwen2Moe => {
-            let num_experts = need("num_experts")?;
-            let step = get_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
-            let mlp_only: std::collections::BTreeSet<usize> = match obj.get("mlp_only_layers") {
-                None | Some(Value::Null) => Default::default(),
-                Some(Value::Array(items)) => items.iter().map(|v| v.as_u64().map(|n| n as usize).ok_or_else(|| format!("`mlp_only_layers` holds {v}, not a layer index"))).collect::<Result<_, _>>()?,
-                Some(v) => return Err(format!("`mlp_only_layers` must be a list of layer indices, found {v}")),
-            };
-            let shared = get_usize("shared_expert_intermediate_size")?.unwrap_or(0);
-            Some(MoeConfig {
-                num_experts,
-                top_k: need("num_experts_per_tok")?,
-                expert_intermediate: vec![need("moe_intermediate_size")?; num_experts],
-                shared_expert_intermediate: if shared > 0 { vec![shared] } else { vec![] },
-                shared_expert_gate: shared > 0,
-                normalize_top_k: get_bool("norm_topk_prob")?.unwrap_or(false),
-                moe_layers: (0..num_layers).map(|l| !mlp_only.contains(&l) && num_experts > 0 && (l + 1) % step == 0).collect(),
-                router_aux_loss_coef: get_f64("router_aux_loss_coef")?.unwrap_or(0.001),
-            })
-        }
+        Architecture::Mixtral => Some(mixtral_moe(&keys, num_layers)?),
+        Architecture::Qwen2Moe => Some(qwen2_moe(&keys, num_layers)?),
         _ => None,
     };
 
     let passthrough: Map<String, Value> = obj.iter().filter(|(k, _)| !OWNED_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
     let config = ModelConfig {
         architecture,
-        vocab_size: need("vocab_size")?,
+        vocab_size: keys.need("vocab_size")?,
         hidden_size,
-        intermediate_size: need("intermediate_size")?,
+        intermediate_size: keys.need("intermediate_size")?,
         num_layers,
         num_heads,
-        num_kv_heads: get_usize("num_key_value_heads")?.unwrap_or(num_heads),
+        num_kv_heads: keys.usize("num_key_value_heads")?.unwrap_or(num_heads),
         head_dim,
-        rms_norm_eps: get_f64("rms_norm_eps")?.unwrap_or(1e-6),
+        rms_norm_eps: keys.f64("rms_norm_eps")?.unwrap_or(1e-6),
         rope: rope(obj)?,
-        max_position_embeddings: get_usize("max_position_embeddings")?.unwrap_or(4096),
-        tie_word_embeddings: get_bool("tie_word_embeddings")?.unwrap_or(false),
+        max_position_embeddings: keys.usize("max_position_embeddings")?.unwrap_or(4096),
+        tie_word_embeddings: keys.bool("tie_word_embeddings")?.unwrap_or(false),
         qkv_bias,
         o_bias,
         attention_window,
@@ -186,6 +137,73 @@ pub fn from_json(value: &Value) -> Result<ModelConfig, String> {
     };
     config.validate()?;
     Ok(config)
+}
+
+/// Typed reads of `config.json` keys; a key that is absent or `null` reads as `None`,
+/// one of the wrong type is an error naming it.
+struct Keys<'a>(&'a Map<String, Value>);
+
+impl Keys<'_> {
+    fn read<T>(&self, key: &str, what: &str, read: impl Fn(&Value) -> Option<T>) -> Result<Option<T>, String> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => read(v).map(Some).ok_or_else(|| format!("`{key}` must be {what}, found {v}")),
+        }
+    }
+
+    fn usize(&self, key: &str) -> Result<Option<usize>, String> {
+        self.read(key, "a non-negative integer", |v| v.as_u64().map(|n| n as usize))
+    }
+
+    fn need(&self, key: &str) -> Result<usize, String> {
+        self.usize(key)?.ok_or_else(|| format!("`{key}` is missing"))
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>, String> {
+        self.read(key, "a number", Value::as_f64)
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, String> {
+        self.read(key, "true or false", Value::as_bool)
+    }
+}
+
+/// Mixtral's experts: every layer is an MoE layer of equal experts.
+fn mixtral_moe(keys: &Keys<'_>, num_layers: usize) -> Result<MoeConfig, String> {
+    let num_experts = keys.need("num_local_experts")?;
+    Ok(MoeConfig {
+        num_experts,
+        top_k: keys.need("num_experts_per_tok")?,
+        expert_intermediate: vec![keys.need("intermediate_size")?; num_experts],
+        shared_expert_intermediate: vec![],
+        shared_expert_gate: false,
+        normalize_top_k: true,
+        moe_layers: vec![true; num_layers],
+        router_aux_loss_coef: keys.f64("router_aux_loss_coef")?.unwrap_or(0.02),
+    })
+}
+
+/// Qwen2-MoE's experts: every `decoder_sparse_step`-th layer not in `mlp_only_layers`,
+/// with an optional gated shared expert.
+fn qwen2_moe(keys: &Keys<'_>, num_layers: usize) -> Result<MoeConfig, String> {
+    let num_experts = keys.need("num_experts")?;
+    let step = keys.usize("decoder_sparse_step")?.unwrap_or(1).max(1);
+    let mlp_only: std::collections::BTreeSet<usize> = match keys.0.get("mlp_only_layers") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Array(items)) => items.iter().map(|v| v.as_u64().map(|n| n as usize).ok_or_else(|| format!("`mlp_only_layers` holds {v}, not a layer index"))).collect::<Result<_, _>>()?,
+        Some(v) => return Err(format!("`mlp_only_layers` must be a list of layer indices, found {v}")),
+    };
+    let shared = keys.usize("shared_expert_intermediate_size")?.unwrap_or(0);
+    Ok(MoeConfig {
+        num_experts,
+        top_k: keys.need("num_experts_per_tok")?,
+        expert_intermediate: vec![keys.need("moe_intermediate_size")?; num_experts],
+        shared_expert_intermediate: if shared > 0 { vec![shared] } else { vec![] },
+        shared_expert_gate: shared > 0,
+        normalize_top_k: keys.bool("norm_topk_prob")?.unwrap_or(false),
+        moe_layers: (0..num_layers).map(|l| !mlp_only.contains(&l) && num_experts > 0 && (l + 1) % step == 0).collect(),
+        router_aux_loss_coef: keys.f64("router_aux_loss_coef")?.unwrap_or(0.001),
+    })
 }
 
 fn architecture(obj: &Map<String, Value>) -> Result<Architecture, String> {
