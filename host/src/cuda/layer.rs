@@ -23,7 +23,7 @@ pub fn applies(spec: &RouterSpec, x: &Tensor, z: &Tensor) -> bool {
 /// experts; `None` where the kernels' limits do not fit this layer.
 pub fn routed_experts(layer: &RoutedLayer<'_>, x: &Tensor, z: &Tensor) -> Result<Option<FusedRouted>> {
     let (tokens, experts) = z.dims2()?;
-    let Some(args) = RouterArgs::new(&layer.spec, tokens, experts) else { return Ok(None) };
+    let Some(args) = RouterArgs::new(layer.spec, tokens, experts) else { return Ok(None) };
     if layer.experts.len() != experts {
         candle_core::bail!("layer {}: router has {experts} experts, the layer {}", layer.layer, layer.experts.len());
     }

@@ -1,6 +1,6 @@
 //! The MoE layer on CUDA, behind the `cuda` feature: Recast's kernels (`kernels/*.cu`,
 //! compiled to PTX at build time) wrapped as candle custom ops with a backward, so the
-//! same model code trains on CPU or GPU. [`layer`] runs a whole routed-expert block with
+//! same model code trains on CPU or GPU. `layer` runs a whole routed-expert block with
 //! them: fused router, permute, experts on contiguous rows (cuBLAS per expert), weighted
 //! combine; `backend` offers it to the MoE layer as an
 //! [`ExpertCompute`](crate::moe::experts::ExpertCompute). Everything else in the model

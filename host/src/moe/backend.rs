@@ -42,3 +42,31 @@ impl MoeBackend {
         Self::select(x.device(), x.dtype(), &matmul::active())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::MoeBackend;
+    use crate::cpu::matmul::{ActiveMatmul, Precision, library};
+
+    /// The registry's choices: the BLAS ops only for f32 on the CPU with a BLAS (grouped
+    /// in f32, fused in mixed precision), one by one for anything else; rows stay local.
+    #[test]
+    fn the_backend_follows_dtype_and_matmul_path() {
+        let names = |dtype: DType, active: &ActiveMatmul| {
+            let b = MoeBackend::select(&Device::Cpu, dtype, active);
+            (b.dispatcher.name(), b.experts.name())
+        };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let candle = ActiveMatmul { precision, blas: None };
+            assert_eq!(names(DType::F32, &candle), ("local", "one-by-one"));
+        }
+        let Some(lib) = library().expect("RECAST_BLAS loads") else { return };
+        let blas = |precision| ActiveMatmul { precision, blas: Some(lib.clone()) };
+        assert_eq!(names(DType::F32, &blas(Precision::F32)), ("local", "cpu-grouped-f32"));
+        assert_eq!(names(DType::F32, &blas(Precision::Bf16)), ("local", "cpu-fused-bf16"));
+        assert_eq!(names(DType::F64, &blas(Precision::F32)), ("local", "one-by-one"));
+        assert_eq!(names(DType::BF16, &blas(Precision::Bf16)), ("local", "one-by-one"));
+    }
+}
