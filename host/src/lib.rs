@@ -15,7 +15,7 @@
 pub mod atomic_file;
 pub mod cli;
 pub mod contract;
-#[cfg(feature = "cuda")]
+pub mod cpu;
 pub mod cuda;
 pub mod data;
 pub mod experiment;

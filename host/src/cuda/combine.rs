@@ -27,7 +27,7 @@ impl CustomOp2 for Combine {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("moe combine: CUDA only (the CPU path is moe::dispatch)")
+        candle_core::bail!("moe combine: CUDA only (the CPU path is moe::dispatcher)")
     }
 
     fn cuda_fwd(&self, ys: &CudaStorage, yl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {

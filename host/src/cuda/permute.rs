@@ -57,7 +57,7 @@ impl CustomOp1 for Permute {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("moe permute: CUDA only (the CPU path is moe::dispatch)")
+        candle_core::bail!("moe permute: CUDA only (the CPU path is moe::dispatcher)")
     }
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {

@@ -3,9 +3,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::attention_core::causal_attention;
 use super::ops::{linear, softmax_last_dim};
 use super::rope::RopeTables;
+use crate::cpu::attention::causal_attention;
 
 /// One layer's attention weights (Hugging Face layout, `[out, in]`).
 pub struct Attention {

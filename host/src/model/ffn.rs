@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 
 use super::ops::linear;
-use super::swiglu::swiglu;
+use crate::cpu::swiglu::swiglu;
 
 /// `FFN(x) = (silu(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ` with Hugging Face layouts
 /// (`gate`, `up`: `[width, d]`; `down`: `[d, width]`).

@@ -1,5 +1,7 @@
 //! The dense or MoE decoder (Llama / Qwen2 / Mistral / Mixtral / Qwen2-MoE) on
-//! candle-core tensors, forward and backward, and its Hugging Face checkpoints.
+//! candle-core tensors, forward and backward, and its Hugging Face checkpoints. The
+//! layers here say what is computed; the CPU kernels under them are in [`crate::cpu`],
+//! the MoE layer in [`crate::moe`].
 //!
 //! ```no_run
 //! use candle_core::DType;
@@ -13,22 +15,21 @@
 //! ```
 
 pub mod attention;
-pub mod attention_core;
 pub mod checkpoint;
 pub mod compute_device;
 pub mod config;
 pub mod error;
 pub mod ffn;
-pub mod fused;
 pub mod hf_config;
 pub mod init;
 pub mod loss;
-pub mod matmul;
-pub(crate) mod op_inputs;
 pub mod ops;
 pub mod params;
 pub mod rope;
-pub mod swiglu;
 #[cfg(test)]
 pub(crate) mod test_tensors;
 pub mod transformer;
+
+/// The matmul path now lives with the CPU kernels; re-exported under its old name for
+/// callers that configure it through the model (the CLI's bench commands).
+pub use crate::cpu::matmul;

@@ -4,7 +4,7 @@
 
 use candle_core::{D, Result, Tensor};
 
-use super::matmul;
+use crate::cpu::matmul;
 
 /// Softmax over the last dimension. The max is subtracted for stability and detached:
 /// softmax ignores shifts, so no gradient is lost.
@@ -47,7 +47,7 @@ fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`, over the last dimension (one fused op
 /// in f32 on the CPU).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    if let Some(fused) = super::fused::rms_norm(x, weight, eps)? {
+    if let Some(fused) = crate::cpu::rms_norm::rms_norm(x, weight, eps)? {
         return Ok(fused);
     }
     let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;

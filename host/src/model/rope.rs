@@ -71,7 +71,7 @@ impl RopeTables {
 
     /// Rotate `x` of shape `[batch, heads, seq, head_dim]` (one fused op in f32 on the CPU).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        match super::fused::rope(x, &self.cos, &self.sin)? {
+        match crate::cpu::rope::rope(x, &self.cos, &self.sin)? {
             Some(rotated) => Ok(rotated),
             None => self.apply_composed(x),
         }

@@ -1,6 +1,8 @@
 //! The decoder, top to bottom as in the architecture figure: embed → blocks (attention,
 //! then a dense or MoE MLP, each behind an RMSNorm and a residual) → norm → head.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::{Attention, causal_mask};
@@ -10,6 +12,8 @@ use super::ffn::Ffn;
 use super::ops::{linear, rms_norm};
 use super::params::{ParamReader, ParamSource, ParamStore};
 use super::rope::RopeTables;
+use crate::cpu::matmul;
+use crate::moe::backend::MoeBackend;
 use crate::moe::layer::{MoeLayer, TokenRouter};
 use crate::moe::spec::{self, LayerStats};
 
@@ -36,6 +40,10 @@ pub struct Transformer {
     pub norm: Tensor,
     /// Output projection `[vocab, d]`; the embedding itself when tied.
     pub head: Tensor,
+    /// How the MoE layers dispatch and run their experts, chosen once at the first
+    /// forward (by then the run has configured its matmul path) from the model's device
+    /// and dtype.
+    moe_backend: OnceLock<MoeBackend>,
 }
 
 /// What a forward pass produces.
@@ -73,7 +81,7 @@ impl Transformer {
         }
         let norm = src.tensor("model.norm.weight", &[d])?;
         let head = if config.tie_word_embeddings { embed.clone() } else { src.tensor("lm_head.weight", &[v, d])? };
-        Ok(Self { config: config.clone(), embed, blocks, norm, head })
+        Ok(Self { config: config.clone(), embed, blocks, norm, head, moe_backend: OnceLock::new() })
     }
 
     /// Refuse `batch` sequences of `seq` tokens that the model's positions or this
@@ -124,7 +132,8 @@ impl Transformer {
             let m = match &block.mlp {
                 Mlp::Dense(ffn) => ffn.forward(&x)?,
                 Mlp::Moe(moe) => {
-                    let out = moe.forward_routed(&x, route.as_deref_mut())?;
+                    let backend = self.moe_backend.get_or_init(|| MoeBackend::select(device, dtype, &matmul::active()));
+                    let out = moe.forward_on(backend, &x, route.as_deref_mut())?;
                     if let Some(loss) = out.aux_loss {
                         aux_loss = Some(match aux_loss {
                             Some(acc) => acc.add(&loss.to_dtype(acc.dtype())?)?,

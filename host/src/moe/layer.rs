@@ -1,11 +1,13 @@
-//! The MoE layer: router → selection → dispatch to experts → weighted combine, plus
-//! shared experts, auxiliary losses and statistics. It executes whatever validated
-//! `router-spec` it holds; the router plugin changes that spec and the selection bias
-//! between steps.
+//! The MoE layer as wiring: router → selection → dispatch to experts → weighted
+//! combine, plus shared experts, auxiliary losses and statistics. It executes whatever
+//! validated `router-spec` it holds (the router plugin changes that spec and the
+//! selection bias between steps); how rows move and experts compute is its
+//! [`MoeBackend`]'s business.
 
 use candle_core::{D, DType, Result, Tensor};
 
-use super::dispatch::Dispatch;
+use super::backend::MoeBackend;
+use super::experts::RoutedLayer;
 use super::gates::{expert_choice_gates, router_dtype, router_scores, token_choice_gates};
 use super::losses;
 use super::selection::{self, Selection, token_choice_capacity, top_k};
@@ -54,22 +56,27 @@ pub struct MoeOutput {
 pub type TokenRouter<'a> = dyn FnMut(usize, &TokenLogits) -> std::result::Result<RouteAssignment, String> + 'a;
 
 impl MoeLayer {
-    /// Route and run `x` (`[T, d]`) natively.
+    /// Route and run `x` (`[T, d]`) natively, on the backend for `x`'s device and dtype.
     pub fn forward(&self, x: &Tensor) -> Result<MoeOutput> {
         self.forward_routed(x, None)
     }
 
     /// Route and run `x`; when the spec asks for `per-token-route` and `route` is given,
     /// the plugin chooses the experts and combine weights of every token (weights are
-    /// constants: no gradient reaches the router through them).
+    /// constants: no gradient reaches the router through them). Runs on the backend for
+    /// `x`'s device and dtype; a model chooses it once and calls [`Self::forward_on`].
     pub fn forward_routed(&self, x: &Tensor, route: Option<&mut TokenRouter<'_>>) -> Result<MoeOutput> {
+        self.forward_on(&MoeBackend::for_input(x), x, route)
+    }
+
+    /// [`Self::forward_routed`] on a given backend.
+    pub fn forward_on(&self, backend: &MoeBackend, x: &Tensor, route: Option<&mut TokenRouter<'_>>) -> Result<MoeOutput> {
         let tokens = x.dim(0)?;
         let experts = self.experts.len();
         let z = linear_f32(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
-        #[cfg(feature = "cuda")]
-        if crate::cuda::layer::applies(self, x, &z, route.is_some() && self.spec.per_token_route)
-            && let Some(routed) = crate::cuda::layer::routed_experts(self, x, &z)?
-        {
+        // A plugin that routes per token needs the host-side selection below.
+        let plugin_routes = route.is_some() && self.spec.per_token_route;
+        if !plugin_routes && let Some(routed) = backend.experts.route_and_run(&self.routed_layer(), x, &z)? {
             let selection = Selection::dropless(routed.load, tokens, routed.k);
             let output = match self.shared_output(x)? {
                 Some(shared) => routed.output.add(&shared)?,
@@ -119,12 +126,19 @@ impl MoeLayer {
             }
         };
 
-        let mut output = Dispatch::new(&selection, tokens, x.device())?.run(x, &gates, &self.experts)?;
+        let dispatch = backend.dispatcher.dispatch(x, &selection)?;
+        let expert_rows = if dispatch.rows().dim(0)? == 0 { dispatch.rows().clone() } else { backend.experts.forward(dispatch.rows(), dispatch.counts(), &self.experts)? };
+        let mut output = dispatch.combine(&expert_rows, &gates)?;
         if let Some(shared) = self.shared_output(x)? {
             output = output.add(&shared)?;
         }
         let (aux_loss, stats, gate_mean) = self.losses_and_stats(&scores.probs, &z, &selection, tokens, k)?;
         Ok(MoeOutput { output, aux_loss, stats, gate_mean })
+    }
+
+    /// The layer as a fused routing backend sees it.
+    fn routed_layer(&self) -> RoutedLayer<'_> {
+        RoutedLayer { layer: self.layer, spec: &self.spec, experts: &self.experts, selection_bias: &self.selection_bias }
     }
 
     /// The shared experts' summed output, gated if the spec says so.

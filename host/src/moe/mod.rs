@@ -1,9 +1,21 @@
-//! The MoE layer, split by role as in Megatron-Core's `transformer/moe/`: [`spec`] (what
-//! to execute), [`gates`] (differentiable scores and combine weights), [`selection`]
-//! (top-k, expert choice, capacity and drops), [`dispatch`] (gather, expert GEMMs,
-//! weighted sum back to the tokens; on the CPU through `token_rows`' parallel ops and
-//! [`grouped`]'s BLAS experts, chunked in `fused_experts` for mixed precision),
-//! [`losses`], [`stats`], and [`layer`] wiring them together.
+//! The MoE layer, split by role as in Megatron-Core's `transformer/moe/`
+//! (router → dispatcher → experts → combine):
+//!
+//! - routing: [`spec`] (what to execute), [`gates`] (differentiable scores and combine
+//!   weights), [`selection`] (top-k, expert choice, capacity and drops), [`router`] (a
+//!   plain-slice reference for the per-token escape hatch);
+//! - [`dispatcher`]: the [`dispatcher::TokenDispatcher`] seam that gathers the routed rows
+//!   grouped by expert and combines the experts' outputs back into the tokens
+//!   ([`dispatcher::LocalDispatcher`] today; an all-to-all dispatcher across processes
+//!   next);
+//! - [`experts`]: the [`experts::ExpertCompute`] seam (CPU grouped f32, CPU fused bf16,
+//!   one expert at a time, and the CUDA backend, which also fuses routing);
+//! - [`backend`]: which dispatcher and experts a layer runs, chosen once from the device,
+//!   dtype and matmul path;
+//! - [`losses`], [`stats`], and [`layer`] wiring them together.
+//!
+//! The kernels are elsewhere: the CPU ops in [`crate::cpu`], the CUDA ones in
+//! [`crate::cuda`]; nothing here depends on which device runs.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -28,14 +40,13 @@
 //! # Ok(()) }
 //! ```
 
-pub mod dispatch;
-mod fused_experts;
+pub mod backend;
+pub mod dispatcher;
+pub mod experts;
 pub mod gates;
-pub mod grouped;
 pub mod layer;
 pub mod losses;
 pub mod router;
 pub mod selection;
 pub mod spec;
 pub mod stats;
-mod token_rows;

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::matmul::ComputeSettings;
 use crate::model::config::{Architecture, ModelConfig, MoeConfig, RopeConfig, RopeScaling};
-use crate::model::matmul::ComputeSettings;
 use crate::plugins::bundle::BundleLimits;
 use crate::train::role::Role;
 

@@ -71,7 +71,7 @@ pub enum TrainError {
     Resume(String),
     /// The `[compute]` section asks for a matmul path this machine cannot run.
     #[error("[compute]")]
-    Compute(#[from] crate::model::matmul::MatmulError),
+    Compute(#[from] crate::cpu::matmul::MatmulError),
     /// The `[compute] device` cannot be opened in this build or on this machine.
     #[error("[compute] device")]
     Device(#[from] crate::model::compute_device::DeviceError),
@@ -232,7 +232,7 @@ impl Trainer {
         tokenizer: &Tokenizer,
         logs: Logs,
     ) -> Result<Self, TrainError> {
-        let matmul = crate::model::matmul::configure(config.compute)?;
+        let matmul = crate::cpu::matmul::configure(config.compute)?;
         tracing::info!("matmul: {matmul}");
         let model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
         let mut domains = Vec::new();

@@ -22,11 +22,12 @@ pub(super) fn to_bf16(values: &[f32]) -> Vec<u16> {
 pub(super) fn convert_chunk(values: &[f32], out: &mut [MaybeUninit<u16>]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        let cpu = crate::cpu::features::features();
+        if cpu.avx512_bw() {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { convert_avx512(values, out) };
         }
-        if is_x86_feature_detected!("avx2") {
+        if cpu.avx2 {
             // SAFETY: as above.
             return unsafe { convert_avx2(values, out) };
         }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::gemm::{Accumulate, GemmInput, GemmShape, Operand, gemm_serial, gemm_strided};
 use super::library::BlasLibrary;
 use super::{MatmulError, Precision, fully_written, to_bf16_bits};
-use crate::model::op_inputs::{f32_slice, with_f32};
+use crate::cpu::op_io::{f32_slice, with_f32};
 
 /// The op's name in errors.
 const OP: &str = "grouped linear";

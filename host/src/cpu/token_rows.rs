@@ -11,8 +11,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::matmul::fully_written_by;
-use crate::model::op_inputs::{f32_slice, with_f32};
+use crate::cpu::matmul::fully_written_by;
+use crate::cpu::op_io::{f32_slice, with_f32};
 
 /// The op's name in errors.
 const OP: &str = "token rows";

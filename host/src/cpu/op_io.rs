@@ -22,3 +22,9 @@ pub(crate) fn with_f32<R>(op: &str, what: &str, t: &Tensor, f: impl FnOnce(&[f32
         _ => candle_core::bail!("{op}: {what} is not on the CPU"),
     }
 }
+
+/// Whether `t` is f32 on the CPU: what every op here takes, so what callers check before
+/// choosing one.
+pub(crate) fn is_f32_cpu(t: &Tensor) -> bool {
+    t.dtype() == candle_core::DType::F32 && t.device().is_cpu()
+}

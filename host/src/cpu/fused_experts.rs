@@ -11,7 +11,7 @@
 //! expert's weights are packed for the BLAS once, not once per product. The activations
 //! kept for the backward (`[g | u]`, `h`) and the `[g | u]` gradient are stored in bf16,
 //! as under PyTorch's autocast. (In f32 the products are compute-bound and the separate
-//! grouped ops measured faster: [`super::grouped`] keeps them.)
+//! grouped ops measured faster: [`super::grouped_experts`] keeps them.)
 
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
@@ -19,12 +19,20 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::matmul::{Accumulate, BlasLibrary, GemmInput, GemmShape, MatmulError, Operand, PackedB, as_uninit, gemm_serial, gemm_strided, split_rows, store_bf16, to_bf16_bits};
-use crate::model::op_inputs::{f32_slice, with_f32};
-use crate::model::swiglu;
+use super::matmul::{Accumulate, BlasLibrary, GemmInput, GemmShape, MatmulError, Operand, PackedB, as_uninit, gemm_serial, gemm_strided, split_rows, store_bf16, to_bf16_bits};
+use super::op_io::{f32_slice, with_f32};
+use super::swiglu;
 
 /// The op's name in errors.
 const OP: &str = "fused experts";
+
+/// `FFN_e(rows_e)` in mixed precision for every expert's block of `routed` (`counts[e]`
+/// rows each, in order): `gate_up` holds each expert's gate and up weights one above
+/// the other (`[E·2f, d]`), `down` the down weights (`[E·d, f]`); f32 tensors on the
+/// CPU, multiplied as bf16 with f32 accumulation.
+pub fn fused_experts(library: Arc<BlasLibrary>, routed: &Tensor, counts: &[usize], gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+    routed.contiguous()?.apply_op3(gate_up, down, FusedExperts::new(counts, library))
+}
 
 /// Rows per chunk: a chunk's `[rows, 2f]` f32 products (2.9 MB at f = 1408) stay
 /// within the core's L2 and L3 share while they are used.
@@ -98,7 +106,7 @@ struct Saved {
 /// `FFN_e(rows_e)` in mixed precision for every expert's block of rows: inputs
 /// `x [N, d]`, the concatenated `[gate | up]` weights `[E·2f, d]` and down weights
 /// `[E·d, f]` (each expert's matrices one above the other), f32 on the CPU.
-pub(crate) struct FusedExperts {
+struct FusedExperts {
     counts: Vec<usize>,
     library: Arc<BlasLibrary>,
     saved: Mutex<Option<Saved>>,
@@ -106,7 +114,7 @@ pub(crate) struct FusedExperts {
 
 impl FusedExperts {
     /// The op for `counts[e]` consecutive rows per expert.
-    pub(crate) fn new(counts: &[usize], library: Arc<BlasLibrary>) -> Self {
+    fn new(counts: &[usize], library: Arc<BlasLibrary>) -> Self {
         Self { counts: counts.to_vec(), library, saved: Mutex::new(None) }
     }
 

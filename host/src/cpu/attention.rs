@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::exp::exp_approx;
 use super::matmul::{self, Accumulate, BlasLibrary, GemmShape, Operand, fully_written, gemm_serial};
-use super::op_inputs::{f32_slice, with_f32};
-use super::swiglu::exp_approx;
+use super::op_io::{f32_slice, with_f32};
 
 /// The op's name in errors.
 const OP: &str = "attention";
@@ -108,7 +108,7 @@ impl AttentionCore {
 fn softmax_visible(x: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if crate::cpu::features::features().avx512f {
             // SAFETY: the CPU has the feature the function is compiled for.
             return unsafe { softmax_avx512(x, scale) };
         }
@@ -138,7 +138,7 @@ fn softmax_body(x: &mut [f32], scale: f32) {
 fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if crate::cpu::features::features().avx512f {
             // SAFETY: the CPU has the feature the function is compiled for.
             return unsafe { softmax_backward_avx512(ds, p, scale) };
         }
@@ -284,9 +284,9 @@ mod tests {
     use candle_core::{DType, Device, Tensor, Var};
 
     use super::causal_attention_on;
+    use crate::cpu::matmul::library;
     use crate::model::attention::causal_mask;
     use crate::model::init::SplitMix64;
-    use crate::model::matmul::library;
     use crate::model::ops::softmax_last_dim;
     use crate::model::test_tensors::{randn_var, relative_gap};
 

@@ -7,8 +7,9 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::exp::exp_approx;
 use super::matmul::fully_written_by;
-use super::op_inputs::with_f32;
+use super::op_io::with_f32;
 
 /// Elements per parallel chunk: large enough that scheduling costs nothing.
 const CHUNK: usize = 1 << 14;
@@ -21,28 +22,6 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 struct SwiGlu;
-
-/// `e^x` to about one ulp, in branch-free arithmetic the compiler vectorises (libm's
-/// `expf` is a call per element, and was a third of the gate's time): `e^x = 2ⁿ·e^r`
-/// with `n = round(x / ln 2)`, `|r| ≤ ln 2 / 2`, and a degree-6 Taylor polynomial for
-/// `e^r` (truncation error below 1e-7 relative).
-#[inline(always)]
-pub fn exp_approx(x: f32) -> f32 {
-    // Adding 1.5·2²³ rounds to an integer held in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let underflows = x < -87.0;
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let two_to_n = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
-    // Below e^-87 (near the smallest normal f32): exactly 0, never a subnormal, which
-    // would make every later product on it a hundred times slower.
-    if underflows { 0.0 } else { p * two_to_n }
-}
 
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
@@ -94,11 +73,12 @@ fn backward_avx2(g: &[f32], u: &[f32], d: &[f32], dg: &mut [MaybeUninit<f32>], d
 pub fn forward_slice(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        let cpu = crate::cpu::features::features();
+        if cpu.avx512f {
             // SAFETY: the CPU has the feature the function is compiled for.
             return unsafe { forward_avx512(g, u, out) };
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if cpu.avx2_fma() {
             // SAFETY: as above.
             return unsafe { forward_avx2(g, u, out) };
         }
@@ -110,11 +90,12 @@ pub fn forward_slice(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
 pub fn backward_slice(g: &[f32], u: &[f32], d: &[f32], dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        let cpu = crate::cpu::features::features();
+        if cpu.avx512f {
             // SAFETY: the CPU has the feature the function is compiled for.
             return unsafe { backward_avx512(g, u, d, dg, du) };
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if cpu.avx2_fma() {
             // SAFETY: as above.
             return unsafe { backward_avx2(g, u, d, dg, du) };
         }
@@ -172,19 +153,6 @@ mod tests {
     use crate::model::init::SplitMix64;
 
     /// Forward and both gradients against candle's `silu` and `mul`.
-    /// The vectorisable exp against libm's over the range the gate sees and beyond.
-    #[test]
-    fn exp_approx_is_within_a_few_ulp_of_libm() {
-        let mut worst = 0f64;
-        for i in -2000..=2000 {
-            let x = i as f32 * 0.043; // ±86: inside the clamp
-            let (a, b) = (super::exp_approx(x) as f64, (x as f64).exp());
-            worst = worst.max((a - b).abs() / b);
-        }
-        assert!(worst < 5e-7, "relative error {worst}");
-        assert!(super::exp_approx(-200.0) == 0.0 && super::exp_approx(f32::NEG_INFINITY) == 0.0 && super::exp_approx(200.0).is_finite());
-    }
-
     #[test]
     fn fused_swiglu_matches_the_composition_and_its_gradients() {
         let mut rng = SplitMix64(11);

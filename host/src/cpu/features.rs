@@ -1,0 +1,64 @@
+//! The CPU's vector features, detected once per process. Every kernel with a
+//! `#[target_feature]` variant asks here which one the CPU can run, so the detection
+//! (and the list of what Recast's kernels care about) lives in one place.
+
+use std::sync::OnceLock;
+
+/// The x86-64 features Recast's kernels have variants for; all `false` on other CPUs,
+/// where the kernels run their portable bodies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// AVX2 (256-bit integer and float vectors).
+    pub avx2: bool,
+    /// Fused multiply-add, which the AVX2 variants of the activation kernels assume.
+    pub fma: bool,
+    /// AVX-512 Foundation (512-bit float vectors).
+    pub avx512f: bool,
+    /// AVX-512 Byte and Word, which the bf16 conversion's 16-bit packing needs.
+    pub avx512bw: bool,
+}
+
+impl CpuFeatures {
+    /// Asks the CPU (a `cpuid` per feature; [`features`] caches the answer).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            CpuFeatures { avx2: is_x86_feature_detected!("avx2"), fma: is_x86_feature_detected!("fma"), avx512f: is_x86_feature_detected!("avx512f"), avx512bw: is_x86_feature_detected!("avx512bw") }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            CpuFeatures::default()
+        }
+    }
+
+    /// AVX2 with FMA: what the 256-bit variants of the SwiGLU kernels are compiled for.
+    pub fn avx2_fma(&self) -> bool {
+        self.avx2 && self.fma
+    }
+
+    /// AVX-512 F and BW: what the 512-bit bf16 conversion is compiled for.
+    pub fn avx512_bw(&self) -> bool {
+        self.avx512f && self.avx512bw
+    }
+}
+
+/// This CPU's features, detected on the first call.
+pub fn features() -> &'static CpuFeatures {
+    static FEATURES: OnceLock<CpuFeatures> = OnceLock::new();
+    FEATURES.get_or_init(CpuFeatures::detect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CpuFeatures, features};
+
+    /// The cached answer is the CPU's, and a feature the kernels pair with another
+    /// (FMA with AVX2, BW with AVX-512 F) is only used together with it.
+    #[test]
+    fn cached_features_are_the_detected_ones() {
+        let f = *features();
+        assert_eq!(f, CpuFeatures::detect());
+        assert!(!f.avx2_fma() || f.avx2);
+        assert!(!f.avx512_bw() || f.avx512f);
+    }
+}
