@@ -18,6 +18,7 @@ mod plugin_check;
 mod plugin_inspect;
 mod plugin_new;
 mod recipe;
+mod report;
 mod templates;
 mod train;
 mod upcycle;
@@ -29,6 +30,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::compute_device::ComputeDevice;
 use crate::model::matmul::{ComputeSettings, MatmulBackend, Precision};
+// The source tree this binary was built from: subcommands find the SDK and the
+// reference plugins there.
+use crate::plugin_build::source_root;
 use crate::plugins::{PluginKind, PluginLimits};
 
 pub use crate::plugin_build::{BuiltPlugin, build_plugins};
@@ -573,24 +577,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads.apply();
             train::eval(&run_dir)
         }
-        Command::Report { run_dir } => {
-            let report = crate::report::write(&run_dir)?;
-            println!("{}", report.loss_png.display());
-            if let Some(p) = report.expert_load_png {
-                println!("{}", p.display());
-            }
-            println!("{}", report.summary_md.display());
-            Ok(())
-        }
+        Command::Report { run_dir } => report::run(&run_dir),
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction }) => data_prepare::run(&out, &domains, &tokenizer, &jsonl_field, valid_fraction),
         Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed } => {
             upcycle::run(crate::run::upcycle::UpcycleJob { sources, scheme, params, out, format, dtype: dtype.map(DTypeArg::dtype), max_shard_bytes: max_shard_size, seed })
         }
         Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
     }
-}
-
-/// The source tree this binary was built from, to find the SDK and reference plugins.
-fn source_root() -> PathBuf {
-    crate::plugin_build::source_root()
 }
