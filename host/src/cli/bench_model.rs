@@ -169,7 +169,7 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     parsed.compute.matmul = matmul.unwrap_or(parsed.compute.matmul);
     parsed.compute.device = device.unwrap_or(parsed.compute.device);
     let engine = std::sync::Arc::new(PluginEngine::new()?);
-    let plugins = super::train::load_plugins(&engine, &parsed)?;
+    let plugins = crate::run::plugins::load_run_plugins(&engine, &parsed)?.set;
     let run_dir = tempfile_dir()?;
     let mut trainer = Trainer::start(parsed, &run_dir, &plugins, engine)?;
     let tokens = trainer.config.train.batch_size * trainer.config.train.grad_accum * trainer.config.train.seq_len;

@@ -1,25 +1,15 @@
-//! `recast experiment EXPERIMENT.toml --out DIR [--smoke]`: run every arm of an
-//! experiment for every seed (steps identical across arms run once and are shared),
-//! then write `DIR/results.md`, `DIR/results.csv` and `DIR/loss.png` and print each
-//! criterion's verdict. Rerunning skips finished steps and resumes interrupted ones.
-//! `--data NAME=DIR` runs it on prepared text instead of a built-in domain.
+//! `recast experiment EXPERIMENT.toml --out DIR [--smoke]`: run an experiment with
+//! [`crate::experiment::run`], show it on the terminal and print each criterion's
+//! verdict. `--data NAME=DIR` runs it on prepared text instead of a built-in domain.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
-use super::recipe::{Step, run_steps};
-use crate::experiment::criteria::{Verdict, figure};
-use crate::experiment::metric::StepResults;
-use crate::experiment::results::{RoutingPoint, RunResult, mean_std};
-use crate::experiment::spec::ExperimentSpec;
-use crate::report::charts::{Series, line_chart};
+use super::console::Console;
 
 pub(super) fn run(file: &Path, out: &Path, smoke: bool, data: &[String]) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read the experiment {}", file.display()))?;
-    let mut spec = ExperimentSpec::parse(&text, file)?;
+    let mut spec = crate::experiment::read(file)?;
     for entry in data {
         let (name, dir) = entry.split_once('=').with_context(|| format!("--data {entry:?}: expected NAME=DIR"))?;
         let dir = std::path::absolute(dir).with_context(|| format!("--data {entry:?}"))?;
@@ -30,208 +20,10 @@ pub(super) fn run(file: &Path, out: &Path, smoke: bool, data: &[String]) -> anyh
         println!("domain {name}: prepared shards in {}", dir.display());
     }
     println!("claim: {}", spec.claim);
-    let runs_dir = out.join(if smoke { "smoke-runs" } else { "runs" });
-    let total = spec.arms.len() * spec.seeds.len();
-    let mut results: BTreeMap<(String, u64), StepResults> = BTreeMap::new();
-    for (i, (arm, seed)) in spec.arms.iter().flat_map(|a| spec.seeds.iter().map(move |s| (a, *s))).enumerate() {
-        println!("=== arm {} of {total}: {} (seed {seed})", i + 1, arm.name);
-        let steps: Vec<Step> = spec
-            .steps_for(arm, seed, smoke)
-            .map_err(|e| anyhow::anyhow!("{}: arm {:?}: {e}", file.display(), arm.name))?
-            .into_iter()
-            .map(|v| v.try_into())
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("{}: arm {:?}", file.display(), arm.name))?;
-        let dirs =
-            run_steps(&steps, file, &|step: &Step, fingerprint: &str| runs_dir.join(format!("{}-{fingerprint}", step.name)), None).with_context(|| format!("arm {:?}, seed {seed}", arm.name))?;
-        if !dirs.contains_key(&spec.evaluate) {
-            anyhow::bail!("no step {:?} ran", spec.evaluate);
-        }
-        let mut steps = StepResults::new();
-        for (name, dir) in &dirs {
-            let metrics = dir.join("metrics.jsonl");
-            if metrics.exists() {
-                steps.insert(name.clone(), RunResult::read(dir).with_context(|| format!("cannot read {}", metrics.display()))?);
-            }
-        }
-        results.insert((arm.name.clone(), seed), steps);
-    }
-    let verdicts = write_results(&spec, &results, out, smoke)?;
+    let verdicts = crate::experiment::run(&spec, file, out, smoke, &mut Console::default())?;
     for v in &verdicts {
         println!("{}: {} ({})", if v.holds { "holds" } else { "does not hold" }, v.says, v.figures);
     }
     println!("results: {}", out.join("results.md").display());
     Ok(())
-}
-
-/// Write results.md, results.csv and the plots; the criteria's verdicts.
-fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u64), StepResults>, out: &Path, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let arms: Vec<String> = spec.arms.iter().map(|a| a.name.clone()).collect();
-    let of = |arm: &str| evaluated_runs(spec, results, arm);
-    let evaluated: Vec<&RunResult> = results.values().filter_map(|r| r.get(&spec.evaluate)).collect();
-    let domains: Vec<String> = evaluated.first().map(|r| r.final_loss.keys().cloned().collect()).unwrap_or_default();
-    let routed = evaluated.iter().any(|r| !r.routing_curve.is_empty());
-
-    write_csv(results, &spec.evaluate, &domains, &out.join("results.csv"))?;
-
-    let by_arm: BTreeMap<String, Vec<&StepResults>> = arms.iter().map(|a| (a.clone(), seeds_of(spec, results, a))).collect();
-    let verdicts: Vec<Verdict> = spec.criteria.iter().map(|c| c.evaluate(&by_arm, &arms, &spec.evaluate)).collect();
-
-    let mut md = format!("# {}\n\n", spec.claim);
-    if smoke {
-        md.push_str("**Smoke run** (`--smoke`): seconds-long settings that only prove the pipeline; the numbers say nothing about the claim.\n\n");
-    }
-    if !spec.description.is_empty() {
-        let _ = writeln!(md, "{}\n", spec.description.trim());
-    }
-    let _ = writeln!(md, "Seeds: {:?}. Held-out loss (nats per token) of `{}` before its first step and at its end, mean ± standard deviation over seeds.\n", spec.seeds, spec.evaluate);
-    let _ = writeln!(md, "| arm | start | end | {} | tokens | time (s) | drop rate | Max1/Max2 | MaxVio |", domains.join(" | "));
-    let _ = writeln!(md, "|---|---|---|{}---|---|---|---|---|", "---|".repeat(domains.len()));
-    for arm in &arms {
-        let runs = of(arm);
-        let ms = |f: &dyn Fn(&RunResult) -> Option<f64>| -> String {
-            let v: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
-            if v.is_empty() {
-                return "–".into();
-            }
-            let (m, s) = mean_std(&v);
-            if v.len() > 1 { format!("{m:.4} ± {s:.4}") } else { format!("{m:.4}") }
-        };
-        let per_domain: Vec<String> = domains.iter().map(|d| ms(&|r| r.final_loss.get(d).copied())).collect();
-        let tokens = runs.first().map(|r| r.tokens).unwrap_or(0);
-        let seconds = mean_std(&runs.iter().map(|r| r.seconds).collect::<Vec<_>>()).0;
-        let _ = writeln!(
-            md,
-            "| {arm} | {} | {} | {} | {tokens} | {seconds:.0} | {} | {} | {} |",
-            ms(&|r| r.mean_initial()),
-            ms(&|r| Some(r.mean_final())),
-            per_domain.join(" | "),
-            ms(&|r| r.drop_rate),
-            ms(&|r| r.max1_over_max2),
-            ms(&|r| r.maxvio)
-        );
-    }
-    md.push_str(&gate_table(&arms, &of));
-    md.push_str("\n## Verdicts\n\n");
-    for v in &verdicts {
-        let _ = writeln!(md, "- **{}**: {} ({})", if v.holds { "holds" } else { "does not hold" }, v.says, v.figures);
-    }
-    md.push_str("\n![held-out loss over tokens](loss.png)\n");
-
-    let mean_curve = |arm: &str, pick: &dyn Fn(&RunResult) -> Curve| -> Vec<(f64, f64)> {
-        let curves: Vec<Curve> = of(arm).iter().map(|r| pick(r)).collect();
-        let Some(first) = curves.first() else {
-            return Vec::new();
-        };
-        first
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (t, _))| {
-                let values: Vec<f64> = curves.iter().filter_map(|c| c.get(i).and_then(|p| p.1)).collect();
-                (!values.is_empty()).then(|| (*t, mean_std(&values).0))
-            })
-            .collect()
-    };
-    let chart = |file: &str, title: &str, pick: &dyn Fn(&RunResult) -> Curve| -> anyhow::Result<()> {
-        let series: Vec<Series> = arms.iter().map(|arm| Series { name: arm.clone(), points: mean_curve(arm, pick), dots: false }).filter(|s| !s.points.is_empty()).collect();
-        let png = out.join(file);
-        line_chart(title, "tokens", &series, &[]).save_png(&png).with_context(|| format!("cannot write {}", png.display()))
-    };
-    chart("loss.png", "held-out loss (mean over domains and seeds)", &|r| r.curve.iter().map(|(t, l)| (*t, Some(*l))).collect())?;
-    if routed {
-        chart("drop-rate.png", "dropped share of routed assignments (mean over MoE layers)", &|r| smooth(&r.routing_curve, |p| p.drop_rate))?;
-        chart("gate-sharpness.png", "gate sharpness Max1/Max2 (mean over MoE layers)", &|r| smooth(&r.routing_curve, |p| p.max1_over_max2))?;
-        chart("expert-load.png", "expert load imbalance MaxVio = max load / mean load − 1", &|r| smooth(&r.routing_curve, |p| p.maxvio))?;
-        md.push_str("\n![drop rate over tokens](drop-rate.png)\n\n![gate sharpness over tokens](gate-sharpness.png)\n\n![expert load imbalance over tokens](expert-load.png)\n");
-    }
-    let md_path = out.join("results.md");
-    crate::atomic_file::write(&md_path, md.as_bytes()).with_context(|| format!("cannot write {}", md_path.display()))?;
-    Ok(verdicts)
-}
-
-/// The results of every seed of `arm`.
-fn seeds_of<'r>(spec: &ExperimentSpec, results: &'r BTreeMap<(String, u64), StepResults>, arm: &str) -> Vec<&'r StepResults> {
-    spec.seeds.iter().filter_map(|s| results.get(&(arm.to_string(), *s))).collect()
-}
-
-/// The evaluated step's results for every seed of `arm`.
-fn evaluated_runs<'r>(spec: &ExperimentSpec, results: &'r BTreeMap<(String, u64), StepResults>, arm: &str) -> Vec<&'r RunResult> {
-    seeds_of(spec, results, arm).into_iter().filter_map(|r| r.get(&spec.evaluate)).collect()
-}
-
-/// `(tokens, value)` points of one arm's curve; `None` where a step lacks the value.
-type Curve = Vec<(f64, Option<f64>)>;
-
-/// One row per arm, seed and training step: every step's numbers, not only the
-/// evaluated one's.
-fn write_csv(results: &BTreeMap<(String, u64), StepResults>, evaluate: &str, domains: &[String], path: &Path) -> anyhow::Result<()> {
-    let opt = |v: Option<f64>| v.map(|v| format!("{v:.5}")).unwrap_or_default();
-    let mut csv = format!("arm,seed,step,evaluated,{},mean,initial_mean,tokens,seconds,drop_rate,max1_over_max2,maxvio\n", domains.join(","));
-    for ((arm, seed), steps) in results {
-        for (step, r) in steps {
-            let cells: Vec<String> = domains.iter().map(|d| opt(r.final_loss.get(d).copied())).collect();
-            let _ = writeln!(
-                csv,
-                "{arm},{seed},{step},{},{},{:.5},{},{},{:.1},{},{},{}",
-                step == evaluate,
-                cells.join(","),
-                r.mean_final(),
-                opt(r.mean_initial()),
-                r.tokens,
-                r.seconds,
-                opt(r.drop_rate),
-                opt(r.max1_over_max2),
-                opt(r.maxvio)
-            );
-        }
-    }
-    crate::atomic_file::write(path, csv.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// The mean gate weight of every expert per domain at the end (mean over MoE layers
-/// and seeds), when the evaluated step logged any.
-fn gate_table<'r>(arms: &[String], of: &dyn Fn(&str) -> Vec<&'r RunResult>) -> String {
-    let mut md = String::new();
-    for arm in arms {
-        let runs = of(arm);
-        let Some(first) = runs.first().filter(|r| !r.gates.is_empty()) else {
-            continue;
-        };
-        if md.is_empty() {
-            md.push_str("\nMean gate weight per expert on each domain's held-out text at the end (mean over MoE layers and seeds):\n\n");
-        }
-        let experts = first.gates.values().next().and_then(|l| l.first()).map_or(0, Vec::len);
-        let _ = writeln!(md, "| {arm} | {} |\n|---|{}", (0..experts).map(|e| format!("expert {e}")).collect::<Vec<_>>().join(" | "), "---|".repeat(experts));
-        for domain in first.gates.keys() {
-            let cells: Vec<String> = (0..experts)
-                .map(|e| {
-                    let values: Vec<f64> = runs.iter().filter_map(|r| r.gates.get(domain)).flat_map(|layers| layers.iter().filter_map(|l| l.get(e).copied())).collect();
-                    figure(mean_std(&values).0)
-                })
-                .collect();
-            let _ = writeln!(md, "| {domain} | {} |", cells.join(" | "));
-        }
-        md.push('\n');
-    }
-    md
-}
-
-/// Per-step routing values averaged in windows of a twentieth of the run, so the
-/// plots show the trend rather than step-to-step noise.
-fn smooth(curve: &[RoutingPoint], pick: fn(&RoutingPoint) -> Option<f64>) -> Curve {
-    let window = curve.len().div_ceil(20).max(1);
-    curve
-        .chunks(window)
-        .map(|chunk| {
-            let values: Vec<f64> = chunk.iter().filter_map(pick).collect();
-            let t = chunk.last().map_or(0.0, |p| p.tokens);
-            (t, (!values.is_empty()).then(|| mean_std(&values).0))
-        })
-        .collect()
-}
-
-/// Where `--out` defaults to: `runs/experiments/<file stem>`.
-pub(super) fn default_out(file: &Path) -> PathBuf {
-    PathBuf::from("runs").join("experiments").join(file.file_stem().unwrap_or_default())
 }

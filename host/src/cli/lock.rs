@@ -4,9 +4,9 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use super::run_plugins::load_run_plugins;
 use crate::plugins::PluginEngine;
 use crate::plugins::lock::{LockFile, PinnedPlugin};
+use crate::run::plugins::load_run_plugins;
 use crate::train::config::RunConfig;
 
 pub(super) fn run(config: &Path, out: Option<&Path>) -> anyhow::Result<()> {

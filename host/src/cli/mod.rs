@@ -6,6 +6,7 @@ mod bench_languages;
 mod bench_matmul;
 mod bench_model;
 mod bundle;
+mod console;
 mod convert;
 mod data_prepare;
 mod error_chain;
@@ -16,9 +17,8 @@ mod plugin_build;
 mod plugin_check;
 mod plugin_inspect;
 mod plugin_new;
-mod plugin_source;
 mod recipe;
-mod run_plugins;
+mod report;
 mod templates;
 mod train;
 mod upcycle;
@@ -30,11 +30,14 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::model::compute_device::ComputeDevice;
 use crate::model::matmul::{ComputeSettings, MatmulBackend, Precision};
+// The source tree this binary was built from: subcommands find the SDK and the
+// reference plugins there.
+use crate::plugin_build::source_root;
 use crate::plugins::{PluginKind, PluginLimits};
 
+pub use crate::plugin_build::{BuiltPlugin, build_plugins};
 use bundle::BundleLimitArgs;
 use error_chain::error_chain;
-pub use plugin_build::{BuiltPlugin, build_plugins};
 
 /// Recast: upcycle dense transformers into Mixture-of-Experts models and keep training
 /// them, with every research decision a sandboxed WebAssembly plugin.
@@ -563,7 +566,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Lock { config, out } => lock::run(&config, out.as_deref()),
         Command::Experiment { experiment: file, out, smoke, data, threads } => {
             threads.apply();
-            let out = out.unwrap_or_else(|| experiment::default_out(&file));
+            let out = out.unwrap_or_else(|| crate::experiment::default_out(&file));
             experiment::run(&file, &out, smoke, &data)
         }
         Command::Recipe { recipe, out, max_steps, threads } => {
@@ -574,24 +577,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads.apply();
             train::eval(&run_dir)
         }
-        Command::Report { run_dir } => {
-            let report = crate::report::write(&run_dir)?;
-            println!("{}", report.loss_png.display());
-            if let Some(p) = report.expert_load_png {
-                println!("{}", p.display());
-            }
-            println!("{}", report.summary_md.display());
-            Ok(())
-        }
+        Command::Report { run_dir } => report::run(&run_dir),
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction }) => data_prepare::run(&out, &domains, &tokenizer, &jsonl_field, valid_fraction),
         Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed } => {
-            upcycle::run(upcycle::UpcycleArgs { sources, scheme, params, out, format, dtype: dtype.map(DTypeArg::dtype), max_shard_bytes: max_shard_size, seed })
+            upcycle::run(crate::run::upcycle::UpcycleJob { sources, scheme, params, out, format, dtype: dtype.map(DTypeArg::dtype), max_shard_bytes: max_shard_size, seed })
         }
         Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
     }
-}
-
-/// The source tree this binary was built from, to find the SDK and reference plugins.
-fn source_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }

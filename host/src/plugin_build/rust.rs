@@ -70,7 +70,7 @@ pub(super) fn build(engine: &PluginEngine, path: &Path) -> anyhow::Result<Vec<Bu
 /// same for every crate, so builds share compiled dependencies.
 fn path_remap_rustflags() -> String {
     let mut remaps = Vec::new();
-    if let Ok(root) = super::super::source_root().canonicalize() {
+    if let Ok(root) = super::source_root().canonicalize() {
         remaps.push(format!("--remap-path-prefix={}=/recast", root.display()));
     }
     let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));

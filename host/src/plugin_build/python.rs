@@ -30,7 +30,7 @@ pub(super) fn build(engine: &PluginEngine, dir: &Path, out_dir: &Path) -> anyhow
     let recast = doc.get("tool").and_then(|t| t.get("recast")).with_context(|| format!("{}: no [tool.recast] table", file.display()))?;
     let kind = kind_of(recast.get("kind").and_then(|k| k.as_str()), &file)?;
     let module = recast.get("module").and_then(|m| m.as_str()).unwrap_or("app");
-    let root = super::super::source_root();
+    let root = super::source_root();
     let (wit, sdk) = (root.join("wit"), root.join("sdk").join("python"));
     let tool = tools::find("componentize-py", &[root.join(".venv").join("bin").join("componentize-py")])?;
 

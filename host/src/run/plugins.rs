@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::plugin_build::build_plugins;
 use super::plugin_source::builtin_dir;
+use crate::plugin_build::build_plugins;
 use crate::plugins::MAX_COMPONENT_BYTES;
 use crate::plugins::bundle::{Bundle, BundleLimits, PublicKey};
 use crate::plugins::lock::LockFile;
@@ -18,17 +18,21 @@ use crate::train::config::{PluginRef, RunConfig};
 use crate::train::role::Role;
 use crate::train::trainer::PluginSet;
 
-/// A run's plugins and how to watch them.
-pub(super) struct RunPlugins {
+/// A run's plugins and how to watch them: what the trainer needs to start, and what the
+/// hot-reload watcher and `recast lock` need to follow and pin them.
+pub struct RunPlugins {
+    /// The components with their parameters, for the trainer.
     pub set: PluginSet,
+    /// What to watch for each plugin and how to fetch its new bytes.
     pub watched: Vec<WatchedPlugin>,
     /// Role, kind, where it came from, component: for `recast lock`.
     pub loaded: Vec<(&'static str, PluginKind, String, PluginComponent)>,
 }
 
 /// Load every plugin `config` names; with `require_pinned`, refuse any the lock file
-/// does not pin.
-pub(super) fn load_run_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow::Result<RunPlugins> {
+/// does not pin. The one place a config's plugin references become components, so a
+/// run, a lock file and a benchmark all load the same bytes.
+pub fn load_run_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow::Result<RunPlugins> {
     let trusted = trusted_keys(config)?;
     let mut out = RunPlugins { set: PluginSet::default(), watched: Vec::new(), loaded: Vec::new() };
     for run_role in Role::all() {

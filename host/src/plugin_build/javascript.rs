@@ -29,7 +29,7 @@ pub(super) fn build(engine: &PluginEngine, dir: &Path, out_dir: &Path) -> anyhow
     let name = doc["name"].as_str().with_context(|| format!("{}: needs a \"name\"", file.display()))?.to_string();
     let kind = kind_of(doc["recast"]["kind"].as_str(), &file)?;
     let main = doc["main"].as_str().unwrap_or("index.js");
-    let root = super::super::source_root();
+    let root = super::source_root();
     let (wit, sdk) = (root.join("wit"), root.join("sdk").join("js"));
     let tool = tools::find("componentize-js", &[root.join("scripts").join("js-tools").join("node_modules").join(".bin").join("componentize-js")])?;
 

@@ -1,8 +1,9 @@
-//! `recast plugin build PATH`: turn a plugin's source into a component, whatever its
-//! language. A folder with `Cargo.toml` is Rust (a crate, or a workspace of plugins),
-//! one with `pyproject.toml` and a `[tool.recast]` table is Python (componentize-py),
-//! one with `package.json` and a `"recast"` key is JavaScript (componentize-js). Every
-//! output is loaded once to say whether this host accepts it.
+//! Building plugins: turn a plugin's source into a component, whatever its language,
+//! so a run can name a plugin by its source folder and a Rust program can build one
+//! without the `recast` binary. A folder with `Cargo.toml` is Rust (a crate, or a
+//! workspace of plugins), one with `pyproject.toml` and a `[tool.recast]` table is Python
+//! (componentize-py), one with `package.json` and a `"recast"` key is JavaScript
+//! (componentize-js). Every output is loaded once to say whether this host accepts it.
 
 mod javascript;
 mod python;
@@ -26,22 +27,8 @@ pub struct BuiltPlugin {
     pub refused: Option<String>,
     /// The component file.
     pub path: PathBuf,
+    /// The component's size, for the build summary.
     pub size_bytes: usize,
-}
-
-pub(super) fn run(path: &Path) -> anyhow::Result<()> {
-    let built = build_plugins(path)?;
-    for p in &built {
-        match (&p.kind, &p.refused) {
-            (Some(kind), _) => eprintln!("built {kind} plugin `{}` ({} KiB)", p.name, p.size_bytes.div_ceil(1024)),
-            (None, Some(why)) => eprintln!("warning: built `{}`, but this host will refuse it: {why}", p.name),
-            (None, None) => {}
-        }
-    }
-    for p in &built {
-        println!("{}", p.path.display());
-    }
-    Ok(())
 }
 
 /// Build the plugin at `path` (any language), or every plugin of the plugin workspace at
@@ -74,12 +61,18 @@ pub fn build_plugins(path: &Path) -> anyhow::Result<Vec<BuiltPlugin>> {
 }
 
 /// Load `bytes` (written to `path`) once to learn its kind or why this host refuses it.
-pub(super) fn checked(engine: &PluginEngine, name: String, path: PathBuf, bytes: &[u8]) -> anyhow::Result<BuiltPlugin> {
+fn checked(engine: &PluginEngine, name: String, path: PathBuf, bytes: &[u8]) -> anyhow::Result<BuiltPlugin> {
     let (kind, refused) = match engine.load_bytes(&path.display().to_string(), bytes) {
         Ok(component) => (Some(component.kind()), None),
         Err(e) => (None, Some(e.cause.to_string())),
     };
     Ok(BuiltPlugin { name, kind, refused, path, size_bytes: bytes.len() })
+}
+
+/// The source tree this library was built from, where the SDK and the reference
+/// plugins live: reference plugins are built from source, not shipped as binaries.
+pub fn source_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Where a non-Rust plugin's component goes: beside the Rust plugins' when the folder
@@ -108,6 +101,6 @@ fn plugin_folders(workspace: &Path) -> Vec<PathBuf> {
 }
 
 /// Read a file the build depends on, with its path in the error.
-pub(super) fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }

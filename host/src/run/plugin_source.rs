@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::plugin_build::build_plugins;
+use crate::plugin_build::{build_plugins, source_root};
 use crate::plugins::PluginKind;
 
 /// The component for `builtin` (a reference plugin's name) or `file` (a `.wasm` or a
-/// crate folder); exactly one is given.
-pub(super) fn plugin_file(builtin: Option<&str>, file: Option<&Path>, kind: PluginKind) -> anyhow::Result<PathBuf> {
+/// crate folder); exactly one is given. Lets every caller name a plugin the same way a
+/// run config does, whether it ships as a binary or as source.
+pub fn plugin_file(builtin: Option<&str>, file: Option<&Path>, kind: PluginKind) -> anyhow::Result<PathBuf> {
     let folder = match (builtin, file) {
         (Some(name), _) => builtin_dir(name, kind)?,
         (None, Some(file)) if file.is_dir() => file.to_path_buf(),
@@ -26,9 +27,10 @@ pub(super) fn plugin_file(builtin: Option<&str>, file: Option<&Path>, kind: Plug
     built.into_iter().next().map(|b| b.path).ok_or_else(|| anyhow::anyhow!("building {} produced no component", folder.display()))
 }
 
-/// The crate folder of the reference plugin `name` of `kind`.
-pub(super) fn builtin_dir(name: &str, kind: PluginKind) -> anyhow::Result<PathBuf> {
-    let kind_dir = super::source_root().join("plugins").join(kind.to_string());
+/// The crate folder of the reference plugin `name` of `kind`: reference plugins ship as
+/// source, and an unknown name is answered with the names that exist.
+pub fn builtin_dir(name: &str, kind: PluginKind) -> anyhow::Result<PathBuf> {
+    let kind_dir = source_root().join("plugins").join(kind.to_string());
     let dir = kind_dir.join(name);
     if !dir.join("Cargo.toml").exists() {
         let mut known: Vec<String> =
@@ -40,8 +42,9 @@ pub(super) fn builtin_dir(name: &str, kind: PluginKind) -> anyhow::Result<PathBu
 }
 
 /// `--scheme NAME|FILE`: a path if it names an existing file or folder or ends in
-/// `.wasm`, else a reference plugin's name.
-pub(super) fn scheme_file(scheme: &str, kind: PluginKind) -> anyhow::Result<PathBuf> {
+/// `.wasm`, else a reference plugin's name. One rule for the command line and recipes,
+/// so a scheme means the same thing in both.
+pub fn scheme_file(scheme: &str, kind: PluginKind) -> anyhow::Result<PathBuf> {
     let path = Path::new(scheme);
     if path.exists() || scheme.ends_with(".wasm") || scheme.contains('/') { plugin_file(None, Some(path), kind) } else { plugin_file(Some(scheme), None, kind) }
 }

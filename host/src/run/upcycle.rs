@@ -1,0 +1,78 @@
+//! Upcycling with an init scheme named the way a run config names plugins (a
+//! reference scheme, a `.wasm` or a crate folder): what `recast upcycle` and a recipe's
+//! upcycle step both run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::plugin_source::scheme_file;
+use crate::plugins::{InitSchemePlugin, PluginEngine, PluginKind, PluginLimits};
+use crate::upcycle::{Format, Provenance, UpcycleOptions, UpcycleReport, upcycle};
+
+/// One upcycling: sources, scheme and where the result goes.
+pub struct UpcycleJob {
+    /// Source checkpoint folders (one for most schemes, several for fusing).
+    pub sources: Vec<PathBuf>,
+    /// A reference scheme's name, or a plugin `.wasm` or crate folder.
+    pub scheme: String,
+    /// The scheme's parameters: TOML text or the path of a TOML file.
+    pub params: Option<String>,
+    /// Output folder (must not exist or be empty).
+    pub out: PathBuf,
+    /// Recast's own format or a Hugging Face family.
+    pub format: Format,
+    /// Element type of the output (`None`: the source's).
+    pub dtype: Option<candle_core::DType>,
+    /// Largest output shard, in bytes.
+    pub max_shard_bytes: u64,
+    /// Seed handed to the scheme.
+    pub seed: u64,
+}
+
+/// Events of an upcycling, for a progress display; every method does nothing by
+/// default.
+pub trait UpcycleObserver {
+    /// The scheme `scheme` (its own name) is about to run.
+    fn on_upcycle_start(&mut self, scheme: &str) {
+        let _ = scheme;
+    }
+    /// `done` of the plan's `total` ops are executed.
+    fn on_upcycle_progress(&mut self, done: usize, total: usize) {
+        let _ = (done, total);
+    }
+    /// The output is written.
+    fn on_upcycle_done(&mut self, report: &UpcycleReport) {
+        let _ = report;
+    }
+}
+
+/// Shows nothing.
+impl UpcycleObserver for () {}
+
+/// Build or load the scheme, run it on the sources and write the output, so a program
+/// upcycles exactly as `recast upcycle` does.
+pub fn run_upcycle(job: &UpcycleJob, observer: &mut dyn UpcycleObserver) -> anyhow::Result<UpcycleReport> {
+    if job.sources.is_empty() {
+        bail!("give at least one --source checkpoint directory");
+    }
+    let params = match &job.params {
+        Some(p) if Path::new(p).is_file() => std::fs::read_to_string(p).with_context(|| format!("cannot read --params file {p}"))?,
+        Some(p) => p.clone(),
+        None => String::new(),
+    };
+    let file = scheme_file(&job.scheme, PluginKind::InitScheme).with_context(|| format!("--scheme {}", job.scheme))?;
+    let engine = PluginEngine::new()?;
+    let component = engine.load_file(&file)?;
+    if component.kind() != PluginKind::InitScheme {
+        bail!("--scheme {}: {} is a {} plugin, not an init-scheme", job.scheme, file.display(), component.kind());
+    }
+    let mut plugin = InitSchemePlugin::new(&engine, &component, &params, job.seed, PluginLimits::default())?;
+    let provenance = Provenance { scheme: plugin.instance().meta().name.clone(), scheme_digest: component.digest().to_hex(), params };
+    let options = UpcycleOptions { format: job.format, dtype: job.dtype, max_shard_bytes: job.max_shard_bytes };
+    observer.on_upcycle_start(&provenance.scheme);
+    let report = upcycle(&job.sources, &mut plugin, &provenance, &job.out, &options, |done, total| observer.on_upcycle_progress(done, total))
+        .with_context(|| format!("cannot upcycle into {}", job.out.display()))?;
+    observer.on_upcycle_done(&report);
+    Ok(report)
+}
