@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 
-use crate::model::matmul::{self, ActiveMatmul, Precision};
+use crate::cpu::matmul::{self, ActiveMatmul, Precision};
 
 pub(super) fn run(m: usize, k: usize, n: usize, repeats: usize) -> anyhow::Result<()> {
     let blas = matmul::library()?;

@@ -8,12 +8,12 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor, Var};
 
+use crate::cpu::matmul::{self, ComputeSettings, MatmulBackend, Precision};
 use crate::model::checkpoint;
 use crate::model::compute_device::ComputeDevice;
 use crate::model::ffn::Ffn;
 use crate::model::init::SplitMix64;
 use crate::model::loss::next_token_loss;
-use crate::model::matmul::{self, ComputeSettings, MatmulBackend, Precision};
 use crate::model::transformer::Transformer;
 use crate::moe::layer::MoeLayer;
 use crate::moe::spec::RouterSpec;

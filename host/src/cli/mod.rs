@@ -28,8 +28,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cpu::matmul::{ComputeSettings, MatmulBackend, Precision};
 use crate::model::compute_device::ComputeDevice;
-use crate::model::matmul::{ComputeSettings, MatmulBackend, Precision};
 // The source tree this binary was built from: subcommands find the SDK and the
 // reference plugins there.
 use crate::plugin_build::source_root;

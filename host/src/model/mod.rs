@@ -29,7 +29,3 @@ pub mod rope;
 #[cfg(test)]
 pub(crate) mod test_tensors;
 pub mod transformer;
-
-/// The matmul path now lives with the CPU kernels; re-exported under its old name for
-/// callers that configure it through the model (the CLI's bench commands).
-pub use crate::cpu::matmul;
