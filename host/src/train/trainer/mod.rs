@@ -15,6 +15,7 @@ use super::checkpoint::{self, DomainProgress, LayerRouting, TrainState};
 use super::config::RunConfig;
 use super::metrics::MetricsLog;
 use super::optimizer::AdamW;
+use crate::contract::LayerInfo;
 use crate::data::batch::validation_windows;
 use crate::data::domain::Domain;
 use crate::data::tokenizer::Tokenizer;
@@ -24,7 +25,6 @@ use crate::model::loss::next_token_nll;
 use crate::model::params::ParamStore;
 use crate::model::transformer::Transformer;
 use crate::moe::spec::LayerStats;
-use crate::plugins::router::LayerInfo;
 use crate::plugins::{PluginEngine, PluginError, PluginLimits};
 
 mod faults;

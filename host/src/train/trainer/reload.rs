@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::slots::Role;
 use super::{TrainError, Trainer};
+use crate::contract::RouterSpec;
 use crate::plugins::reload::{Candidate, Rejection, ReloadEvent, ReloadWatcher, WatchedPlugin};
-use crate::plugins::router::RouterSpec;
 use crate::plugins::{PluginComponent, PluginError};
 
 impl Trainer {
