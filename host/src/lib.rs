@@ -31,6 +31,7 @@ pub mod contract;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
+pub mod distributed;
 pub mod experiment;
 pub mod memory;
 pub mod model;

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::bundle::BundleLimitArgs;
 use super::{data_prepare, plugin_new};
 use crate::cpu::matmul::{MatmulBackend, Precision};
+use crate::distributed::Backend;
 use crate::model::compute_device::ComputeDevice;
 use crate::plugins::{PluginKind, PluginLimits};
 
@@ -243,6 +244,26 @@ pub(super) enum BenchCommand {
         #[arg(long, default_value_t = 9)]
         repeats: usize,
     },
+    /// Bytes one training step sends from each rank for a model and a layout: the MoE
+    /// layers' all-to-all and the gradient all-reduces (balanced routing, ring
+    /// all-reduce). Without `--model`, Mixtral-8x7B.
+    CommPlan {
+        /// A model's config.json, or the checkpoint folder holding it.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Data-parallel replicas.
+        #[arg(long, default_value_t = 1)]
+        data_parallel: usize,
+        /// Ranks each MoE layer's experts are split over.
+        #[arg(long, default_value_t = 8)]
+        expert_parallel: usize,
+        /// Tokens each rank routes per step (micro-batches × sequences × length).
+        #[arg(long, default_value_t = 8192)]
+        tokens_per_rank: usize,
+        /// Bytes per activation element (2: bf16).
+        #[arg(long, default_value_t = 2)]
+        activation_bytes: usize,
+    },
     /// Forward+backward of a whole checkpoint on a batch of next-token prediction; last
     /// line `model fwd+bwd: X ms`.
     ModelStep {
@@ -302,4 +323,17 @@ impl LimitArgs {
             memory_bytes: (self.memory_mib as usize).saturating_mul(1 << 20),
         }
     }
+}
+
+/// `recast distributed …`.
+#[derive(Subcommand, Debug)]
+pub(super) enum DistributedCommand {
+    /// Run every collective (all-reduce, broadcast, all-gather, reduce-scatter,
+    /// all-to-all with per-peer counts, barrier) on known inputs under the launcher that
+    /// started this process; exit 0 only if every rank got the right results.
+    Check {
+        /// The engine: `auto`, `mpi` or `nccl`.
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
 }

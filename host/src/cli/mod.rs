@@ -10,6 +10,7 @@ mod bundle;
 mod console;
 mod convert;
 mod data_prepare;
+mod distributed;
 mod error_chain;
 mod experiment;
 mod forward;
@@ -35,7 +36,7 @@ use crate::cpu::matmul::ComputeSettings;
 use crate::plugin_build::source_root;
 
 pub use crate::plugin_build::{BuiltPlugin, build_plugins};
-use args::{BenchCommand, BundleCommand, DTypeArg, DataCommand, PluginCommand, ThreadArgs};
+use args::{BenchCommand, BundleCommand, DTypeArg, DataCommand, DistributedCommand, PluginCommand, ThreadArgs};
 use error_chain::error_chain;
 
 /// Recast: upcycle dense transformers into Mixture-of-Experts models and keep training
@@ -58,6 +59,10 @@ enum Command {
     /// Benchmarks, printed as ratios against a reference measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Training across processes: check the collectives of a job a launcher started
+    /// (`mpirun -np 2 recast distributed check`).
+    #[command(subcommand)]
+    Distributed(DistributedCommand),
     /// Run a checkpoint on token ids and write its logits (`logits`, [T, vocab], f32) to
     /// a safetensors file.
     Forward {
@@ -221,9 +226,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            crate::distributed::launch::finish();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
+            // In a multi-process job the other ranks may wait for this one: end them all.
+            crate::distributed::launch::abort_on_error(1);
             ExitCode::FAILURE
         }
     }
@@ -264,6 +274,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads.apply();
             bench_model::model_step(&model, batch, seq, repeats)
         }
+        Command::Bench(BenchCommand::CommPlan { model, data_parallel, expert_parallel, tokens_per_rank, activation_bytes }) => {
+            distributed::comm_plan(&distributed::PlanArgs { model: model.as_deref(), data_parallel, expert_parallel, tokens_per_rank, activation_bytes })
+        }
+        Command::Distributed(DistributedCommand::Check { backend }) => distributed::check(backend),
         Command::Forward { model, tokens, out, router, router_params } => forward::run(&model, &tokens, &out, router.as_deref(), &router_params),
         Command::Train { config, out, resume, max_steps, allow_plugin_change, threads } => {
             threads.apply();

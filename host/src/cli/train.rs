@@ -15,7 +15,12 @@ pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Pat
         (None, None, Some(run_dir)) => Run::resume(run_dir, &options)?,
         _ => bail!("give a config and --out to start a run, or --resume RUN_DIR to continue one"),
     };
-    run.finish(max_steps, &mut Console::default())?;
+    if run.trainer().writes() {
+        run.finish(max_steps, &mut Console::default())?;
+    } else {
+        // The other ranks of a multi-process job train quietly: rank 0 shows the job.
+        run.finish(max_steps, &mut ())?;
+    }
     Ok(())
 }
 

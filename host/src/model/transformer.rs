@@ -1,7 +1,7 @@
 //! The decoder, top to bottom as in the architecture figure: embed → blocks (attention,
 //! then a dense or MoE MLP, each behind an RMSNorm and a residual) → norm → head.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -14,6 +14,7 @@ use super::params::{ParamReader, ParamSource, ParamStore};
 use super::rope::RopeTables;
 use crate::cpu::matmul;
 use crate::moe::backend::MoeBackend;
+use crate::moe::dispatcher::TokenDispatcher;
 use crate::moe::layer::{MoeLayer, TokenRouter};
 use crate::moe::spec::{self, LayerStats};
 
@@ -44,6 +45,8 @@ pub struct Transformer {
     /// forward (by then the run has configured its matmul path) from the model's device
     /// and dtype.
     moe_backend: OnceLock<MoeBackend>,
+    /// The dispatcher the MoE layers use instead of the local one (a multi-process job's).
+    dispatcher: Option<Arc<dyn TokenDispatcher>>,
 }
 
 /// What a forward pass produces.
@@ -59,6 +62,13 @@ pub struct ForwardOutput {
 }
 
 impl Transformer {
+    /// Route the MoE layers' tokens through `dispatcher` instead of keeping them local:
+    /// what a multi-process job sets before its first step.
+    pub fn use_dispatcher(&mut self, dispatcher: Arc<dyn TokenDispatcher>) {
+        self.dispatcher = Some(dispatcher);
+        self.moe_backend = OnceLock::new();
+    }
+
     /// Build the model `config` describes from `params`; every tensor must be present
     /// with the right shape and none may be left over. `looked_in` names the
     /// checkpoint in errors.
@@ -81,7 +91,7 @@ impl Transformer {
         }
         let norm = src.tensor("model.norm.weight", &[d])?;
         let head = if config.tie_word_embeddings { embed.clone() } else { src.tensor("lm_head.weight", &[v, d])? };
-        Ok(Self { config: config.clone(), embed, blocks, norm, head, moe_backend: OnceLock::new() })
+        Ok(Self { config: config.clone(), embed, blocks, norm, head, moe_backend: OnceLock::new(), dispatcher: None })
     }
 
     /// Refuse `batch` sequences of `seq` tokens that the model's positions or this
@@ -132,7 +142,10 @@ impl Transformer {
             let m = match &block.mlp {
                 Mlp::Dense(ffn) => ffn.forward(&x)?,
                 Mlp::Moe(moe) => {
-                    let backend = self.moe_backend.get_or_init(|| MoeBackend::select(device, dtype, &matmul::active()));
+                    let backend = self.moe_backend.get_or_init(|| {
+                        let chosen = MoeBackend::select(device, dtype, &matmul::active());
+                        MoeBackend { dispatcher: self.dispatcher.clone().unwrap_or(chosen.dispatcher), ..chosen }
+                    });
                     let out = moe.forward_on(backend, &x, route.as_deref_mut())?;
                     if let Some(loss) = out.aux_loss {
                         aux_loss = Some(match aux_loss {

@@ -30,6 +30,14 @@ pub trait TokenDispatcher: Send + Sync + fmt::Debug {
 
     /// Sends the rows of `x` (`[T, d]`) the `selection` routed to their experts.
     fn dispatch(&self, x: &Tensor, selection: &Selection) -> Result<Box<dyn Dispatch>>;
+
+    /// The expert loads of the whole batch the local tokens belong to, which the
+    /// load-balancing loss weighs the router's probabilities by: the local loads in one
+    /// process; summed over the data-parallel replicas when the batch is split across
+    /// processes, so the loss is the one a single process would compute.
+    fn batch_load(&self, local: &[u32]) -> Result<Vec<u32>> {
+        Ok(local.to_vec())
+    }
 }
 
 /// One micro-batch's dispatched rows, and the way back.

@@ -82,7 +82,7 @@ impl MoeLayer {
                 Some(shared) => routed.output.add(&shared)?,
                 None => routed.output,
             };
-            let (aux_loss, stats, gate_mean) = self.losses_and_stats(&routed.probs, &z, &selection, tokens, routed.k)?;
+            let (aux_loss, stats, gate_mean) = self.losses_and_stats(backend, &routed.probs, &z, &selection, tokens, routed.k)?;
             return Ok(MoeOutput { output, aux_loss, stats, gate_mean });
         }
         let scores = router_scores(&z, &self.spec)?;
@@ -132,7 +132,7 @@ impl MoeLayer {
         if let Some(shared) = self.shared_output(x)? {
             output = output.add(&shared)?;
         }
-        let (aux_loss, stats, gate_mean) = self.losses_and_stats(&scores.probs, &z, &selection, tokens, k)?;
+        let (aux_loss, stats, gate_mean) = self.losses_and_stats(backend, &scores.probs, &z, &selection, tokens, k)?;
         Ok(MoeOutput { output, aux_loss, stats, gate_mean })
     }
 
@@ -158,8 +158,8 @@ impl MoeLayer {
         }
     }
 
-    fn losses_and_stats(&self, probs: &Tensor, z: &Tensor, selection: &Selection, tokens: usize, k: usize) -> Result<(Option<Tensor>, LayerStats, Vec<f32>)> {
-        let lb = losses::load_balance(probs, &selection.load)?;
+    fn losses_and_stats(&self, backend: &MoeBackend, probs: &Tensor, z: &Tensor, selection: &Selection, tokens: usize, k: usize) -> Result<(Option<Tensor>, LayerStats, Vec<f32>)> {
+        let lb = losses::load_balance(probs, &backend.dispatcher.batch_load(&selection.load)?)?;
         let zl = losses::z_loss(z)?;
         let c = self.coefficients;
         let aux_loss = if c.load_balance > 0.0 || c.z_loss > 0.0 { Some(((&lb * c.load_balance as f64)? + (&zl * c.z_loss as f64)?)?) } else { None };

@@ -109,7 +109,9 @@ impl Run {
         match Trainer::start(parsed, out, &plugins.set, engine) {
             Ok(trainer) => Ok(Run { trainer, watched: Some(plugins.watched) }),
             Err(source) => {
-                if fresh {
+                // Only the rank that writes the folder removes it (rank 0; the only one
+                // without a launcher).
+                if fresh && crate::distributed::launch::LaunchEnv::detect().rank == 0 {
                     let _ = std::fs::remove_dir_all(out);
                 }
                 Err(RunError::Start { out: out.to_path_buf(), source })
@@ -225,6 +227,9 @@ impl Run {
     pub fn export(&self) -> Result<Exported, RunError> {
         let trainer = &self.trainer;
         let dir = trainer.run_dir.join("final");
+        if !trainer.writes() {
+            return Ok(Exported { dir, format: "written by rank 0".into() });
+        }
         let format = match write_hf(&dir, &trainer.model_config, trainer.params(), &WriteOptions::default()) {
             Ok(()) => trainer.model_config.architecture.hf_class().to_string(),
             Err(e) => {

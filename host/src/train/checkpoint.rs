@@ -84,10 +84,19 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
 
+/// The folder of the checkpoint of `step` in `run_dir`.
+pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(run_dir).join(step_name(step))
+}
+
+fn step_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
 /// Write a checkpoint of step `state.step`; keep the newest `keep`. Returns its folder.
 pub fn save(run_dir: &Path, params: &BTreeMap<String, Tensor>, moments: &BTreeMap<String, (Tensor, Tensor)>, state: &TrainState, keep: usize) -> Result<PathBuf, CheckpointError> {
     let root = checkpoints_dir(run_dir);
-    let name = format!("step-{:08}", state.step);
+    let name = step_name(state.step);
     // Write-then-read: a checkpoint that its own reader would refuse (a non-finite bias
     // becomes JSON `null`) is never written, so every kept checkpoint resumes.
     let json = serde_json::to_vec_pretty(state).map_err(|e| CheckpointError::Corrupt { path: root.join(&name).join("state.json"), reason: e.to_string() })?;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 /// Appends metric lines.
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    /// `None` on the ranks of a multi-process run that do not write (rank 0 writes).
+    file: Option<File>,
 }
 
 impl MetricsLog {
@@ -30,15 +31,21 @@ impl MetricsLog {
         }
         crate::atomic_file::write(path, text.as_bytes())?;
         let file = OpenOptions::new().append(true).open(path)?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self { path: path.to_path_buf(), file: Some(file) })
+    }
+
+    /// A log that writes nothing: the other ranks' view of the log rank 0 writes at `path`.
+    pub fn discard(path: &Path) -> Self {
+        Self { path: path.to_path_buf(), file: None }
     }
 
     /// Append one record.
     pub fn write(&mut self, record: &serde_json::Value) -> std::io::Result<()> {
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
         let mut line = record.to_string();
         line.push('\n');
-        self.file.write_all(line.as_bytes())?;
-        self.file.flush()
+        file.write_all(line.as_bytes())?;
+        file.flush()
     }
 
     /// Where the log is.

@@ -64,6 +64,10 @@ pub struct RunConfig {
     /// `max_entries`).
     #[serde(default)]
     pub bundle_limits: BundleLimits,
+    /// How the processes of a launcher's job (`mpirun`, `srun`) split the work; a run
+    /// without a launcher is one process whatever it says.
+    #[serde(default)]
+    pub distributed: crate::distributed::DistributedConfig,
 }
 
 fn yes() -> bool {

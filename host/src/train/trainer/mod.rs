@@ -27,6 +27,7 @@ use crate::model::transformer::Transformer;
 use crate::moe::spec::LayerStats;
 use crate::plugins::{PluginEngine, PluginError, PluginLimits};
 
+mod data_parallel;
 mod faults;
 mod health;
 mod plugin_state;
@@ -47,6 +48,9 @@ const BUILTIN_DATA_SEED: u64 = 0;
 pub enum TrainError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// Joining the job, its layout, or a collective failed.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     /// A plugin failed during a step; the fault policy decides what follows.
     #[error("the {role} plugin failed: {source}")]
     PluginFault { role: Role, source: PluginError },
@@ -92,9 +96,16 @@ struct Logs {
 }
 
 impl Logs {
-    /// Open both, keeping records up to step `keep_through`.
-    fn open(run_dir: &Path, keep_through: u64) -> Result<Self, TrainError> {
-        let open = |name: &str| MetricsLog::open(&run_dir.join(name), Some(keep_through)).map_err(|source| TrainError::Io { path: run_dir.join(name), source });
+    /// Open both, keeping records up to step `keep_through`; a rank that does not
+    /// `write` (only rank 0 of a job does) gets logs that write nothing.
+    fn open(run_dir: &Path, keep_through: u64, write: bool) -> Result<Self, TrainError> {
+        let open = |name: &str| {
+            let path = run_dir.join(name);
+            if !write {
+                return Ok(MetricsLog::discard(&path));
+            }
+            MetricsLog::open(&path, Some(keep_through)).map_err(|source| TrainError::Io { path, source })
+        };
         Ok(Logs { metrics: open("metrics.jsonl")?, journal: open("journal.jsonl")? })
     }
 }
@@ -113,6 +124,8 @@ pub struct StepReport {
     pub route_time: Duration,
     /// Time spent at this step's boundary swapping in reloaded plugins.
     pub reload_time: Duration,
+    /// Time in collectives between the data-parallel replicas (0 in one process).
+    pub comm_time: Duration,
 }
 
 /// A run in progress.
@@ -138,6 +151,8 @@ pub struct Trainer {
     stage: Option<usize>,
     /// Hot reload of changed plugins, once [`Trainer::watch`] started it.
     watcher: Option<crate::plugins::reload::ReloadWatcher>,
+    /// The job's processes (one without a launcher) and this one's place among them.
+    job: data_parallel::Job,
 }
 
 /// Refuse, before building anything, a model whose training state (f32 weights,
@@ -159,6 +174,7 @@ fn tensor_err(step: u64) -> impl FnOnce(candle_core::Error) -> TrainError {
 impl Trainer {
     /// Start a new run in `run_dir`.
     pub fn start(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
+        let job = data_parallel::Job::join(&config)?;
         let tokenizer = Tokenizer::from_spec(&config.tokenizer)?;
         let (model_config, base) = match (&config.model.path, &config.model.init) {
             (Some(path), _) => {
@@ -181,14 +197,16 @@ impl Trainer {
         if model_config.vocab_size < tokenizer.vocab_size() {
             return Err(TrainError::Resume(format!("the model's vocabulary ({}) is smaller than the tokenizer's ({})", model_config.vocab_size, tokenizer.vocab_size())));
         }
-        std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io { path: run_dir.into(), source })?;
-        let config_text = toml::to_string(&config).map_err(|e| TrainError::Resume(format!("cannot record the config: {e}")))?;
-        let config_path = run_dir.join("config.toml");
-        crate::atomic_file::write(&config_path, config_text.as_bytes()).map_err(|source| TrainError::Io { path: config_path, source })?;
+        if job.writes() {
+            std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io { path: run_dir.into(), source })?;
+            let config_text = toml::to_string(&config).map_err(|e| TrainError::Resume(format!("cannot record the config: {e}")))?;
+            let config_path = run_dir.join("config.toml");
+            crate::atomic_file::write(&config_path, config_text.as_bytes()).map_err(|source| TrainError::Io { path: config_path, source })?;
+        }
         let params = base.trainable_on(&config.compute.device.open()?)?;
         let optimizer = AdamW::new(config.optimizer.clone(), &params).map_err(tensor_err(0))?;
-        let logs = Logs::open(run_dir, 0)?;
-        let mut trainer = Self::assemble(config, run_dir, model_config, params, optimizer, plugins, engine, &tokenizer, logs)?;
+        let logs = Logs::open(run_dir, 0, job.writes())?;
+        let mut trainer = Self::assemble(config, run_dir, model_config, params, optimizer, plugins, engine, &tokenizer, logs, job)?;
         trainer.initial_specs()?;
         Ok(trainer)
     }
@@ -197,6 +215,7 @@ impl Trainer {
     /// same code the checkpoint recorded (same sha256) unless `allow_plugin_change`,
     /// which loads the recorded states into the new code (journaled).
     pub fn resume(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>, allow_plugin_change: bool) -> Result<Self, TrainError> {
+        let job = data_parallel::Job::join(&config)?;
         let dirs = checkpoint::list(run_dir)?;
         let dir = dirs.last().ok_or_else(|| TrainError::Resume(format!("{}: no checkpoint to resume from", run_dir.display())))?;
         let loaded = checkpoint::load(dir)?;
@@ -212,9 +231,9 @@ impl Trainer {
         optimizer.steps = loaded.state.step;
         optimizer.moments =
             loaded.moments.into_iter().map(|(name, (m, v))| Ok((name, (m.to_device(&device)?, v.to_device(&device)?)))).collect::<candle_core::Result<_>>().map_err(tensor_err(loaded.state.step))?;
-        let logs = Logs::open(run_dir, loaded.state.step)?;
+        let logs = Logs::open(run_dir, loaded.state.step, job.writes())?;
         let state = loaded.state;
-        let mut trainer = Self::assemble(config, run_dir, state.model_config.clone(), params, optimizer, plugins, engine, &tokenizer, logs)?;
+        let mut trainer = Self::assemble(config, run_dir, state.model_config.clone(), params, optimizer, plugins, engine, &tokenizer, logs, job)?;
         trainer.step = state.step;
         trainer.restore(&state, dir, allow_plugin_change)?;
         Ok(trainer)
@@ -231,10 +250,14 @@ impl Trainer {
         engine: Arc<PluginEngine>,
         tokenizer: &Tokenizer,
         logs: Logs,
+        job: data_parallel::Job,
     ) -> Result<Self, TrainError> {
         let matmul = crate::cpu::matmul::configure(config.compute)?;
         tracing::info!("matmul: {matmul}");
-        let model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
+        let mut model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
+        if let Some(dispatcher) = job.dispatcher() {
+            model.use_dispatcher(dispatcher);
+        }
         let mut domains = Vec::new();
         for d in &config.data.domains {
             let domain = match (&d.builtin, &d.shards) {
@@ -248,6 +271,7 @@ impl Trainer {
             domains.push(domain);
         }
         let progress = domains.iter().map(|d| DomainProgress { name: d.name.clone(), tokens_seen: 0, train_loss: None, valid_loss: None }).collect();
+        job.check_same_plugins(plugins)?;
         let host = PluginHost { engine, seed: config.seed, limits: PluginLimits::default() };
         let live = LivePlugins::new(&host, plugins)?;
         Ok(Self {
@@ -268,6 +292,7 @@ impl Trainer {
             base_plugins: plugins.clone(),
             stage: None,
             watcher: None,
+            job,
         })
     }
 
@@ -301,6 +326,12 @@ impl Trainer {
         self.journal.write(record).map_err(|source| TrainError::Io { path, source })
     }
 
+    /// Whether this process writes the run folder: always without a launcher; rank 0
+    /// only in a multi-process job.
+    pub fn writes(&self) -> bool {
+        self.job.writes()
+    }
+
     /// Write a checkpoint of the current state.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
         let plugins = self.snapshots()?;
@@ -314,6 +345,10 @@ impl Trainer {
             last_stats: self.last_stats.clone(),
         };
         let params: BTreeMap<String, Tensor> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+        if !self.job.writes() {
+            // Data-parallel replicas hold the same weights: rank 0's checkpoint is the job's.
+            return Ok(checkpoint::step_dir(&self.run_dir, self.step));
+        }
         Ok(checkpoint::save(&self.run_dir, &params, &self.optimizer.moments, &state, self.config.train.keep_checkpoints)?)
     }
 

@@ -20,6 +20,12 @@ impl Trainer {
         if plugins.is_empty() {
             return Ok(());
         }
+        if !self.job.is_single() {
+            // Each rank would see a change at its own step; swaps are not yet agreed across
+            // the job, so a multi-process run keeps the plugins it started with.
+            tracing::warn!(target: "reload", "hot reload is off in a multi-process run (plugin swaps are not yet synchronised across ranks)");
+            return Ok(());
+        }
         let mut params = std::collections::BTreeMap::new();
         for role in self.plugins.roles() {
             if let Some(slot) = self.plugins.get(role) {

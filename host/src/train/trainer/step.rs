@@ -35,6 +35,8 @@ struct StepWork {
     grad_norm: f64,
     plugin_time: Duration,
     route_time: Duration,
+    /// Time in collectives (0 in a one-process job).
+    comm_time: Duration,
 }
 
 /// What the micro-batches of one step add up: gradients, losses, statistics and the
@@ -130,6 +132,7 @@ impl Trainer {
         for micro in 0..t.grad_accum {
             self.micro_batch(step, &batch, micro, &mut acc)?;
         }
+        let comm_time = self.reduce_over_replicas(&mut acc)?;
         let (lr, grad_norm) = self.update(step, stage.as_ref(), &acc)?;
         Ok(StepWork {
             tokens: sequences * t.seq_len,
@@ -142,7 +145,27 @@ impl Trainer {
             grad_norm,
             plugin_time: steering_time + acc.route_time,
             route_time: acc.route_time,
+            comm_time,
         })
+    }
+
+    /// What the data-parallel replicas computed, summed: averaged gradients and losses,
+    /// summed per-domain losses, merged routing statistics. Nothing in a one-process job.
+    fn reduce_over_replicas(&mut self, acc: &mut Accumulated) -> Result<Duration, TrainError> {
+        if self.job.is_single() {
+            return Ok(Duration::ZERO);
+        }
+        let mut spent = self.job.average_gradients(&mut acc.grads)?;
+        let replicas = self.job.layout.data_parallel as f64;
+        let mut sums = vec![acc.total_loss, acc.aux_total];
+        sums.extend(acc.domain_loss.iter().flat_map(|&(sum, n)| [sum, n as f64]));
+        spent += self.job.sum(&mut sums)?;
+        (acc.total_loss, acc.aux_total) = (sums[0] / replicas, sums[1] / replicas);
+        for (d, pair) in acc.domain_loss.iter_mut().zip(sums[2..].chunks_exact(2)) {
+            *d = (pair[0], pair[1] as usize);
+        }
+        spent += self.job.merge_stats(&mut acc.stats)?;
+        Ok(spent)
     }
 
     /// The step's domain mixture: the stage's fixed one, else the sampler's, else uniform.
@@ -182,12 +205,14 @@ impl Trainer {
         Ok(())
     }
 
-    /// Forward and backward of micro-batch `micro` of `batch`, added into `acc`.
+    /// Forward and backward of this replica's share of micro-batch `micro` of `batch`
+    /// (all of it in a one-process job), added into `acc`.
     fn micro_batch(&mut self, step: u64, batch: &Batch, micro: usize, acc: &mut Accumulated) -> Result<(), TrainError> {
         let t = &self.config.train;
-        let (batch_size, seq_len, grad_accum) = (t.batch_size, t.seq_len, t.grad_accum);
-        let per_micro = batch_size * seq_len;
-        let tokens = &batch.tokens[micro * per_micro..(micro + 1) * per_micro];
+        let (seq_len, grad_accum) = (t.seq_len, t.grad_accum);
+        let share = self.job.layout.batch_share(t.batch_size);
+        let (first, batch_size) = (micro * t.batch_size + share.start, share.len());
+        let tokens = &batch.tokens[first * seq_len..(first + batch_size) * seq_len];
         let out = self.forward_with_router(step, tokens, batch_size, acc)?;
         let nll = next_token_nll(&out.logits, tokens, batch_size).map_err(tensor_err(step))?;
         let ce = nll.mean_all().map_err(tensor_err(step))?;
@@ -212,7 +237,7 @@ impl Trainer {
         }
         let values: Vec<f32> = nll.to_dtype(DType::F32).and_then(|n| n.to_vec1()).map_err(tensor_err(step))?;
         for (s, chunk) in values.chunks(seq_len - 1).enumerate() {
-            let d = batch.domains[micro * batch_size + s];
+            let d = batch.domains[first + s];
             acc.domain_loss[d].0 += chunk.iter().map(|&x| x as f64).sum::<f64>();
             acc.domain_loss[d].1 += chunk.len();
         }
@@ -302,7 +327,7 @@ impl Trainer {
 
     /// Count the step as done: domain progress, the step counter, the metrics line.
     fn finish_step(&mut self, work: StepWork, started: Instant, reload_time: Duration) -> Result<StepReport, TrainError> {
-        let StepWork { tokens, seq_len, batch_domains, domain_loss, stats, total_loss, lr, grad_norm, plugin_time, route_time } = work;
+        let StepWork { tokens, seq_len, batch_domains, domain_loss, stats, total_loss, lr, grad_norm, plugin_time, route_time, comm_time } = work;
         for (d, (sum, n)) in domain_loss.iter().enumerate() {
             let p = &mut self.progress[d];
             p.tokens_seen += (batch_domains.iter().filter(|&&x| x == d).count() * seq_len) as u64;
@@ -310,7 +335,7 @@ impl Trainer {
         }
         self.last_stats = stats;
         self.step += 1;
-        let report = StepReport { step: self.step, loss: total_loss as f32, lr, grad_norm, tokens, elapsed: started.elapsed(), plugin_time, route_time, reload_time };
+        let report = StepReport { step: self.step, loss: total_loss as f32, lr, grad_norm, tokens, elapsed: started.elapsed(), plugin_time, route_time, reload_time, comm_time };
         self.log_step(&report, &domain_loss)?;
         Ok(report)
     }
@@ -335,7 +360,8 @@ impl Trainer {
             "step": r.step, "loss": r.loss, "domain_loss": domains, "lr": r.lr, "grad_norm": r.grad_norm,
             "tokens": r.tokens, "tokens_per_s": r.tokens as f64 / r.elapsed.as_secs_f64().max(1e-9),
             "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "route_ms": r.route_time.as_secs_f64() * 1e3,
-            "reload_ms": r.reload_time.as_secs_f64() * 1e3, "unix_ms": unix_ms, "layers": layers,
+            "reload_ms": r.reload_time.as_secs_f64() * 1e3, "comm_ms": r.comm_time.as_secs_f64() * 1e3, "layout": self.job.describe(),
+            "unix_ms": unix_ms, "layers": layers,
         });
         let path = self.metrics.path().to_path_buf();
         self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
