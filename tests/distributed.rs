@@ -120,3 +120,115 @@ fn the_comm_plan_counts_mixtral_traffic() {
     assert!(stdout.contains("all-to-all per MoE layer: 0.219 GiB"), "{stdout}");
     assert!(stdout.contains("all-to-all over 32 MoE layers: 7.000 GiB"), "{stdout}");
 }
+
+/// The process of `rank` in the job whose command line names `run_dir`.
+#[cfg(feature = "mpi")]
+fn rank_pid(run_dir: &Path, rank: usize) -> Option<u32> {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let names_run = String::from_utf8_lossy(&cmdline).contains(&*run_dir.to_string_lossy());
+        if names_run && environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn a_killed_rank_ends_the_job_naming_it_and_the_run_resumes_on_two_ranks_or_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, run) = (dir.path().join("often.toml"), dir.path().join("run"));
+    let text_cfg = std::fs::read_to_string(repo().join("examples/tiny-moe.toml")).expect("tiny-moe").replace("checkpoint_every = 100", "checkpoint_every = 3");
+    std::fs::write(&cfg, text_cfg).expect("write");
+    let job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_recast"), "train", &cfg.display().to_string(), "--out", &run.display().to_string(), "--threads", "1"])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let first = run.join("checkpoints/step-00000003");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while !first.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint at step 3");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rank_pid(&run, 1).expect("rank 1 is running");
+    let killed = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill").success());
+    let out = job.wait_with_output().expect("mpirun ends");
+    let waited = killed.elapsed();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(waited < std::time::Duration::from_secs(10), "the job took {waited:?} to end after rank 1 died");
+    assert!(text(&out).contains("rank 1"), "the launcher names the dead rank\n{}", text(&out));
+
+    // The last complete checkpoint resumes on two ranks, then on one.
+    let done = losses(&run).len();
+    assert!(done >= 3, "{done} steps logged");
+    let last =
+        std::fs::read_dir(run.join("checkpoints")).expect("checkpoints").flatten().filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse::<u64>().ok()).max().expect("a checkpoint");
+    let two = mpirun(2, &["train", "--resume", &run.display().to_string(), "--max-steps", &(last + 2).to_string(), "--threads", "1"]);
+    assert!(two.status.success(), "{}", text(&two));
+    assert_eq!(losses(&run).len() as u64, last + 2);
+    let one = recast().args(["train", "--resume", &run.display().to_string(), "--max-steps", &(last + 4).to_string(), "--threads", "1"]).output().expect("run");
+    assert!(one.status.success(), "{}", text(&one));
+    assert_eq!(losses(&run).len() as u64, last + 4);
+}
+
+#[cfg(feature = "mpi")]
+#[test]
+fn a_new_router_swaps_in_on_both_ranks_at_the_same_step() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v1 = std::fs::read(support::plugin("aux-free-bias")).expect("router");
+    // The same code with a custom section appended: other bytes, another sha256.
+    let mut v2 = v1.clone();
+    v2.extend([0u8, 12, 11]);
+    v2.extend(b"recast-test");
+    std::fs::write(dir.path().join("router.wasm"), &v1).expect("write");
+    let cfg = dir.path().join("run.toml");
+    let body = format!(
+        "seed = 3\n\n{}\n[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n\n[plugins.router]\nfile = \"router.wasm\"\nparams = {{ gamma = 0.01, top_k = 2 }}\n\n[train]\nsteps = 1000000\nbatch_size = 4\nseq_len = 32\ncheckpoint_every = 1000\n",
+        support::TINY_MOE
+    );
+    std::fs::write(&cfg, body).expect("write");
+    let run = dir.path().join("run");
+    let log = std::fs::File::create(dir.path().join("stderr.log")).expect("log");
+    let mut job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_recast"), "train", &cfg.display().to_string(), "--out", &run.display().to_string(), "--threads", "1"])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mpirun");
+    let steps = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"lr\"")).count()).unwrap_or(0);
+    let wait = |what: &str, ready: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !ready() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("3 steps", &|| steps(&run) >= 3);
+    let tmp = dir.path().join("router.tmp");
+    std::fs::write(&tmp, &v2).expect("write");
+    std::fs::rename(&tmp, dir.path().join("router.wasm")).expect("rename");
+    let journal = run.join("journal.jsonl");
+    wait("the swap", &|| std::fs::read_to_string(&journal).is_ok_and(|t| t.contains("plugin-swap")));
+    let swapped_at = steps(&run);
+    wait("steps after the swap", &|| steps(&run) >= swapped_at + 3);
+    let _ = job.kill();
+    let _ = job.wait();
+
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).expect("stderr");
+    let swaps: Vec<&str> = stderr.lines().filter(|l| l.contains("swapped in the new router plugin")).collect();
+    assert_eq!(swaps.len(), 2, "one swap on each rank\n{stderr}");
+    let step_of = |line: &str| line.split("step ").nth(1).and_then(|s| s.split(':').next()).map(str::to_string);
+    assert_eq!(step_of(swaps[0]), step_of(swaps[1]), "both ranks swap at the same step\n{stderr}");
+    let journaled = std::fs::read_to_string(&journal).expect("journal").lines().filter(|l| l.contains("plugin-swap")).count();
+    assert_eq!(journaled, 1, "the swap is journaled once");
+}

@@ -59,6 +59,9 @@ pub enum ReloadEvent {
 pub struct Candidate {
     pub role: &'static str,
     pub component: PluginComponent,
+    /// The component's bytes, for the other ranks of a multi-process job (they swap in
+    /// the version rank 0's watcher found, at the same step).
+    pub bytes: std::sync::Arc<Vec<u8>>,
     /// When the first change event arrived.
     pub noticed: Instant,
     /// When the first change event arrived, as wall-clock time for the journal.

@@ -173,7 +173,14 @@ impl Worker {
         self.seen[i] = Some(digest);
         let params = self.params.lock().ok().and_then(|p| p.get(role).cloned()).unwrap_or_default();
         match self.vetting.check(role, plugin.kind, &fetched, digest, &params) {
-            Ok(component) => Some(ReloadEvent::Candidate(Candidate { role, component, noticed: pending.noticed, noticed_at: pending.noticed_at, vetting: started.elapsed() })),
+            Ok(component) => Some(ReloadEvent::Candidate(Candidate {
+                role,
+                component,
+                bytes: std::sync::Arc::new(fetched.bytes),
+                noticed: pending.noticed,
+                noticed_at: pending.noticed_at,
+                vetting: started.elapsed(),
+            })),
             Err(reason) => reject(fetched.label, Some(digest), reason),
         }
     }

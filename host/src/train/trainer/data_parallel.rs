@@ -89,6 +89,13 @@ impl Job {
         Ok(())
     }
 
+    /// Rank 0's `value` on every rank (plugin versions to swap in, decided once).
+    pub fn share_from_rank0<T: serde::Serialize + serde::de::DeserializeOwned>(&self, value: &T) -> Result<T, TrainError> {
+        let mut bytes = serde_json::to_vec(value).map_err(distributed)?;
+        self.comm.broadcast(0, &mut bytes).map_err(distributed)?;
+        serde_json::from_slice(&bytes).map_err(distributed)
+    }
+
     /// Sum the replicas' gradients and divide by their number, bucket by bucket in the
     /// gradients' name order; returns the time spent in collectives.
     pub fn average_gradients(&self, grads: &mut Gradients) -> Result<Duration, TrainError> {

@@ -20,10 +20,9 @@ impl Trainer {
         if plugins.is_empty() {
             return Ok(());
         }
-        if !self.job.is_single() {
-            // Each rank would see a change at its own step; swaps are not yet agreed across
-            // the job, so a multi-process run keeps the plugins it started with.
-            tracing::warn!(target: "reload", "hot reload is off in a multi-process run (plugin swaps are not yet synchronised across ranks)");
+        if !self.job.writes() {
+            // In a multi-process job rank 0 watches; the others swap in what it found
+            // (`apply_reloads`), at the same step.
             return Ok(());
         }
         let mut params = std::collections::BTreeMap::new();
@@ -39,10 +38,16 @@ impl Trainer {
         Ok(())
     }
 
-    /// Apply what the watcher found since the last step; the time it took.
+    /// Apply what the watcher found since the last step; the time it took. In a
+    /// multi-process job rank 0's candidates go to every rank, which all swap them in
+    /// at this step boundary.
     pub(super) fn apply_reloads(&mut self) -> Result<Duration, TrainError> {
-        let Some(watcher) = &self.watcher else { return Ok(Duration::ZERO) };
-        let events = watcher.poll();
+        let events = match &self.watcher {
+            Some(watcher) => watcher.poll(),
+            None if self.job.is_single() => return Ok(Duration::ZERO),
+            None => Vec::new(),
+        };
+        let events = self.agree_on_reloads(events)?;
         let clock = Instant::now();
         for event in events {
             match event {
@@ -51,6 +56,33 @@ impl Trainer {
             }
         }
         Ok(clock.elapsed())
+    }
+
+    /// Rank 0's candidates on every rank (its rejections stay with it: only it journals).
+    /// A one-process job keeps its events as they are.
+    fn agree_on_reloads(&mut self, events: Vec<ReloadEvent>) -> Result<Vec<ReloadEvent>, TrainError> {
+        if self.job.is_single() {
+            return Ok(events);
+        }
+        let offered: Vec<(String, String, Vec<u8>)> = events
+            .iter()
+            .filter_map(|e| match e {
+                ReloadEvent::Candidate(c) => Some((c.role.to_string(), c.component.label().to_string(), c.bytes.as_ref().clone())),
+                ReloadEvent::Rejected(_) => None,
+            })
+            .collect();
+        let agreed = self.job.share_from_rank0(&offered)?;
+        if self.job.writes() {
+            return Ok(events);
+        }
+        let mut candidates = Vec::new();
+        for (role, label, bytes) in agreed {
+            let Some(role) = Role::named(&role) else { continue };
+            let component = self.host.engine.load_bytes(&label, &bytes).map_err(|source| TrainError::PluginFault { role, source })?;
+            let (noticed, noticed_at) = (Instant::now(), SystemTime::now());
+            candidates.push(ReloadEvent::Candidate(Candidate { role: role.as_str(), component, bytes: std::sync::Arc::new(bytes), noticed, noticed_at, vetting: Duration::ZERO }));
+        }
+        Ok(candidates)
     }
 
     fn swap_in(&mut self, candidate: Candidate) -> Result<(), TrainError> {
