@@ -232,3 +232,29 @@ fn a_new_router_swaps_in_on_both_ranks_at_the_same_step() {
     let journaled = std::fs::read_to_string(&journal).expect("journal").lines().filter(|l| l.contains("plugin-swap")).count();
     assert_eq!(journaled, 1, "the swap is journaled once");
 }
+
+#[cfg(feature = "mpi")]
+#[test]
+fn zero_1_keeps_half_the_moments_on_each_rank_and_computes_the_same_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("zero.toml");
+    let text_cfg = std::fs::read_to_string(repo().join("examples/tiny-moe.toml")).expect("tiny-moe").replace("[train]", "[distributed]\nzero = 1\n\n[train]");
+    std::fs::write(&cfg, text_cfg).expect("write");
+    let (plain, zero) = (dir.path().join("plain"), dir.path().join("zero"));
+    for (config, out) in [(tiny_moe(), &plain), (cfg.display().to_string(), &zero)] {
+        let run = mpirun(2, &["train", &config, "--out", &out.display().to_string(), "--max-steps", "4", "--threads", "1"]);
+        assert!(run.status.success(), "{}", text(&run));
+    }
+    assert_eq!(losses(&plain), losses(&zero), "sharding the moments changes no number");
+    let last = |run: &Path| -> serde_json::Value {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics");
+        serde_json::from_str(text.lines().rfind(|l| l.contains("\"lr\"")).expect("a step")).expect("json")
+    };
+    let (all, half) = (last(&plain)["optimizer_state_elements"].as_u64().expect("count"), last(&zero)["optimizer_state_elements"].as_u64().expect("count"));
+    assert!(2 * half >= all && 2 * half <= all + all / 20, "rank 0 holds {half} of {all} moment elements");
+    assert_eq!(last(&zero)["layout"]["zero"], 1);
+    // Rank 0's checkpoint holds every moment: the run resumes on one process.
+    let out = recast().args(["train", "--resume", &zero.display().to_string(), "--max-steps", "5", "--threads", "1"]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(losses(&zero).len(), 5);
+}

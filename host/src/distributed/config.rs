@@ -28,4 +28,9 @@ pub struct DistributedConfig {
     /// The collectives' engine.
     #[serde(default)]
     pub backend: Backend,
+    /// `1`: ZeRO stage 1, each data-parallel replica keeps the AdamW moments of its share
+    /// of the parameters only, updates that share, and the replicas exchange the updated
+    /// weights; `0` (default): every replica keeps all moments.
+    #[serde(default)]
+    pub zero: u8,
 }

@@ -6,6 +6,7 @@
 //! training on the whole batch. Rank 0 alone writes the run folder. A job of one process
 //! skips every collective and computes exactly what it did before.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,11 @@ use super::TrainError;
 use super::slots::PluginSet;
 use crate::distributed::launch;
 use crate::distributed::{Communicator, Layout};
+use crate::model::params::ParamStore;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
 use crate::train::config::RunConfig;
-use crate::train::optimizer::Gradients;
+use crate::train::optimizer::{AdamW, Gradients};
 use crate::train::role::Role;
 
 /// Values in one gradient all-reduce: 4M f32 (16 MiB) keeps the engine's buffers bounded
@@ -34,6 +36,9 @@ pub(super) struct Job {
     comm: Arc<dyn Communicator>,
     /// Where this rank sits among the job's processes.
     pub layout: Layout,
+    /// Under ZeRO-1, the replica that updates each parameter (and alone keeps its
+    /// moments); empty otherwise.
+    owners: BTreeMap<String, usize>,
 }
 
 impl Job {
@@ -49,7 +54,83 @@ impl Job {
         if !batch.is_multiple_of(layout.data_parallel) {
             return Err(distributed(format!("train.batch_size = {batch} does not split evenly over {} data-parallel replicas", layout.data_parallel)));
         }
-        Ok(Job { comm, layout })
+        if config.distributed.zero > 1 {
+            return Err(distributed(format!("[distributed].zero = {} is not supported: 0 (every replica keeps all optimizer moments) or 1 (moments sharded)", config.distributed.zero)));
+        }
+        Ok(Job { comm, layout, owners: BTreeMap::new() })
+    }
+
+    /// Under `[distributed] zero = 1` with several replicas, give every parameter an owner
+    /// (greedily by size, in name order: the same on every rank) and drop the moments of
+    /// the parameters this replica does not own.
+    pub fn shard_optimizer(&mut self, config: &RunConfig, params: &ParamStore, optimizer: &mut AdamW) {
+        if config.distributed.zero == 0 || self.layout.data_parallel == 1 {
+            return;
+        }
+        let mut load = vec![0usize; self.layout.data_parallel];
+        for (name, p) in params.iter() {
+            let owner = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
+            load[owner] += p.elem_count();
+            self.owners.insert(name.clone(), owner);
+        }
+        let me = self.layout.data_rank();
+        optimizer.moments.retain(|name, _| self.owners.get(name) == Some(&me));
+    }
+
+    /// Whether this replica updates `name` (all parameters unless the moments are sharded).
+    pub fn updates(&self, name: &str) -> bool {
+        self.owners.get(name).is_none_or(|&owner| owner == self.layout.data_rank())
+    }
+
+    /// After a sharded update: every parameter's new value from its owner, on every rank.
+    pub fn gather_params(&self, params: &ParamStore) -> Result<Duration, TrainError> {
+        if self.owners.is_empty() {
+            return Ok(Duration::ZERO);
+        }
+        let clock = Instant::now();
+        for (name, p) in params.iter() {
+            let owner = self.owners.get(name).copied().unwrap_or(0);
+            let new = self.broadcast_tensor(owner, p).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
+            if self.layout.data_rank() != owner {
+                candle_core::Var::from_tensor(p).and_then(|v| v.set(&new)).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
+            }
+        }
+        Ok(clock.elapsed())
+    }
+
+    /// Every moment on rank 0 (for its checkpoint): the owners send theirs; on the other
+    /// ranks the result holds only their own.
+    pub fn gather_moments(&self, params: &ParamStore, optimizer: &AdamW) -> Result<BTreeMap<String, (Tensor, Tensor)>, TrainError> {
+        if self.owners.is_empty() {
+            return Ok(optimizer.moments.clone());
+        }
+        let mut all = BTreeMap::new();
+        for (name, p) in params.iter() {
+            let owner = self.owners.get(name).copied().unwrap_or(0);
+            let zeros = || Tensor::zeros(p.dims(), DType::F32, p.device());
+            let (m, v) = match optimizer.moments.get(name) {
+                Some((m, v)) => (m.clone(), v.clone()),
+                None => (zeros().map_err(distributed)?, zeros().map_err(distributed)?),
+            };
+            let m = self.broadcast_tensor(owner, &m).map_err(|e| distributed(format!("moments of {name}: {e}")))?;
+            let v = self.broadcast_tensor(owner, &v).map_err(|e| distributed(format!("moments of {name}: {e}")))?;
+            all.insert(name.clone(), (m, v));
+        }
+        Ok(all)
+    }
+
+    /// Optimizer-state elements this rank holds (both moments), for the metrics.
+    pub fn moment_elements(optimizer: &AdamW) -> usize {
+        optimizer.moments.values().map(|(m, v)| m.elem_count() + v.elem_count()).sum()
+    }
+
+    /// `t` as rank `root` holds it, on every rank (f32 values, `t`'s shape, dtype, device).
+    fn broadcast_tensor(&self, root: usize, t: &Tensor) -> Result<Tensor, String> {
+        let values = t.to_dtype(DType::F32).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1::<f32>()).map_err(|e| e.to_string())?;
+        let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.comm.broadcast(root, &mut bytes).map_err(|e| e.to_string())?;
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Tensor::from_vec(values, t.dims(), t.device()).and_then(|x| x.to_dtype(t.dtype())).map_err(|e| e.to_string())
     }
 
     /// The MoE dispatcher for this job: `None` in one process (the local one stays).
@@ -69,7 +150,7 @@ impl Job {
 
     /// The layout for the metrics.
     pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({ "world": self.layout.world, "data_parallel": self.layout.data_parallel, "expert_parallel": self.layout.expert_parallel, "backend": self.comm.backend() })
+        serde_json::json!({ "world": self.layout.world, "data_parallel": self.layout.data_parallel, "expert_parallel": self.layout.expert_parallel, "backend": self.comm.backend(), "zero": u8::from(!self.owners.is_empty()) })
     }
 
     /// Refuse a job whose ranks run different plugin code: one policy for the whole job.

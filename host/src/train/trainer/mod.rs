@@ -250,8 +250,10 @@ impl Trainer {
         engine: Arc<PluginEngine>,
         tokenizer: &Tokenizer,
         logs: Logs,
-        job: data_parallel::Job,
+        mut job: data_parallel::Job,
     ) -> Result<Self, TrainError> {
+        let mut optimizer = optimizer;
+        job.shard_optimizer(&config, &params, &mut optimizer);
         let matmul = crate::cpu::matmul::configure(config.compute)?;
         tracing::info!("matmul: {matmul}");
         let mut model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
@@ -345,11 +347,13 @@ impl Trainer {
             last_stats: self.last_stats.clone(),
         };
         let params: BTreeMap<String, Tensor> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+        // Under ZeRO-1 every rank sends the moments it owns to rank 0 first.
+        let moments = self.job.gather_moments(&self.params, &self.optimizer)?;
         if !self.job.writes() {
             // Data-parallel replicas hold the same weights: rank 0's checkpoint is the job's.
             return Ok(checkpoint::step_dir(&self.run_dir, self.step));
         }
-        Ok(checkpoint::save(&self.run_dir, &params, &self.optimizer.moments, &state, self.config.train.keep_checkpoints)?)
+        Ok(checkpoint::save(&self.run_dir, &params, &moments, &state, self.config.train.keep_checkpoints)?)
     }
 
     /// Mean next-token loss on every domain's validation split; recorded in the

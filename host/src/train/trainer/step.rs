@@ -133,7 +133,7 @@ impl Trainer {
             self.micro_batch(step, &batch, micro, &mut acc)?;
         }
         let comm_time = self.reduce_over_replicas(&mut acc)?;
-        let (lr, grad_norm) = self.update(step, stage.as_ref(), &acc)?;
+        let (lr, grad_norm, gather_time) = self.update(step, stage.as_ref(), &acc)?;
         Ok(StepWork {
             tokens: sequences * t.seq_len,
             seq_len: t.seq_len,
@@ -145,7 +145,7 @@ impl Trainer {
             grad_norm,
             plugin_time: steering_time + acc.route_time,
             route_time: acc.route_time,
-            comm_time,
+            comm_time: comm_time + gather_time,
         })
     }
 
@@ -283,8 +283,9 @@ impl Trainer {
     }
 
     /// The optimizer update from the accumulated gradients, after the health check;
-    /// returns the learning rate and the gradient norm before clipping.
-    fn update(&mut self, step: u64, stage: Option<&Stage>, acc: &Accumulated) -> Result<(f64, f64), TrainError> {
+    /// returns the learning rate, the gradient norm before clipping and the time spent
+    /// exchanging updated weights (ZeRO-1).
+    fn update(&mut self, step: u64, stage: Option<&Stage>, acc: &Accumulated) -> Result<(f64, f64, Duration), TrainError> {
         let peak = stage.and_then(|s| s.lr).unwrap_or(self.config.optimizer.lr);
         let lr = learning_rate(peak, &self.config.schedule, step, self.config.train.steps);
         let groups: Vec<ParamGroup> = stage.map(|s| s.train.clone()).unwrap_or_default();
@@ -295,8 +296,13 @@ impl Trainer {
         }
         let clip = self.config.optimizer.clip_grad_norm;
         let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-        self.optimizer.step(&self.params, &acc.grads, lr, scale, &trains).map_err(tensor_err(step))?;
-        Ok((lr, grad_norm))
+        // Under ZeRO-1 this replica updates its share of the parameters, then every
+        // replica gets the others' shares.
+        let job = &self.job;
+        let mine = |name: &str| trains(name) && job.updates(name);
+        self.optimizer.step(&self.params, &acc.grads, lr, scale, &mine).map_err(tensor_err(step))?;
+        let gathered = self.job.gather_params(&self.params)?;
+        Ok((lr, grad_norm, gathered))
     }
 
     /// The router's `on-step` after the update of step `step`; its changes apply from
@@ -361,6 +367,7 @@ impl Trainer {
             "tokens": r.tokens, "tokens_per_s": r.tokens as f64 / r.elapsed.as_secs_f64().max(1e-9),
             "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "route_ms": r.route_time.as_secs_f64() * 1e3,
             "reload_ms": r.reload_time.as_secs_f64() * 1e3, "comm_ms": r.comm_time.as_secs_f64() * 1e3, "layout": self.job.describe(),
+            "optimizer_state_elements": super::data_parallel::Job::moment_elements(&self.optimizer),
             "unix_ms": unix_ms, "layers": layers,
         });
         let path = self.metrics.path().to_path_buf();
