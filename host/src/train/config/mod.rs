@@ -64,8 +64,8 @@ pub struct RunConfig {
     /// `max_entries`).
     #[serde(default)]
     pub bundle_limits: BundleLimits,
-    /// How the processes of a launcher's job (`mpirun`, `srun`) split the work; a run
-    /// without a launcher is one process whatever it says.
+    /// How the processes of a launcher's job (`mpirun`, `srun`) split the work; a layout
+    /// that does not multiply to the launcher's world (one process without one) is refused.
     #[serde(default)]
     pub distributed: crate::distributed::DistributedConfig,
 }
