@@ -102,6 +102,14 @@ enum Command {
         /// them the saved plugin state (journaled).
         #[arg(long, requires = "resume")]
         allow_plugin_change: bool,
+        /// Data-parallel replicas, instead of the config's `[distributed] data_parallel`
+        /// (with --resume: reshard the checkpoint to this layout).
+        #[arg(long, value_name = "N")]
+        data_parallel: Option<usize>,
+        /// Ranks each MoE layer's experts are split over, instead of the config's
+        /// `[distributed] expert_parallel` (with --resume: reshard the checkpoint).
+        #[arg(long, value_name = "N")]
+        expert_parallel: Option<usize>,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -279,9 +287,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Distributed(DistributedCommand::Check { backend }) => distributed::check(backend),
         Command::Forward { model, tokens, out, router, router_params } => forward::run(&model, &tokens, &out, router.as_deref(), &router_params),
-        Command::Train { config, out, resume, max_steps, allow_plugin_change, threads } => {
+        Command::Train { config, out, resume, max_steps, allow_plugin_change, data_parallel, expert_parallel, threads } => {
             threads.apply();
-            train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps, allow_plugin_change)
+            let layout = (data_parallel.is_some() || expert_parallel.is_some()).then_some(crate::distributed::LayoutOverride { data_parallel, expert_parallel });
+            train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps, allow_plugin_change, layout)
         }
         Command::Bundle(BundleCommand::Pack { dir, out }) => bundle::pack(&dir, &out),
         Command::Bundle(BundleCommand::Verify { bundle, trusted_keys, limits }) => bundle::verify(&bundle, &trusted_keys, &limits.limits()),

@@ -30,11 +30,13 @@ pub trait Communicator: Send + Sync {
     /// What carries the collectives (`"single"`, `"mpi"`, `"nccl"`), for logs and metrics.
     fn backend(&self) -> &'static str;
 
-    /// Sum `values` element-wise over all ranks, in place on every rank.
+    /// Sum `values` element-wise over all ranks, in place on every rank, adding in rank
+    /// order (`((r0 + r1) + r2) + …`): a job's sums are bit for bit those of one process
+    /// accumulating the ranks' parts in order, whatever algorithm the engine prefers.
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), CommError>;
 
     /// Sum `values` element-wise over all ranks in f64 (loss sums and counts that must
-    /// not lose precision), in place on every rank.
+    /// not lose precision), in place on every rank, in rank order.
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), CommError>;
 
     /// Rank `root`'s `bytes` on every rank (plugin decisions made once, then shared).
@@ -55,6 +57,11 @@ pub trait Communicator: Send + Sync {
 
     /// Wait until every rank reaches this point.
     fn barrier(&self) -> Result<(), CommError>;
+
+    /// The group of the ranks that pass the same `color`, ordered by `key` (a collective
+    /// call: every rank of this group makes it): the expert-parallel and
+    /// expert-data-parallel groups of a layout.
+    fn split(&self, color: usize, key: usize) -> Result<std::sync::Arc<dyn Communicator>, CommError>;
 
     /// End every process of the job with `code` (a rank that cannot go on must not leave
     /// the others waiting in a collective).
@@ -117,6 +124,15 @@ pub fn check_collectives(comm: &dyn Communicator) -> Result<Vec<String>, CommErr
     }
     done.push(format!("all-to-all: {received:?}"));
 
+    // Even and odd ranks form two groups; each sums its members' ranks.
+    let group = comm.split(rank % 2, rank)?;
+    let mut mine = vec![rank as f32];
+    group.all_reduce_sum(&mut mine)?;
+    let expected = (0..size).filter(|r| r % 2 == rank % 2).sum::<usize>() as f32;
+    if mine[0] != expected || group.rank() != rank / 2 {
+        return Err(wrong("split", format!("sum {} as rank {} of the group", mine[0], group.rank()), format!("sum {expected} as rank {}", rank / 2)));
+    }
+    done.push(format!("split: rank {} of {} in the {} group", group.rank(), group.size(), if rank % 2 == 0 { "even" } else { "odd" }));
     comm.barrier()?;
     done.push("barrier".into());
     Ok(done)

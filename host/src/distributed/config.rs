@@ -34,3 +34,42 @@ pub struct DistributedConfig {
     #[serde(default)]
     pub zero: u8,
 }
+
+/// `recast train --data-parallel N --expert-parallel M`: a layout that replaces the
+/// config's for this launch (a resumed run is resharded to it). A flag not given keeps
+/// the config's value, except that a new `expert_parallel` alone lets the data-parallel
+/// size follow the world again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayoutOverride {
+    /// Data-parallel replicas.
+    pub data_parallel: Option<usize>,
+    /// Expert-parallel ranks.
+    pub expert_parallel: Option<usize>,
+}
+
+impl LayoutOverride {
+    /// Write this layout into `config`.
+    pub fn apply(&self, config: &mut DistributedConfig) {
+        if let Some(ep) = self.expert_parallel {
+            config.expert_parallel = Some(ep);
+            config.data_parallel = None;
+        }
+        if let Some(dp) = self.data_parallel {
+            config.data_parallel = Some(dp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_replaces_the_layout_it_names() {
+        let mut config = DistributedConfig { data_parallel: Some(2), expert_parallel: Some(2), ..Default::default() };
+        LayoutOverride { data_parallel: None, expert_parallel: Some(1) }.apply(&mut config);
+        assert_eq!((config.data_parallel, config.expert_parallel), (None, Some(1)));
+        LayoutOverride { data_parallel: Some(4), expert_parallel: None }.apply(&mut config);
+        assert_eq!((config.data_parallel, config.expert_parallel), (Some(4), Some(1)));
+    }
+}

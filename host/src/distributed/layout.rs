@@ -12,7 +12,7 @@ use super::config::DistributedConfig;
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     /// The groups do not multiply to the world.
-    #[error("[distributed]: data_parallel ({dp}) × expert_parallel ({ep}) = {} but the launcher started {world} process(es)", dp * ep)]
+    #[error("[distributed]: data_parallel ({dp}) × expert_parallel ({ep}) = {} but the launcher started {world} process(es); set [distributed] in the config or pass --data-parallel/--expert-parallel to `recast train` (a resumed run is resharded to them)", dp * ep)]
     WorldMismatch { dp: usize, ep: usize, world: usize },
     /// A group of zero ranks.
     #[error("[distributed].{key} must be at least 1")]
@@ -89,11 +89,13 @@ impl Layout {
         Ok(self.expert_rank() * per..(self.expert_rank() + 1) * per)
     }
 
-    /// This replica's share of a global batch of `sequences`: the range of sequences it
-    /// trains on, so that the replicas together see the batch one process would.
+    /// This rank's share of a global batch of `sequences`: the range of sequences it
+    /// trains on, so that the ranks together see the batch one process would. Every
+    /// rank has its own share (the ranks of an expert-parallel group too: they split the
+    /// experts, not the tokens), as Megatron-Core's data parallelism spans the world.
     pub fn batch_share(&self, sequences: usize) -> Range<usize> {
-        let per = sequences / self.data_parallel;
-        self.data_rank() * per..(self.data_rank() + 1) * per
+        let per = sequences / self.world;
+        self.rank * per..(self.rank + 1) * per
     }
 }
 
@@ -113,7 +115,7 @@ mod tests {
         assert_eq!(l.expert_group(), [4, 5, 6, 7]);
         assert_eq!(l.expert_data_group(), [2, 6]);
         assert_eq!(l.local_experts(16), Ok(8..12));
-        assert_eq!(l.batch_share(32), 16..32);
+        assert_eq!(l.batch_share(32), 24..28);
         assert_eq!(Layout::new(4, 0, &config(None, None)).map(|l| l.data_parallel), Ok(4));
     }
 

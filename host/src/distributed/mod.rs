@@ -3,8 +3,9 @@
 //! [`Communicator`] trait, implemented by MPI (the `mpi` cargo feature, Open MPI) and by
 //! a world of one process ([`SingleProcess`]) that makes a plain run behave exactly as
 //! before. [`Layout`] splits the world into data-parallel and expert-parallel groups as
-//! Megatron-Core does; [`launch`] reads the launcher's environment and opens the
-//! backend, or says how to build one.
+//! Megatron-Core does, [`ExpertParallelDispatcher`] moves an MoE layer's rows to the
+//! ranks of their experts and back; [`launch`] reads the launcher's environment and
+//! opens the backend, or says how to build one.
 //!
 //! ```
 //! use recast::distributed::{Communicator, SingleProcess};
@@ -18,6 +19,7 @@
 pub mod comm_plan;
 mod communicator;
 pub mod config;
+mod expert_parallel;
 pub mod launch;
 mod layout;
 // The backend registry: the only place that knows which engines this build has.
@@ -26,11 +28,10 @@ mod mpi;
 #[cfg(not(feature = "mpi"))]
 #[path = "no_mpi.rs"]
 mod mpi;
-mod replicated;
 mod single;
 
 pub use communicator::{CommError, Communicator, check_collectives};
-pub use config::{Backend, DistributedConfig};
+pub use config::{Backend, DistributedConfig, LayoutOverride};
+pub use expert_parallel::ExpertParallelDispatcher;
 pub use layout::{Layout, LayoutError};
-pub use replicated::ReplicatedDispatcher;
 pub use single::SingleProcess;

@@ -2,11 +2,13 @@
 //! launcher (`mpirun`, `srun`) starts the ranks; `MPI_Init` joins them. Collectives are
 //! called from the training thread only (MPI's single-thread level).
 
+use std::ops::AddAssign;
+use std::sync::Arc;
+
 use mpi::Count;
-use mpi::collective::SystemOperation;
-use mpi::datatype::{Partition, PartitionMut};
+use mpi::datatype::{Equivalence, Partition, PartitionMut};
 use mpi::environment::Universe;
-use mpi::topology::SimpleCommunicator;
+use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::{Communicator as _, CommunicatorCollectives as _, Root as _};
 
 use super::communicator::{CommError, Communicator};
@@ -15,10 +17,12 @@ use super::launch::LaunchError;
 /// Whether this build has the MPI backend.
 pub const BUILT: bool = true;
 
-/// `MPI_COMM_WORLD`, and the universe that finalizes MPI when dropped.
+/// An MPI communicator (`MPI_COMM_WORLD` or a group split from it), and the universe
+/// that finalizes MPI when the last communicator holding it is dropped (fields drop in
+/// order: the communicator is freed first).
 pub struct MpiWorld {
     world: SimpleCommunicator,
-    _universe: Universe,
+    _universe: Arc<Universe>,
 }
 
 // SAFETY: MPI runs at its single-thread level; Recast calls collectives only from the
@@ -31,7 +35,7 @@ unsafe impl Sync for MpiWorld {}
 pub fn open_world() -> Result<Box<dyn Communicator>, LaunchError> {
     let universe = mpi::initialize().ok_or(LaunchError::Init("MPI was initialised already".into()))?;
     let world = universe.world();
-    Ok(Box::new(MpiWorld { world, _universe: universe }))
+    Ok(Box::new(MpiWorld { world, _universe: Arc::new(universe) }))
 }
 
 fn counts(op: &'static str, values: &[usize]) -> Result<Vec<Count>, CommError> {
@@ -40,6 +44,41 @@ fn counts(op: &'static str, values: &[usize]) -> Result<Vec<Count>, CommError> {
 
 fn displacements(counts: &[Count]) -> Vec<Count> {
     counts.iter().scan(0, |at, &c| Some(std::mem::replace(at, *at + c))).collect()
+}
+
+impl MpiWorld {
+    /// The element-wise sum over the ranks, added in rank order on every rank
+    /// (`((r0 + r1) + r2) + …`), with a ring all-reduce's traffic: a reduce-scatter in
+    /// rank order, then every rank gathers the sums. MPI's own all-reduce may pair ranks
+    /// in another order, and then a job's sums differ in the last bits from one process
+    /// accumulating the ranks' parts in order.
+    fn sum_in_rank_order<T: Equivalence + Copy + Default + AddAssign>(&self, values: &mut [T]) {
+        let size = self.size();
+        if size == 1 || values.is_empty() {
+            return;
+        }
+        let per = values.len().div_ceil(size);
+        let mut blocks = values.to_vec();
+        blocks.resize(per * size, T::default());
+        let mine = self.reduce_scatter_in_rank_order(&blocks, per);
+        self.world.all_gather_into(&mine[..], &mut blocks[..]);
+        let n = values.len();
+        values.copy_from_slice(&blocks[..n]);
+    }
+
+    /// Block `rank` (of `per` values) of the sum over the ranks of `blocks`: block `j`
+    /// of every rank goes to rank `j` (all-to-all), which adds them in rank order.
+    fn reduce_scatter_in_rank_order<T: Equivalence + Copy + Default + AddAssign>(&self, blocks: &[T], per: usize) -> Vec<T> {
+        let mut from_ranks = vec![T::default(); blocks.len()];
+        self.world.all_to_all_into(blocks, &mut from_ranks[..]);
+        let mut mine = from_ranks[..per].to_vec();
+        for block in from_ranks.chunks_exact(per).skip(1) {
+            for (sum, &v) in mine.iter_mut().zip(block) {
+                *sum += v;
+            }
+        }
+        mine
+    }
 }
 
 impl Communicator for MpiWorld {
@@ -56,14 +95,12 @@ impl Communicator for MpiWorld {
     }
 
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), CommError> {
-        let send = values.to_vec();
-        self.world.all_reduce_into(&send[..], values, SystemOperation::sum());
+        self.sum_in_rank_order(values);
         Ok(())
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<(), CommError> {
-        let send = values.to_vec();
-        self.world.all_reduce_into(&send[..], values, SystemOperation::sum());
+        self.sum_in_rank_order(values);
         Ok(())
     }
 
@@ -87,9 +124,10 @@ impl Communicator for MpiWorld {
         if !values.len().is_multiple_of(size) {
             return Err(CommError::Shape { op: "reduce-scatter", reason: format!("{} values do not split into {size} equal blocks", values.len()) });
         }
-        let mut mine = vec![0f32; values.len() / size];
-        self.world.reduce_scatter_block_into(values, &mut mine[..], SystemOperation::sum());
-        Ok(mine)
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.reduce_scatter_in_rank_order(values, values.len() / size))
     }
 
     fn all_to_all(&self, send: &[f32], send_counts: &[usize]) -> Result<(Vec<f32>, Vec<usize>), CommError> {
@@ -115,6 +153,14 @@ impl Communicator for MpiWorld {
     fn barrier(&self) -> Result<(), CommError> {
         self.world.barrier();
         Ok(())
+    }
+
+    fn split(&self, color: usize, key: usize) -> Result<Arc<dyn Communicator>, CommError> {
+        let engine = |reason: String| CommError::Engine { op: "split", rank: self.rank(), reason };
+        let color = i32::try_from(color).map_err(|_| engine(format!("color {color} exceeds MPI's range")))?;
+        let key = i32::try_from(key).map_err(|_| engine(format!("key {key} exceeds MPI's range")))?;
+        let group = self.world.split_by_color_with_key(Color::with_value(color), key).ok_or_else(|| engine("MPI returned no communicator".into()))?;
+        Ok(Arc::new(MpiWorld { world: group, _universe: self._universe.clone() }))
     }
 
     fn abort(&self, code: i32) -> ! {

@@ -5,25 +5,26 @@
 //!
 //! [`LocalDispatcher`] keeps every row in this process: f32 on the CPU the gather and
 //! the weighted sum are Recast's own parallel ops ([`crate::cpu::token_rows`]),
-//! otherwise candle's `index_select` and `index_add`. An expert-parallel dispatcher
-//! (all-to-all across processes) implements the same traits: its dispatch sends rows to
-//! the processes that hold their experts and returns the rows this process's experts
-//! compute, its combine sends the results back.
+//! otherwise candle's `index_select` and `index_add`. The expert-parallel dispatcher
+//! ([`crate::distributed::ExpertParallelDispatcher`]) implements the same traits: its
+//! [`Dispatch::run_experts`] sends rows to the processes that hold their experts, runs
+//! this process's experts on what arrived and sends the results back.
 
 use std::fmt;
 
 use candle_core::{Result, Tensor};
 
+use super::experts::ExpertCompute;
 use super::selection::Selection;
 use crate::cpu::op_io::is_f32_cpu;
 use crate::cpu::token_rows::{self, TokenRows};
+use crate::model::ffn::Ffn;
 
 /// How a layer's routed rows reach their experts and come back.
 ///
-/// Nothing here assumes the rows stay in this process: [`Dispatch::rows`] are the rows
-/// *this process's* experts compute (their number need not be the number of routed
-/// slots of the local tokens), and only [`Dispatch::combine`] turns expert outputs back
-/// into the local tokens' rows.
+/// Nothing here assumes the rows stay in this process: [`Dispatch::run_experts`] may
+/// compute them anywhere, and only returns one output row per routed row of the local
+/// tokens, in the order [`Dispatch::combine`] expects.
 pub trait TokenDispatcher: Send + Sync + fmt::Debug {
     /// A short name for logs and benchmarks.
     fn name(&self) -> &'static str;
@@ -31,27 +32,26 @@ pub trait TokenDispatcher: Send + Sync + fmt::Debug {
     /// Sends the rows of `x` (`[T, d]`) the `selection` routed to their experts.
     fn dispatch(&self, x: &Tensor, selection: &Selection) -> Result<Box<dyn Dispatch>>;
 
-    /// The expert loads of the whole batch the local tokens belong to, which the
-    /// load-balancing loss weighs the router's probabilities by: the local loads in one
-    /// process; summed over the data-parallel replicas when the batch is split across
-    /// processes, so the loss is the one a single process would compute.
-    fn batch_load(&self, local: &[u32]) -> Result<Vec<u32>> {
-        Ok(local.to_vec())
+    /// Whether every expert runs in this process, so a backend may fuse routing,
+    /// dispatch and experts into one kernel (the CUDA path); an expert-parallel
+    /// dispatcher says no, and the layer routes on the host.
+    fn keeps_rows_local(&self) -> bool {
+        true
     }
 }
 
 /// One micro-batch's dispatched rows, and the way back.
 pub trait Dispatch {
-    /// The rows the local experts compute, grouped by expert (`[N, d]`).
-    fn rows(&self) -> &Tensor;
-
-    /// Rows per local expert, in expert order (summing to `N`).
-    fn counts(&self) -> &[usize];
+    /// Every routed row's expert output (`[N, d]`, one row per routed slot of the local
+    /// tokens, grouped by expert), computed by `compute` on the layer's routed `experts`
+    /// (all of them; an expert-parallel dispatch runs only this process's share and
+    /// receives the rest).
+    fn run_experts(&self, compute: &dyn ExpertCompute, experts: &[Ffn]) -> Result<Tensor>;
 
     /// `Σ_e gate · FFN_e(x)` for every local token (`[T, d]`), from the experts'
-    /// outputs for [`Self::rows`] (`[N, d]`, same order) and the combine weights `gates`
-    /// (indexed by the selection's slots); tokens nobody took (dropped, or unchosen under
-    /// expert choice) get zeros.
+    /// outputs [`Self::run_experts`] returned and the combine weights `gates` (indexed by
+    /// the selection's slots); tokens nobody took (dropped, or unchosen under expert
+    /// choice) get zeros.
     fn combine(&self, expert_rows: &Tensor, gates: &Tensor) -> Result<Tensor>;
 }
 
@@ -65,6 +65,13 @@ impl TokenDispatcher for LocalDispatcher {
     }
 
     fn dispatch(&self, x: &Tensor, selection: &Selection) -> Result<Box<dyn Dispatch>> {
+        Ok(Box::new(self.gather(x, selection)?))
+    }
+}
+
+impl LocalDispatcher {
+    /// The routed rows of `x` grouped by expert, and the way back to the tokens.
+    pub(crate) fn gather(&self, x: &Tensor, selection: &Selection) -> Result<LocalDispatch> {
         let device = x.device();
         let tokens = Tensor::from_slice(&selection.tokens, selection.tokens.len(), device)?;
         let slots = Tensor::from_slice(&selection.slots, selection.slots.len(), device)?;
@@ -77,12 +84,12 @@ impl TokenDispatcher for LocalDispatcher {
             (Some(map), false) => token_rows::gather(x, map)?,
             (None, false) => x.index_select(&tokens, 0)?,
         };
-        Ok(Box::new(LocalDispatch { x: x.clone(), rows, tokens, slots, counts: selection.counts.clone(), map }))
+        Ok(LocalDispatch { x: x.clone(), rows, tokens, slots, counts: selection.counts.clone(), map })
     }
 }
 
 /// [`LocalDispatcher`]'s rows and index tensors, built once from a [`Selection`].
-struct LocalDispatch {
+pub(crate) struct LocalDispatch {
     /// The tokens (for the output's shape, dtype and device).
     x: Tensor,
     /// The routed rows, grouped by expert.
@@ -97,13 +104,19 @@ struct LocalDispatch {
     map: Option<TokenRows>,
 }
 
-impl Dispatch for LocalDispatch {
-    fn rows(&self) -> &Tensor {
+impl LocalDispatch {
+    /// The routed rows of the local tokens, grouped by expert (`[N, d]`).
+    pub(crate) fn rows(&self) -> &Tensor {
         &self.rows
     }
+}
 
-    fn counts(&self) -> &[usize] {
-        &self.counts
+impl Dispatch for LocalDispatch {
+    fn run_experts(&self, compute: &dyn ExpertCompute, experts: &[Ffn]) -> Result<Tensor> {
+        if self.rows.dim(0)? == 0 {
+            return Ok(self.rows.clone());
+        }
+        compute.forward(&self.rows, &self.counts, experts)
     }
 
     fn combine(&self, expert_rows: &Tensor, gates: &Tensor) -> Result<Tensor> {

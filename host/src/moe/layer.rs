@@ -76,13 +76,16 @@ impl MoeLayer {
         let z = linear_f32(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
         // A plugin that routes per token needs the host-side selection below.
         let plugin_routes = route.is_some() && self.spec.per_token_route;
-        if !plugin_routes && let Some(routed) = backend.experts.route_and_run(&self.routed_layer(), x, &z)? {
+        if !plugin_routes
+            && backend.dispatcher.keeps_rows_local()
+            && let Some(routed) = backend.experts.route_and_run(&self.routed_layer(), x, &z)?
+        {
             let selection = Selection::dropless(routed.load, tokens, routed.k);
             let output = match self.shared_output(x)? {
                 Some(shared) => routed.output.add(&shared)?,
                 None => routed.output,
             };
-            let (aux_loss, stats, gate_mean) = self.losses_and_stats(backend, &routed.probs, &z, &selection, tokens, routed.k)?;
+            let (aux_loss, stats, gate_mean) = self.losses_and_stats(&routed.probs, &z, &selection, tokens, routed.k)?;
             return Ok(MoeOutput { output, aux_loss, stats, gate_mean });
         }
         let scores = router_scores(&z, &self.spec)?;
@@ -127,12 +130,12 @@ impl MoeLayer {
         };
 
         let dispatch = backend.dispatcher.dispatch(x, &selection)?;
-        let expert_rows = if dispatch.rows().dim(0)? == 0 { dispatch.rows().clone() } else { backend.experts.forward(dispatch.rows(), dispatch.counts(), &self.experts)? };
+        let expert_rows = dispatch.run_experts(backend.experts.as_ref(), &self.experts)?;
         let mut output = dispatch.combine(&expert_rows, &gates)?;
         if let Some(shared) = self.shared_output(x)? {
             output = output.add(&shared)?;
         }
-        let (aux_loss, stats, gate_mean) = self.losses_and_stats(backend, &scores.probs, &z, &selection, tokens, k)?;
+        let (aux_loss, stats, gate_mean) = self.losses_and_stats(&scores.probs, &z, &selection, tokens, k)?;
         Ok(MoeOutput { output, aux_loss, stats, gate_mean })
     }
 
@@ -158,8 +161,11 @@ impl MoeLayer {
         }
     }
 
-    fn losses_and_stats(&self, backend: &MoeBackend, probs: &Tensor, z: &Tensor, selection: &Selection, tokens: usize, k: usize) -> Result<(Option<Tensor>, LayerStats, Vec<f32>)> {
-        let lb = losses::load_balance(probs, &backend.dispatcher.batch_load(&selection.load)?)?;
+    fn losses_and_stats(&self, probs: &Tensor, z: &Tensor, selection: &Selection, tokens: usize, k: usize) -> Result<(Option<Tensor>, LayerStats, Vec<f32>)> {
+        // Loads of this forward pass's tokens (Megatron's micro-batch scope): a job that
+        // splits the batch over processes computes what one process accumulating the
+        // same micro-batches computes.
+        let lb = losses::load_balance(probs, &selection.load)?;
         let zl = losses::z_loss(z)?;
         let c = self.coefficients;
         let aux_loss = if c.load_balance > 0.0 || c.z_loss > 0.0 { Some(((&lb * c.load_balance as f64)? + (&zl * c.z_loss as f64)?)?) } else { None };

@@ -56,6 +56,10 @@ pub struct RunOptions {
     /// A plugin engine to share with other runs in this process (components compile
     /// once per engine); `None` makes one for this run.
     pub engine: Option<Arc<PluginEngine>>,
+    /// The `[distributed]` layout to train with instead of the config's: on resume, the
+    /// checkpoint (whole on rank 0, whatever layout wrote it) is resharded to it, so a
+    /// run continues on another number of processes or another split of the experts.
+    pub layout: Option<crate::distributed::LayoutOverride>,
 }
 
 impl RunOptions {
@@ -100,7 +104,10 @@ impl Run {
         let engine = options.engine()?;
         let text = std::fs::read_to_string(config).map_err(|source| RunError::ReadConfig { path: config.to_path_buf(), source })?;
         let absolute = std::path::absolute(config).map_err(|source| RunError::Resolve { path: config.to_path_buf(), source })?;
-        let parsed = RunConfig::parse(&text, &absolute)?;
+        let mut parsed = RunConfig::parse(&text, &absolute)?;
+        if let Some(layout) = &options.layout {
+            layout.apply(&mut parsed.distributed);
+        }
         if !checkpoint::list(out)?.is_empty() {
             return Err(RunError::AlreadyStarted { out: out.to_path_buf() });
         }
@@ -124,7 +131,10 @@ impl Run {
     pub fn resume(run_dir: impl AsRef<Path>, options: &RunOptions) -> Result<Self, RunError> {
         let run_dir = run_dir.as_ref();
         let engine = options.engine()?;
-        let config = read_run_config(run_dir)?;
+        let mut config = read_run_config(run_dir)?;
+        if let Some(layout) = &options.layout {
+            layout.apply(&mut config.distributed);
+        }
         let plugins = load_plugins(&engine, &config)?;
         let trainer = Trainer::resume(config, run_dir, &plugins.set, engine, options.allow_plugin_change).map_err(|source| RunError::Resume { run_dir: run_dir.to_path_buf(), source })?;
         Ok(Run { trainer, watched: Some(plugins.watched) })

@@ -41,12 +41,18 @@ impl AdamW {
     pub fn grad_norm(grads: &Gradients) -> Result<f64> {
         let mut sum = 0f64;
         for g in grads.values() {
-            sum += match f32_values(g)? {
-                Some(values) => values.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>(),
-                None => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
-            };
+            sum += Self::grad_squares(g)?;
         }
         Ok(sum.sqrt())
+    }
+
+    /// The sum of squares of one gradient, in f64: the gradient norm's share of one
+    /// parameter (a job that splits the experts adds the shares in the same order).
+    pub fn grad_squares(g: &Tensor) -> Result<f64> {
+        match f32_values(g)? {
+            Some(values) => Ok(values.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()),
+            None => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>(),
+        }
     }
 
     /// One update at learning rate `lr`; gradients are first scaled by `grad_scale`

@@ -1,10 +1,14 @@
 //! The trainer's place in a multi-process job (`mpirun -np N recast train …`): every
-//! data-parallel replica trains on its share of each micro-batch, and before the update
-//! the replicas sum what they computed — gradients (averaged, in fixed buckets, in a
-//! fixed order), losses, per-domain sums and the routing statistics the plugins see — so
-//! every replica applies the same update and makes the same plugin calls as one process
-//! training on the whole batch. Rank 0 alone writes the run folder. A job of one process
-//! skips every collective and computes exactly what it did before.
+//! rank trains on its share of each micro-batch, and before the update the ranks sum
+//! what they computed — gradients (averaged, in fixed buckets, in a fixed order),
+//! losses, per-domain sums and the routing statistics the plugins see — so every rank
+//! applies the same update and makes the same plugin calls as one process accumulating
+//! the same micro-batches. Under expert parallelism the ranks of an expert-parallel
+//! group split every MoE layer's routed experts: each computes and updates only its
+//! own, their gradients are reduced over the ranks that hold the same experts (the
+//! expert-data-parallel group), and checkpoints gather them to rank 0. Rank 0 alone
+//! writes the run folder. A job of one process skips every collective and computes
+//! exactly what it did before.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +19,10 @@ use candle_core::{DType, Tensor};
 use super::TrainError;
 use super::slots::PluginSet;
 use crate::distributed::launch;
-use crate::distributed::{Communicator, Layout};
+use crate::distributed::{Communicator, ExpertParallelDispatcher, Layout};
+use crate::model::config::ModelConfig;
 use crate::model::params::ParamStore;
+use crate::moe::dispatcher::TokenDispatcher;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
 use crate::train::config::RunConfig;
@@ -31,6 +37,22 @@ fn distributed(e: impl std::fmt::Display) -> TrainError {
     TrainError::Distributed(e.to_string())
 }
 
+/// The routed expert a parameter belongs to (`….mlp.experts.{e}.…`), if any.
+fn routed_expert(name: &str) -> Option<usize> {
+    let (_, rest) = name.split_once(".mlp.experts.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// The groups of an expert-parallel job.
+struct ExpertGroups {
+    /// The ranks of this replica, which split the experts.
+    split: Arc<dyn Communicator>,
+    /// The ranks that hold the same experts (one per replica).
+    same: Arc<dyn Communicator>,
+    /// Routed experts per rank in every MoE layer (known once the model is).
+    per_rank: usize,
+}
+
 /// This process's communicator and layout.
 pub(super) struct Job {
     comm: Arc<dyn Communicator>,
@@ -39,6 +61,8 @@ pub(super) struct Job {
     /// Under ZeRO-1, the replica that updates each parameter (and alone keeps its
     /// moments); empty otherwise.
     owners: BTreeMap<String, usize>,
+    /// The expert-parallel groups, when `expert_parallel > 1`.
+    experts: Option<ExpertGroups>,
 }
 
 impl Job {
@@ -47,17 +71,58 @@ impl Job {
     pub fn join(config: &RunConfig) -> Result<Self, TrainError> {
         let comm = launch::world(config.distributed.backend).map_err(distributed)?;
         let layout = Layout::new(comm.size(), comm.rank(), &config.distributed).map_err(distributed)?;
-        if layout.expert_parallel > 1 {
-            return Err(distributed("[distributed].expert_parallel > 1 (experts split across processes) is not supported by this version; use data parallel only"));
-        }
         let batch = config.train.batch_size;
-        if !batch.is_multiple_of(layout.data_parallel) {
-            return Err(distributed(format!("train.batch_size = {batch} does not split evenly over {} data-parallel replicas", layout.data_parallel)));
+        if !batch.is_multiple_of(layout.world) {
+            return Err(distributed(format!("train.batch_size = {batch} does not split evenly over the job's {} ranks", layout.world)));
         }
         if config.distributed.zero > 1 {
             return Err(distributed(format!("[distributed].zero = {} is not supported: 0 (every replica keeps all optimizer moments) or 1 (moments sharded)", config.distributed.zero)));
         }
-        Ok(Job { comm, layout, owners: BTreeMap::new() })
+        if config.distributed.zero == 1 && layout.expert_parallel > 1 {
+            return Err(distributed("[distributed].zero = 1 with expert_parallel > 1 is not supported yet: use one of them"));
+        }
+        let experts = match layout.expert_parallel {
+            1 => None,
+            _ => {
+                // Collective: every rank splits the world the same two ways, in order.
+                let split = comm.split(layout.data_rank(), layout.expert_rank()).map_err(distributed)?;
+                let same = comm.split(layout.expert_rank(), layout.data_rank()).map_err(distributed)?;
+                Some(ExpertGroups { split, same, per_rank: 0 })
+            }
+        };
+        Ok(Job { comm, layout, owners: BTreeMap::new(), experts })
+    }
+
+    /// Under expert parallelism, check that every MoE layer's routed experts split
+    /// evenly over the expert-parallel ranks and remember each rank's share.
+    pub fn split_experts(&mut self, model: &ModelConfig) -> Result<(), TrainError> {
+        let Some(groups) = self.experts.as_mut() else { return Ok(()) };
+        let Some(moe) = model.moe.as_ref() else {
+            return Err(distributed(format!("[distributed].expert_parallel = {} but the model has no MoE layers", self.layout.expert_parallel)));
+        };
+        let range = self.layout.local_experts(moe.num_experts).map_err(distributed)?;
+        groups.per_rank = range.len();
+        Ok(())
+    }
+
+    /// The world rank whose copy of `name` (and its moments) is the job's: the ZeRO-1
+    /// owner, or the rank of replica 0 that computes its expert; `None` when every rank
+    /// holds it.
+    fn owner_rank(&self, name: &str) -> Option<usize> {
+        if let Some(&replica) = self.owners.get(name) {
+            return Some(replica * self.layout.expert_parallel);
+        }
+        let groups = self.experts.as_ref()?;
+        routed_expert(name).map(|e| e / groups.per_rank.max(1))
+    }
+
+    /// Whether this rank computes and updates `name` (every parameter but the routed
+    /// experts of the other ranks of its expert-parallel group).
+    fn holds(&self, name: &str) -> bool {
+        match (&self.experts, routed_expert(name)) {
+            (Some(groups), Some(e)) => e / groups.per_rank.max(1) == self.layout.expert_rank(),
+            _ => true,
+        }
     }
 
     /// Under `[distributed] zero = 1` with several replicas, give every parameter an owner
@@ -77,9 +142,49 @@ impl Job {
         optimizer.moments.retain(|name, _| self.owners.get(name) == Some(&me));
     }
 
-    /// Whether this replica updates `name` (all parameters unless the moments are sharded).
+    /// Drop the optimizer moments of the experts other ranks compute (expert parallel).
+    pub fn drop_foreign_moments(&self, optimizer: &mut AdamW) {
+        optimizer.moments.retain(|name, _| self.holds(name));
+    }
+
+    /// Whether this rank updates `name`: not under ZeRO-1 when another replica owns it,
+    /// not under expert parallelism when another rank computes its expert.
     pub fn updates(&self, name: &str) -> bool {
-        self.owners.get(name).is_none_or(|&owner| owner == self.layout.data_rank())
+        self.holds(name) && self.owners.get(name).is_none_or(|&owner| owner == self.layout.data_rank())
+    }
+
+    /// Under expert parallelism: every routed expert's current weights from the rank
+    /// that computes it, on every rank (before a checkpoint or the export).
+    pub fn gather_experts(&self, params: &ParamStore) -> Result<Duration, TrainError> {
+        if self.experts.is_none() {
+            return Ok(Duration::ZERO);
+        }
+        let clock = Instant::now();
+        for (name, p) in params.iter() {
+            let Some(owner) = self.owner_rank(name) else { continue };
+            let new = self.broadcast_tensor(owner, p).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
+            if self.layout.rank != owner {
+                candle_core::Var::from_tensor(p).and_then(|v| v.set(&new)).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
+            }
+        }
+        Ok(clock.elapsed())
+    }
+
+    /// The gradient norm of the whole model: under expert parallelism every rank adds
+    /// the squares of its own experts' gradients to those of the shared parameters,
+    /// parameter by parameter in name order, as one process does.
+    pub fn grad_norm(&self, params: &ParamStore, grads: &Gradients) -> Result<f64, TrainError> {
+        let Some(groups) = self.experts.as_ref() else { return AdamW::grad_norm(grads).map_err(distributed) };
+        let mut squares = Vec::with_capacity(grads.len());
+        for (name, _) in params.iter() {
+            let counted_here = if routed_expert(name).is_some() { self.holds(name) } else { self.layout.expert_rank() == 0 };
+            squares.push(match grads.get(name).filter(|_| counted_here) {
+                Some(g) => AdamW::grad_squares(g).map_err(distributed)?,
+                None => 0.0,
+            });
+        }
+        groups.split.all_reduce_sum_f64(&mut squares).map_err(distributed)?;
+        Ok(squares.iter().sum::<f64>().sqrt())
     }
 
     /// After a sharded update: every parameter's new value from its owner, on every rank.
@@ -98,15 +203,19 @@ impl Job {
         Ok(clock.elapsed())
     }
 
-    /// Every moment on rank 0 (for its checkpoint): the owners send theirs; on the other
-    /// ranks the result holds only their own.
+    /// Every moment on rank 0 (for its checkpoint): the owners send theirs.
     pub fn gather_moments(&self, params: &ParamStore, optimizer: &AdamW) -> Result<BTreeMap<String, (Tensor, Tensor)>, TrainError> {
-        if self.owners.is_empty() {
+        if self.owners.is_empty() && self.experts.is_none() {
             return Ok(optimizer.moments.clone());
         }
         let mut all = BTreeMap::new();
         for (name, p) in params.iter() {
-            let owner = self.owners.get(name).copied().unwrap_or(0);
+            let Some(owner) = self.owner_rank(name) else {
+                if let Some(moments) = optimizer.moments.get(name) {
+                    all.insert(name.clone(), moments.clone());
+                }
+                continue;
+            };
             let zeros = || Tensor::zeros(p.dims(), DType::F32, p.device());
             let (m, v) = match optimizer.moments.get(name) {
                 Some((m, v)) => (m.clone(), v.clone()),
@@ -133,9 +242,10 @@ impl Job {
         Tensor::from_vec(values, t.dims(), t.device()).and_then(|x| x.to_dtype(t.dtype())).map_err(|e| e.to_string())
     }
 
-    /// The MoE dispatcher for this job: `None` in one process (the local one stays).
-    pub fn dispatcher(&self) -> Option<Arc<dyn crate::moe::dispatcher::TokenDispatcher>> {
-        (!self.is_single()).then(|| Arc::new(crate::distributed::ReplicatedDispatcher::new(self.comm.clone())) as Arc<dyn crate::moe::dispatcher::TokenDispatcher>)
+    /// The MoE dispatcher for this job: the all-to-all over the expert-parallel group,
+    /// or `None` (the local one stays) when every rank holds all experts.
+    pub fn dispatcher(&self) -> Option<Arc<dyn TokenDispatcher>> {
+        self.experts.as_ref().map(|groups| Arc::new(ExpertParallelDispatcher::new(groups.split.clone())) as Arc<dyn TokenDispatcher>)
     }
 
     /// Whether this rank writes the run folder (metrics, journal, checkpoints, export).
@@ -177,35 +287,22 @@ impl Job {
         serde_json::from_slice(&bytes).map_err(distributed)
     }
 
-    /// Sum the replicas' gradients and divide by their number, bucket by bucket in the
-    /// gradients' name order; returns the time spent in collectives.
+    /// Sum the ranks' gradients and divide by their number, bucket by bucket in the
+    /// gradients' name order: the routed experts' over the ranks that hold them, the
+    /// rest over the world. Returns the time spent in collectives.
     pub fn average_gradients(&self, grads: &mut Gradients) -> Result<Duration, TrainError> {
         if self.is_single() {
             return Ok(Duration::ZERO);
         }
-        let mut flat = Vec::new();
-        let mut shapes = Vec::with_capacity(grads.len());
-        for (name, g) in grads.iter() {
-            let values = g.to_dtype(DType::F32).and_then(|g| g.flatten_all()).and_then(|g| g.to_vec1::<f32>()).map_err(|e| distributed(format!("gradient {name}: {e}")))?;
-            shapes.push((g.dims().to_vec(), g.dtype(), g.device().clone(), values.len()));
-            flat.extend(values);
-        }
-        let clock = Instant::now();
-        for bucket in flat.chunks_mut(BUCKET) {
-            self.comm.all_reduce_sum(bucket).map_err(distributed)?;
-        }
-        let spent = clock.elapsed();
-        let scale = 1.0 / self.layout.data_parallel as f32;
-        let mut at = 0;
-        for ((name, g), (dims, dtype, device, n)) in grads.iter_mut().zip(shapes) {
-            let values: Vec<f32> = flat[at..at + n].iter().map(|v| v * scale).collect();
-            at += n;
-            *g = Tensor::from_vec(values, dims, &device).and_then(|t| t.to_dtype(dtype)).map_err(|e| distributed(format!("gradient {name}: {e}")))?;
-        }
-        Ok(spent)
+        let scale = 1.0 / self.layout.world as f32;
+        let Some(groups) = self.experts.as_ref() else {
+            return all_reduce_gradients(self.comm.as_ref(), grads.iter_mut().collect(), scale);
+        };
+        let (experts, shared): (Vec<_>, Vec<_>) = grads.iter_mut().partition(|(name, _)| routed_expert(name).is_some());
+        Ok(all_reduce_gradients(self.comm.as_ref(), shared, scale)? + all_reduce_gradients(groups.same.as_ref(), experts, scale)?)
     }
 
-    /// Sum `values` over the replicas (loss sums, token counts), in f64.
+    /// Sum `values` over the ranks (loss sums, token counts), in f64.
     pub fn sum(&self, values: &mut [f64]) -> Result<Duration, TrainError> {
         if self.is_single() {
             return Ok(Duration::ZERO);
@@ -246,6 +343,30 @@ impl Job {
         }
         Ok(spent)
     }
+}
+
+/// Sum `grads` over the ranks of `comm` and multiply by `scale`, in buckets of
+/// [`BUCKET`] values in the given order; returns the time spent in collectives.
+fn all_reduce_gradients(comm: &dyn Communicator, grads: Vec<(&String, &mut Tensor)>, scale: f32) -> Result<Duration, TrainError> {
+    let mut flat = Vec::new();
+    let mut shapes = Vec::with_capacity(grads.len());
+    for (name, g) in &grads {
+        let values = g.to_dtype(DType::F32).and_then(|g| g.flatten_all()).and_then(|g| g.to_vec1::<f32>()).map_err(|e| distributed(format!("gradient {name}: {e}")))?;
+        shapes.push((g.dims().to_vec(), g.dtype(), g.device().clone(), values.len()));
+        flat.extend(values);
+    }
+    let clock = Instant::now();
+    for bucket in flat.chunks_mut(BUCKET) {
+        comm.all_reduce_sum(bucket).map_err(distributed)?;
+    }
+    let spent = clock.elapsed();
+    let mut at = 0;
+    for ((name, g), (dims, dtype, device, n)) in grads.into_iter().zip(shapes) {
+        let values: Vec<f32> = flat[at..at + n].iter().map(|v| v * scale).collect();
+        at += n;
+        *g = Tensor::from_vec(values, dims, &device).and_then(|t| t.to_dtype(dtype)).map_err(|e| distributed(format!("gradient {name}: {e}")))?;
+    }
+    Ok(spent)
 }
 
 /// One layer's statistics as f32 values (counts are exact below 2^24 per replica).

@@ -253,7 +253,9 @@ impl Trainer {
         mut job: data_parallel::Job,
     ) -> Result<Self, TrainError> {
         let mut optimizer = optimizer;
+        job.split_experts(&model_config)?;
         job.shard_optimizer(&config, &params, &mut optimizer);
+        job.drop_foreign_moments(&mut optimizer);
         let matmul = crate::cpu::matmul::configure(config.compute)?;
         tracing::info!("matmul: {matmul}");
         let mut model = Transformer::new(&model_config, &params, &run_dir.display().to_string())?;
@@ -346,6 +348,8 @@ impl Trainer {
             domains: self.progress.clone(),
             last_stats: self.last_stats.clone(),
         };
+        // Under expert parallelism every rank sends the experts it computes first.
+        self.job.gather_experts(&self.params)?;
         let params: BTreeMap<String, Tensor> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
         // Under ZeRO-1 every rank sends the moments it owns to rank 0 first.
         let moments = self.job.gather_moments(&self.params, &self.optimizer)?;

@@ -20,7 +20,7 @@ use crate::moe::stats::merge;
 use crate::plugins::PluginError;
 use crate::plugins::router::validate_bias_sums;
 use crate::train::config::{ParamGroup, Stage};
-use crate::train::optimizer::{AdamW, Gradients};
+use crate::train::optimizer::Gradients;
 use crate::train::schedule::learning_rate;
 
 /// A step computed up to the optimizer update.
@@ -149,14 +149,14 @@ impl Trainer {
         })
     }
 
-    /// What the data-parallel replicas computed, summed: averaged gradients and losses,
-    /// summed per-domain losses, merged routing statistics. Nothing in a one-process job.
+    /// What the ranks computed, summed: averaged gradients and losses, summed
+    /// per-domain losses, merged routing statistics. Nothing in a one-process job.
     fn reduce_over_replicas(&mut self, acc: &mut Accumulated) -> Result<Duration, TrainError> {
         if self.job.is_single() {
             return Ok(Duration::ZERO);
         }
         let mut spent = self.job.average_gradients(&mut acc.grads)?;
-        let replicas = self.job.layout.data_parallel as f64;
+        let replicas = self.job.layout.world as f64;
         let mut sums = vec![acc.total_loss, acc.aux_total];
         sums.extend(acc.domain_loss.iter().flat_map(|&(sum, n)| [sum, n as f64]));
         spent += self.job.sum(&mut sums)?;
@@ -205,7 +205,7 @@ impl Trainer {
         Ok(())
     }
 
-    /// Forward and backward of this replica's share of micro-batch `micro` of `batch`
+    /// Forward and backward of this rank's share of micro-batch `micro` of `batch`
     /// (all of it in a one-process job), added into `acc`.
     fn micro_batch(&mut self, step: u64, batch: &Batch, micro: usize, acc: &mut Accumulated) -> Result<(), TrainError> {
         let t = &self.config.train;
@@ -290,7 +290,7 @@ impl Trainer {
         let lr = learning_rate(peak, &self.config.schedule, step, self.config.train.steps);
         let groups: Vec<ParamGroup> = stage.map(|s| s.train.clone()).unwrap_or_default();
         let trains = |name: &str| groups.is_empty() || groups.iter().any(|g| g.contains(name));
-        let grad_norm = AdamW::grad_norm(&acc.grads).map_err(tensor_err(step))?;
+        let grad_norm = self.job.grad_norm(&self.params, &acc.grads)?;
         if let Err(bad) = self.check_health(StepHealth { step, lm_loss: acc.total_loss, aux_loss: acc.aux_total, grad_norm }) {
             return Err(self.stop_non_finite(bad));
         }
