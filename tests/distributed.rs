@@ -265,6 +265,38 @@ fn a_killed_rank_ends_the_job_naming_it_and_the_run_resumes_on_two_ranks_or_one(
 
 #[cfg(feature = "mpi")]
 #[test]
+fn a_rank_that_stops_answering_ends_the_job_after_the_collective_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let cfg = tiny_moe_with(dir.path(), "timeout.toml", &[("checkpoint_every = 100", "checkpoint_every = 2"), ("[train]", "[distributed]\ncollective_timeout_s = 20\n\n[train]")]);
+    let job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_recast"), "train", &cfg, "--out", &run.display().to_string(), "--threads", "1"])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let first = run.join("checkpoints/step-00000002");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while !first.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint at step 2");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Rank 1 stops (SIGSTOP): alive, connected, silent. Rank 0 must not wait forever.
+    let pid = rank_pid(&run, 1).expect("rank 1 is running");
+    assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().expect("kill").success());
+    let out = job.wait_with_output().expect("mpirun ends");
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(!out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("rank 0: ") && all.contains("has waited") && all.contains("collective_timeout_s = 20"), "{all}");
+    // The last complete checkpoint resumes.
+    let out = recast().args(["train", "--resume", &run.display().to_string(), "--max-steps", "6", "--threads", "1"]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[cfg(feature = "mpi")]
+#[test]
 fn a_new_router_swaps_in_on_both_ranks_at_the_same_step() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().expect("tempdir");

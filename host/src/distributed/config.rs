@@ -18,7 +18,7 @@ pub enum Backend {
 
 /// `[distributed]`: `data_parallel × expert_parallel` must equal the launcher's world
 /// size; without the section every rank is data parallel.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributedConfig {
     /// Data-parallel replicas (default: world size / `expert_parallel`).
@@ -33,6 +33,20 @@ pub struct DistributedConfig {
     /// weights; `0` (default): every replica keeps all moments.
     #[serde(default)]
     pub zero: u8,
+    /// Seconds a rank waits in one collective before it ends the job (a rank stopped
+    /// answering without exiting); 1800 unless set.
+    #[serde(default = "default_collective_timeout_s")]
+    pub collective_timeout_s: u64,
+}
+
+fn default_collective_timeout_s() -> u64 {
+    1800
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        DistributedConfig { data_parallel: None, expert_parallel: None, backend: Backend::Auto, zero: 0, collective_timeout_s: default_collective_timeout_s() }
+    }
 }
 
 /// `recast train --data-parallel N --expert-parallel M`: a layout that replaces the

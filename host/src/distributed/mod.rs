@@ -29,6 +29,7 @@ mod mpi;
 #[path = "no_mpi.rs"]
 mod mpi;
 mod single;
+pub mod watchdog;
 
 pub use communicator::{CommError, Communicator, check_collectives};
 pub use config::{Backend, DistributedConfig, LayoutOverride};

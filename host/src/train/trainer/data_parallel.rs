@@ -18,8 +18,8 @@ use candle_core::{DType, Tensor};
 
 use super::TrainError;
 use super::slots::PluginSet;
-use crate::distributed::launch;
 use crate::distributed::{Communicator, ExpertParallelDispatcher, Layout};
+use crate::distributed::{launch, watchdog};
 use crate::model::config::ModelConfig;
 use crate::model::params::ParamStore;
 use crate::moe::dispatcher::TokenDispatcher;
@@ -69,7 +69,10 @@ impl Job {
     /// Join the job the launcher started (a world of one without a launcher) and check
     /// that the run config's `[distributed]` layout fits it.
     pub fn join(config: &RunConfig) -> Result<Self, TrainError> {
-        let comm = launch::world(config.distributed.backend).map_err(distributed)?;
+        let mut comm = launch::world(config.distributed.backend).map_err(distributed)?;
+        if comm.size() > 1 {
+            comm = watchdog::watch(comm, Duration::from_secs(config.distributed.collective_timeout_s.max(1)));
+        }
         let layout = Layout::new(comm.size(), comm.rank(), &config.distributed).map_err(distributed)?;
         let batch = config.train.batch_size;
         if !batch.is_multiple_of(layout.world) {
