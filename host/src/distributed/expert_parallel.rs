@@ -12,6 +12,8 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout as TensorLayout, Result, Shape, Tensor};
 
@@ -32,12 +34,20 @@ fn comm_err(e: impl fmt::Display) -> candle_core::Error {
 /// `r·E/ep .. (r+1)·E/ep` of every layer.
 pub struct ExpertParallelDispatcher {
     group: Arc<dyn Communicator>,
+    /// Nanoseconds spent in the all-to-alls (forward and backward) since the last
+    /// [`Self::take_time`].
+    spent: Arc<AtomicU64>,
 }
 
 impl ExpertParallelDispatcher {
     /// Split every layer's experts over the ranks of `group` (the expert-parallel group).
     pub fn new(group: Arc<dyn Communicator>) -> Self {
-        ExpertParallelDispatcher { group }
+        ExpertParallelDispatcher { group, spent: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// The time spent in the all-to-alls since the last call (for the step's `comm_ms`).
+    pub fn take_time(&self) -> Duration {
+        Duration::from_nanos(self.spent.swap(0, Ordering::Relaxed))
     }
 
     /// The experts of a layer of `experts` that rank `rank` of the group computes.
@@ -77,7 +87,7 @@ impl TokenDispatcher for ExpertParallelDispatcher {
         let (received, _) = self.group.all_to_all(&counts, &vec![per; ep]).map_err(comm_err)?;
         let arriving: Vec<Vec<usize>> = received.chunks(per.max(1)).map(|c| c.iter().map(|&n| n as usize).collect()).collect();
         let sending: Vec<usize> = (0..ep).map(|p| selection.counts[p * per..(p + 1) * per].iter().sum()).collect();
-        Ok(Box::new(ExpertParallelDispatch { group: self.group.clone(), local, mine, sending, arriving }))
+        Ok(Box::new(ExpertParallelDispatch { group: self.group.clone(), spent: self.spent.clone(), local, mine, sending, arriving }))
     }
 
     fn keeps_rows_local(&self) -> bool {
@@ -88,6 +98,7 @@ impl TokenDispatcher for ExpertParallelDispatcher {
 /// One layer's rows on their way to the experts' ranks.
 struct ExpertParallelDispatch {
     group: Arc<dyn Communicator>,
+    spent: Arc<AtomicU64>,
     /// The local tokens' rows grouped by expert, and the combine back to the tokens.
     local: LocalDispatch,
     /// The experts this rank computes.
@@ -103,7 +114,7 @@ impl Dispatch for ExpertParallelDispatch {
         let rows = self.local.rows();
         let dtype = rows.dtype();
         let arrived_rows: Vec<usize> = self.arriving.iter().map(|c| c.iter().sum()).collect();
-        let there = AllToAllRows { group: self.group.clone(), send: self.sending.clone(), recv: arrived_rows.clone() };
+        let there = AllToAllRows { group: self.group.clone(), spent: self.spent.clone(), send: self.sending.clone(), recv: arrived_rows.clone() };
         let arrived = rows.to_dtype(DType::F32)?.contiguous()?.apply_op1(there)?.to_dtype(dtype)?;
         let mine = experts.get(self.mine.clone()).ok_or_else(|| comm_err(format!("experts {:?} of a layer with {}", self.mine, experts.len())))?;
         // One block per source rank: each expert multiplies the rows of one rank's
@@ -118,7 +129,7 @@ impl Dispatch for ExpertParallelDispatch {
             at += n;
         }
         let computed = Tensor::cat(&outputs, 0)?;
-        let back = AllToAllRows { group: self.group.clone(), send: arrived_rows, recv: self.sending.clone() };
+        let back = AllToAllRows { group: self.group.clone(), spent: self.spent.clone(), send: arrived_rows, recv: self.sending.clone() };
         computed.to_dtype(DType::F32)?.contiguous()?.apply_op1(back)?.to_dtype(dtype)
     }
 
@@ -138,6 +149,7 @@ impl Dispatch for ExpertParallelDispatch {
 /// backward sends the gradient rows the other way.
 struct AllToAllRows {
     group: Arc<dyn Communicator>,
+    spent: Arc<AtomicU64>,
     send: Vec<usize>,
     recv: Vec<usize>,
 }
@@ -157,7 +169,9 @@ impl CustomOp1 for AllToAllRows {
             _ => candle_core::bail!("{OP}: rows are not f32"),
         };
         let counts: Vec<usize> = self.send.iter().map(|&r| r * d).collect();
+        let clock = Instant::now();
         let (received, got) = self.group.all_to_all(values, &counts).map_err(comm_err)?;
+        self.spent.fetch_add(clock.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let expected: Vec<usize> = self.recv.iter().map(|&r| r * d).collect();
         if got != expected {
             candle_core::bail!("{OP}: received {got:?} values from the peers, expected {expected:?}");
@@ -167,7 +181,7 @@ impl CustomOp1 for AllToAllRows {
     }
 
     fn bwd(&self, _rows: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let back = AllToAllRows { group: self.group.clone(), send: self.recv.clone(), recv: self.send.clone() };
+        let back = AllToAllRows { group: self.group.clone(), spent: self.spent.clone(), send: self.recv.clone(), recv: self.send.clone() };
         Ok(Some(grad.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(&back)?))
     }
 }

@@ -51,6 +51,8 @@ struct ExpertGroups {
     same: Arc<dyn Communicator>,
     /// Routed experts per rank in every MoE layer (known once the model is).
     per_rank: usize,
+    /// The layers' all-to-all dispatcher.
+    dispatcher: Arc<ExpertParallelDispatcher>,
 }
 
 /// This process's communicator and layout.
@@ -90,7 +92,8 @@ impl Job {
                 // Collective: every rank splits the world the same two ways, in order.
                 let split = comm.split(layout.data_rank(), layout.expert_rank()).map_err(distributed)?;
                 let same = comm.split(layout.expert_rank(), layout.data_rank()).map_err(distributed)?;
-                Some(ExpertGroups { split, same, per_rank: 0 })
+                let dispatcher = Arc::new(ExpertParallelDispatcher::new(split.clone()));
+                Some(ExpertGroups { split, same, per_rank: 0, dispatcher })
             }
         };
         Ok(Job { comm, layout, owners: BTreeMap::new(), experts })
@@ -248,7 +251,12 @@ impl Job {
     /// The MoE dispatcher for this job: the all-to-all over the expert-parallel group,
     /// or `None` (the local one stays) when every rank holds all experts.
     pub fn dispatcher(&self) -> Option<Arc<dyn TokenDispatcher>> {
-        self.experts.as_ref().map(|groups| Arc::new(ExpertParallelDispatcher::new(groups.split.clone())) as Arc<dyn TokenDispatcher>)
+        self.experts.as_ref().map(|groups| groups.dispatcher.clone() as Arc<dyn TokenDispatcher>)
+    }
+
+    /// Time the layers spent in their all-to-alls since the last call.
+    pub fn take_dispatch_time(&self) -> Duration {
+        self.experts.as_ref().map_or(Duration::ZERO, |groups| groups.dispatcher.take_time())
     }
 
     /// Whether this rank writes the run folder (metrics, journal, checkpoints, export).

@@ -155,7 +155,9 @@ impl Trainer {
         if self.job.is_single() {
             return Ok(Duration::ZERO);
         }
-        let mut spent = self.job.average_gradients(&mut acc.grads)?;
+        // The experts' all-to-alls ran inside the forward and backward passes.
+        let mut spent = self.job.take_dispatch_time();
+        spent += self.job.average_gradients(&mut acc.grads)?;
         let replicas = self.job.layout.world as f64;
         let mut sums = vec![acc.total_loss, acc.aux_total];
         sums.extend(acc.domain_loss.iter().flat_map(|&(sum, n)| [sum, n as f64]));
