@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn impossible_layouts_are_named() {
         let e = Layout::new(4, 0, &config(Some(3), Some(1))).unwrap_err();
-        assert_eq!(e.to_string(), "[distributed]: data_parallel (3) × expert_parallel (1) = 3 but the launcher started 4 process(es)");
+        assert!(e.to_string().starts_with("[distributed]: data_parallel (3) × expert_parallel (1) = 3 but the launcher started 4 process(es); "), "{e}");
         assert_eq!(Layout::new(2, 0, &config(None, Some(0))), Err(LayoutError::Zero { key: "expert_parallel" }));
         assert!(Layout::new(2, 0, &config(None, Some(2))).expect("layout").local_experts(3).is_err());
         assert!(Layout::new(3, 0, &config(None, Some(2))).is_err());
