@@ -70,6 +70,24 @@ fn tiny_moe_with(dir: &Path, name: &str, replace: &[(&str, &str)]) -> String {
     path.display().to_string()
 }
 
+/// Every weight of the checkpoint of `step` in `run_dir`, from every shard its
+/// manifest names.
+#[cfg(feature = "mpi")]
+fn weights(run_dir: &Path, step: u64) -> std::collections::BTreeMap<String, Vec<f64>> {
+    let dir = run_dir.join(format!("checkpoints/step-{step:08}"));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    let mut all = std::collections::BTreeMap::new();
+    for file in manifest["files"].as_array().expect("files").iter().filter(|f| f["kind"] == "model") {
+        let bytes = std::fs::read(dir.join(file["name"].as_str().expect("name"))).expect("shard");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        for (name, view) in st.tensors() {
+            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect();
+            assert!(all.insert(name, values).is_none(), "a tensor in two shards");
+        }
+    }
+    all
+}
+
 /// Every step's loss within `tolerance` (relative) of the reference's, and every weight
 /// of the two checkpoints at `step` within `tolerance` of each other; returns the
 /// largest relative difference of the weights.
@@ -80,16 +98,13 @@ fn assert_same_training(reference: &Path, run: &Path, step: u64, tolerance: f64)
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert!((x - y).abs() <= tolerance * x.abs(), "step {}: one process {x}, the job {y}", i + 1);
     }
-    let file = |dir: &Path| std::fs::read(dir.join(format!("checkpoints/step-{step:08}/model.safetensors"))).expect("checkpoint");
-    let (fa, fb) = (file(reference), file(run));
-    let (ta, tb) = (safetensors::SafeTensors::deserialize(&fa).expect("safetensors"), safetensors::SafeTensors::deserialize(&fb).expect("safetensors"));
+    let (wa, wb) = (weights(reference, step), weights(run, step));
+    assert_eq!(wa.len(), wb.len(), "the same tensors");
     let mut worst = 0f64;
-    for (name, view) in ta.tensors() {
-        let other = tb.tensor(&name).expect("the same tensors");
-        let floats = |bytes: &[u8]| bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect::<Vec<_>>();
-        let (x, y) = (floats(view.data()), floats(other.data()));
+    for (name, x) in &wa {
+        let y = wb.get(name).expect("the same tensors");
         let scale = x.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
-        let diff = x.iter().zip(&y).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale;
+        let diff = x.iter().zip(y.iter()).fold(0f64, |m, (p, q)| m.max((p - q).abs())) / scale;
         assert!(diff <= tolerance, "{name}: weights differ by {diff:e} (relative to its largest)");
         worst = worst.max(diff);
     }
@@ -129,6 +144,11 @@ fn two_data_parallel_or_expert_parallel_ranks_train_as_one_process_and_reshard()
     assert!(last["comm_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{last}");
     let (all, mine) = (a.last().expect("a step")["optimizer_state_elements"].as_u64().expect("elements"), last["optimizer_state_elements"].as_u64().expect("elements"));
     assert!(mine < all, "rank 0 holds {mine} of {all} moment values");
+    // Each rank wrote its experts and their moments; rank 0 the rest, the state and the
+    // manifest, last.
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(ep.join("checkpoints/step-00000020/manifest.json")).expect("manifest")).expect("json");
+    let files: Vec<(&str, u64)> = manifest["files"].as_array().expect("files").iter().map(|f| (f["name"].as_str().unwrap_or(""), f["rank"].as_u64().unwrap_or(9))).collect();
+    assert_eq!(files, [("model.safetensors", 0), ("optimizer.safetensors", 0), ("model.rank-00001.safetensors", 1), ("optimizer.rank-00001.safetensors", 1)], "{manifest}");
     assert_eq!(std::fs::read_dir(ep.join("checkpoints")).expect("checkpoints").count(), 1);
 
     // Resharding: the expert-parallel checkpoint resumes on one process (2 → 1) and
@@ -369,7 +389,10 @@ fn zero_1_keeps_half_the_moments_on_each_rank_and_computes_the_same_numbers() {
     let (all, half) = (last(&plain)["optimizer_state_elements"].as_u64().expect("count"), last(&zero)["optimizer_state_elements"].as_u64().expect("count"));
     assert!(2 * half >= all && 2 * half <= all + all / 20, "rank 0 holds {half} of {all} moment elements");
     assert_eq!(last(&zero)["layout"]["zero"], 1);
-    // Rank 0's checkpoint holds every moment: the run resumes on one process.
+    // Each replica wrote the moments it owns into the checkpoint; the manifest names both
+    // shards and the run resumes on one process.
+    let manifest = std::fs::read_to_string(zero.join("checkpoints/step-00000004/manifest.json")).expect("manifest");
+    assert!(manifest.contains("\"optimizer.rank-00001.safetensors\"") && !manifest.contains("model.rank-00001"), "{manifest}");
     let out = recast().args(["train", "--resume", &zero.display().to_string(), "--max-steps", "5", "--threads", "1"]).output().expect("run");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(losses(&zero).len(), 5);

@@ -237,6 +237,7 @@ impl Run {
     pub fn export(&self) -> Result<Exported, RunError> {
         let trainer = &self.trainer;
         let dir = trainer.run_dir.join("final");
+        trainer.gather_weights()?;
         if !trainer.writes() {
             return Ok(Exported { dir, format: "written by rank 0".into() });
         }

@@ -3,6 +3,13 @@
 //! layer statistics, the config). Written to a temporary folder, fsynced, and renamed
 //! into place, so a crash at any moment leaves the previous checkpoint intact. The last
 //! N are kept.
+//!
+//! In a multi-process job every rank writes the tensors it owns (its experts, its
+//! ZeRO-1 moments) as its own shard files into the same temporary folder; rank 0 then
+//! writes `state.json` and, last, `manifest.json`, which names every shard file with
+//! its size and sha256. A checkpoint exists only once every shard and the manifest are
+//! fsynced and the folder is renamed; loading reads every shard the manifest names and
+//! checks it, so the whole state comes back whatever layout wrote it (resharding).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -10,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
+
+use sha2::{Digest, Sha256};
 
 use crate::contract::{LayerStats, RouterSpec};
 use crate::model::checkpoint::write_tensors;
@@ -73,6 +82,74 @@ pub enum CheckpointError {
     /// The state to save would not read back; nothing was written.
     #[error("{path}: not written: the training state would not read back ({reason}); the previous checkpoints are kept")]
     Unreadable { path: PathBuf, reason: String },
+    /// Another rank of the job could not write its shard; the checkpoint was not made.
+    #[error("{path}: not written: {reason}; the previous checkpoints are kept")]
+    Incomplete { path: PathBuf, reason: String },
+}
+
+/// The ranks that write one checkpoint together. Each call is a collective: every rank
+/// makes it at the same point.
+pub trait Writers {
+    /// This rank.
+    fn rank(&self) -> usize;
+    /// Ranks in the job.
+    fn world(&self) -> usize;
+    /// Whether every rank's `ok` is true (after all ranks got here).
+    fn all_ok(&self, ok: bool) -> bool;
+}
+
+/// A job of one process.
+pub struct OneWriter;
+
+impl Writers for OneWriter {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world(&self) -> usize {
+        1
+    }
+
+    fn all_ok(&self, ok: bool) -> bool {
+        ok
+    }
+}
+
+/// `manifest.json`: every shard file of a checkpoint, written last.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Format version (1).
+    pub format: u32,
+    /// The step the checkpoint holds.
+    pub step: u64,
+    /// Ranks of the job that wrote it.
+    pub world: usize,
+    /// The shard files.
+    pub files: Vec<ShardFile>,
+}
+
+/// One shard file of a checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardFile {
+    /// File name inside the checkpoint folder.
+    pub name: String,
+    /// The rank that wrote it.
+    pub rank: usize,
+    /// `model` (weights) or `optimizer` (moments).
+    pub kind: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its sha256, hex.
+    pub sha256: String,
+}
+
+/// The shard file names of `rank`: `model.safetensors` and `optimizer.safetensors` for
+/// rank 0 (a one-process checkpoint looks as it always did), suffixed otherwise.
+fn shard_names(rank: usize) -> (String, String) {
+    match rank {
+        0 => ("model.safetensors".into(), "optimizer.safetensors".into()),
+        r => (format!("model.rank-{r:05}.safetensors"), format!("optimizer.rank-{r:05}.safetensors")),
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -93,9 +170,51 @@ fn step_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
-/// Write a checkpoint of step `state.step`; keep the newest `keep`. Returns its folder.
+/// Write a checkpoint of step `state.step` in a one-process job; keep the newest
+/// `keep`. Returns its folder.
 pub fn save(run_dir: &Path, params: &BTreeMap<String, Tensor>, moments: &BTreeMap<String, (Tensor, Tensor)>, state: &TrainState, keep: usize) -> Result<PathBuf, CheckpointError> {
+    save_shard(run_dir, params, moments, state, keep, &OneWriter)
+}
+
+/// Write this rank's shard (`params` and `moments`: the tensors it owns) of the
+/// checkpoint of step `state.step`, together with the other ranks of `writers`; rank 0
+/// also writes the state and the manifest, renames the folder into place and keeps the
+/// newest `keep`. Every rank returns the folder, or the reason none was made.
+pub fn save_shard(
+    run_dir: &Path,
+    params: &BTreeMap<String, Tensor>,
+    moments: &BTreeMap<String, (Tensor, Tensor)>,
+    state: &TrainState,
+    keep: usize,
+    writers: &dyn Writers,
+) -> Result<PathBuf, CheckpointError> {
     let root = checkpoints_dir(run_dir);
+    let name = step_name(state.step);
+    let tmp = root.join(format!(".{name}.tmp"));
+    let dir = root.join(&name);
+    let lead = writers.rank() == 0;
+    // Rank 0 checks the state and prepares the folder; nobody writes before it is there.
+    let prepared = if lead { prepare(&root, &tmp, state) } else { Ok(Vec::new()) };
+    let incomplete = |reason: &str| CheckpointError::Incomplete { path: dir.clone(), reason: reason.into() };
+    if !writers.all_ok(prepared.is_ok()) {
+        return Err(prepared.err().unwrap_or_else(|| incomplete("rank 0 could not prepare the checkpoint folder")));
+    }
+    let json = prepared?;
+    let pause = std::env::var(SLOW_CHECKPOINT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).map(std::time::Duration::from_millis);
+    let written = write_shard(&tmp, writers.rank(), params, moments, pause);
+    if !writers.all_ok(written.is_ok()) {
+        return Err(written.err().unwrap_or_else(|| incomplete("another rank could not write its shard")));
+    }
+    let finished = if lead { finish(&root, &tmp, &dir, &json, state.step, writers.world(), keep) } else { Ok(()) };
+    if !writers.all_ok(finished.is_ok()) {
+        return Err(finished.err().unwrap_or_else(|| incomplete("rank 0 could not finish the checkpoint")));
+    }
+    Ok(dir)
+}
+
+/// Rank 0's first part: the state as JSON (checked to read back) and an empty
+/// temporary folder.
+fn prepare(root: &Path, tmp: &Path, state: &TrainState) -> Result<Vec<u8>, CheckpointError> {
     let name = step_name(state.step);
     // Write-then-read: a checkpoint that its own reader would refuse (a non-finite bias
     // becomes JSON `null`) is never written, so every kept checkpoint resumes.
@@ -103,35 +222,61 @@ pub fn save(run_dir: &Path, params: &BTreeMap<String, Tensor>, moments: &BTreeMa
     if let Err(e) = serde_json::from_slice::<TrainState>(&json) {
         return Err(CheckpointError::Unreadable { path: root.join(&name).join("state.json"), reason: e.to_string() });
     }
-    std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let tmp = root.join(format!(".{name}.tmp"));
+    std::fs::create_dir_all(root).map_err(io(root))?;
     if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        std::fs::remove_dir_all(tmp).map_err(io(tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let pause = std::env::var(SLOW_CHECKPOINT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).map(std::time::Duration::from_millis);
+    std::fs::create_dir_all(tmp).map_err(io(tmp))?;
+    Ok(json)
+}
 
-    let weights: Vec<(&str, &Tensor)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_tensors(&tmp.join("model.safetensors"), &weights, DType::F32)?;
+/// One rank's shard files (fsynced); rank 0 writes its files even when empty.
+fn write_shard(tmp: &Path, rank: usize, params: &BTreeMap<String, Tensor>, moments: &BTreeMap<String, (Tensor, Tensor)>, pause: Option<std::time::Duration>) -> Result<(), CheckpointError> {
+    let (model, optimizer) = shard_names(rank);
+    if rank == 0 || !params.is_empty() {
+        let weights: Vec<(&str, &Tensor)> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        write_tensors(&tmp.join(model), &weights, DType::F32)?;
+    }
     if let Some(p) = pause {
         std::thread::sleep(p);
     }
-    let names: Vec<(String, &Tensor)> = moments.iter().flat_map(|(n, (m, v))| [(format!("m.{n}"), m), (format!("v.{n}"), v)]).collect();
-    let refs: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-    write_tensors(&tmp.join("optimizer.safetensors"), &refs, DType::F32)?;
+    if rank == 0 || !moments.is_empty() {
+        let names: Vec<(String, &Tensor)> = moments.iter().flat_map(|(n, (m, v))| [(format!("m.{n}"), m), (format!("v.{n}"), v)]).collect();
+        let refs: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        write_tensors(&tmp.join(optimizer), &refs, DType::F32)?;
+    }
     if let Some(p) = pause {
         std::thread::sleep(p);
     }
-    crate::atomic_file::write(&tmp.join("state.json"), &json).map_err(io(&tmp))?;
+    Ok(())
+}
 
-    let dir = root.join(&name);
+/// Rank 0's last part, once every shard is on disk: the state, the manifest (last),
+/// the rename into place and the pruning.
+fn finish(root: &Path, tmp: &Path, dir: &Path, json: &[u8], step: u64, world: usize, keep: usize) -> Result<(), CheckpointError> {
+    crate::atomic_file::write(&tmp.join("state.json"), json).map_err(io(tmp))?;
+    let mut files = Vec::new();
+    for rank in 0..world {
+        let (model, optimizer) = shard_names(rank);
+        for (file, kind) in [(model, "model"), (optimizer, "optimizer")] {
+            let path = tmp.join(&file);
+            if !path.exists() {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            files.push(ShardFile { name: file, rank, kind: kind.into(), bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) });
+        }
+    }
+    let manifest = Manifest { format: 1, step, world, files };
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Corrupt { path: tmp.join("manifest.json"), reason: e.to_string() })?;
+    crate::atomic_file::write(&tmp.join("manifest.json"), &text).map_err(io(tmp))?;
+
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
     }
-    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
-    File::open(&root).and_then(|f| f.sync_all()).map_err(io(&root))?;
-    prune(&root, keep)?;
-    Ok(dir)
+    std::fs::rename(tmp, dir).map_err(io(dir))?;
+    File::open(root).and_then(|f| f.sync_all()).map_err(io(root))?;
+    prune(root, keep)
 }
 
 /// Completed checkpoints, oldest first.
@@ -163,34 +308,92 @@ pub struct Loaded {
     pub params: BTreeMap<String, Tensor>,
     pub moments: BTreeMap<String, (Tensor, Tensor)>,
     pub state: TrainState,
+    /// The file each weight came from (for errors about it).
+    pub origin: BTreeMap<String, PathBuf>,
 }
 
-/// Read the checkpoint in `dir`; any damage is an error naming the file.
+/// Read the checkpoint in `dir` (every shard its manifest names, or the two files of
+/// a checkpoint written before manifests); any damage is an error naming the file.
 pub fn load(dir: &Path) -> Result<Loaded, CheckpointError> {
     let state_path = dir.join("state.json");
     let bytes = std::fs::read(&state_path).map_err(io(&state_path))?;
     let state: TrainState = serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt { path: state_path.clone(), reason: e.to_string() })?;
-    let params = read_tensors(&dir.join("model.safetensors"))?;
-    let raw = read_tensors(&dir.join("optimizer.safetensors"))?;
+    let (mut params, mut raw, mut origin, mut moments_file) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for (file, kind) in shard_files(dir, state.step)? {
+        let path = dir.join(&file.name);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        if let Some(expected) = &file.sha256 {
+            let got = hex::encode(Sha256::digest(&bytes));
+            if &got != expected {
+                return Err(CheckpointError::Corrupt { path, reason: format!("sha256 {got}, the manifest says {expected} (damaged or replaced)") });
+            }
+        }
+        for (name, t) in parse_tensors(&path, &bytes)? {
+            let (into, names) = if kind == "model" { (&mut params, &mut origin) } else { (&mut raw, &mut moments_file) };
+            if into.insert(name.clone(), t).is_some() {
+                return Err(CheckpointError::Corrupt { path, reason: format!("tensor `{name}` is in more than one shard") });
+            }
+            names.insert(name, path.clone());
+        }
+    }
     let mut moments = BTreeMap::new();
     for name in params.keys() {
-        let corrupt = |reason: String| CheckpointError::Corrupt { path: dir.join("optimizer.safetensors"), reason };
+        let at = |prefix: &str| moments_file.get(&format!("{prefix}.{name}")).cloned().unwrap_or_else(|| dir.join("optimizer.safetensors"));
+        let corrupt = |path: PathBuf, reason: String| CheckpointError::Corrupt { path, reason };
         let weight = params[name].dims();
         let get = |prefix: &str| {
-            let moment = raw.get(&format!("{prefix}.{name}")).cloned().ok_or_else(|| corrupt(format!("no moment `{prefix}.{name}`")))?;
+            let moment = raw.get(&format!("{prefix}.{name}")).cloned().ok_or_else(|| corrupt(at(prefix), format!("no moment `{prefix}.{name}`")))?;
             if moment.dims() != weight {
-                return Err(corrupt(format!("moment `{prefix}.{name}` has shape {:?}, its weight {weight:?}", moment.dims())));
+                return Err(corrupt(at(prefix), format!("moment `{prefix}.{name}` has shape {:?}, its weight {weight:?}", moment.dims())));
             }
             Ok(moment)
         };
         moments.insert(name.clone(), (get("m")?, get("v")?));
     }
-    Ok(Loaded { dir: dir.to_path_buf(), params, moments, state })
+    Ok(Loaded { dir: dir.to_path_buf(), params, moments, state, origin })
 }
 
-fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: e.to_string() })?;
+/// A shard file to read: its name and, from the manifest, its sha256 (none for a
+/// checkpoint written before manifests).
+struct ToRead {
+    name: String,
+    sha256: Option<String>,
+}
+
+/// The shard files of the checkpoint in `dir` of step `step`, checked against its
+/// manifest: plain file names, sizes as recorded.
+fn shard_files(dir: &Path, step: u64) -> Result<Vec<(ToRead, String)>, CheckpointError> {
+    let path = dir.join("manifest.json");
+    if !path.exists() {
+        return Ok(vec![(ToRead { name: "model.safetensors".into(), sha256: None }, "model".into()), (ToRead { name: "optimizer.safetensors".into(), sha256: None }, "optimizer".into())]);
+    }
+    let text = std::fs::read(&path).map_err(io(&path))?;
+    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.clone(), reason };
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    if manifest.format != 1 {
+        return Err(corrupt(format!("format {} (this recast reads format 1)", manifest.format)));
+    }
+    if manifest.step != step {
+        return Err(corrupt(format!("step {}, but state.json is step {step}", manifest.step)));
+    }
+    let mut files = Vec::new();
+    for f in manifest.files {
+        let plain = Path::new(&f.name).file_name().is_some_and(|n| n == f.name.as_str()) && f.name.ends_with(".safetensors");
+        if !plain || !matches!(f.kind.as_str(), "model" | "optimizer") {
+            return Err(corrupt(format!("shard `{}` of kind `{}`: not a shard file of this checkpoint", f.name, f.kind)));
+        }
+        let on_disk = std::fs::metadata(dir.join(&f.name)).map_err(io(&dir.join(&f.name)))?.len();
+        if on_disk != f.bytes {
+            return Err(CheckpointError::Corrupt { path: dir.join(&f.name), reason: format!("{on_disk} bytes, the manifest says {} (truncated or replaced)", f.bytes) });
+        }
+        files.push((ToRead { name: f.name, sha256: Some(f.sha256) }, f.kind));
+    }
+    Ok(files)
+}
+
+/// The tensors of the safetensors file `path` whose content is `bytes` (all f32).
+fn parse_tensors(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, Tensor>, CheckpointError> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: e.to_string() })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
@@ -200,4 +403,39 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>, CheckpointError
         out.insert(name, t);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(step: u64) -> TrainState {
+        let model_config = crate::distributed::comm_plan::mixtral_8x7b();
+        TrainState { step, config_toml: String::new(), model_config, plugins: vec![], layers: vec![], domains: vec![], last_stats: vec![] }
+    }
+
+    /// The manifest names every shard with its digest; a shard changed after the fact is
+    /// refused naming the file.
+    #[test]
+    fn a_checkpoint_reads_back_through_its_manifest_and_a_damaged_shard_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).expect("tensor");
+        let params = BTreeMap::from([("w".to_string(), w.clone())]);
+        let moments = BTreeMap::from([("w".to_string(), (w.clone(), w.clone()))]);
+        let saved = save(dir.path(), &params, &moments, &state(3), 2).expect("save");
+        let manifest: Manifest = serde_json::from_slice(&std::fs::read(saved.join("manifest.json")).expect("manifest")).expect("json");
+        assert_eq!((manifest.step, manifest.world, manifest.files.len()), (3, 1, 2));
+        let loaded = load(&saved).expect("load");
+        assert_eq!(loaded.params["w"].to_vec1::<f32>().expect("values"), [1.0, 2.0, 3.0]);
+        assert_eq!(loaded.origin["w"], saved.join("model.safetensors"));
+
+        let file = saved.join("model.safetensors");
+        let mut bytes = std::fs::read(&file).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&file, bytes).expect("write");
+        let Err(e) = load(&saved) else { panic!("a damaged shard loaded") };
+        let message = e.to_string();
+        assert!(message.contains("model.safetensors") && message.contains("sha256"), "{message}");
+    }
 }

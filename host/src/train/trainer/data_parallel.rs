@@ -209,29 +209,15 @@ impl Job {
         Ok(clock.elapsed())
     }
 
-    /// Every moment on rank 0 (for its checkpoint): the owners send theirs.
-    pub fn gather_moments(&self, params: &ParamStore, optimizer: &AdamW) -> Result<BTreeMap<String, (Tensor, Tensor)>, TrainError> {
-        if self.owners.is_empty() && self.experts.is_none() {
-            return Ok(optimizer.moments.clone());
-        }
-        let mut all = BTreeMap::new();
-        for (name, p) in params.iter() {
-            let Some(owner) = self.owner_rank(name) else {
-                if let Some(moments) = optimizer.moments.get(name) {
-                    all.insert(name.clone(), moments.clone());
-                }
-                continue;
-            };
-            let zeros = || Tensor::zeros(p.dims(), DType::F32, p.device());
-            let (m, v) = match optimizer.moments.get(name) {
-                Some((m, v)) => (m.clone(), v.clone()),
-                None => (zeros().map_err(distributed)?, zeros().map_err(distributed)?),
-            };
-            let m = self.broadcast_tensor(owner, &m).map_err(|e| distributed(format!("moments of {name}: {e}")))?;
-            let v = self.broadcast_tensor(owner, &v).map_err(|e| distributed(format!("moments of {name}: {e}")))?;
-            all.insert(name.clone(), (m, v));
-        }
-        Ok(all)
+    /// The weights and moments this rank writes into a checkpoint: the experts it trains
+    /// (replica 0 of an expert-parallel job) with their moments, the moments it owns
+    /// under ZeRO-1, and on rank 0 everything else.
+    pub fn checkpoint_shard(&self, params: &ParamStore, optimizer: &AdamW) -> (BTreeMap<String, Tensor>, BTreeMap<String, (Tensor, Tensor)>) {
+        let rank = self.layout.rank;
+        let expert_owner = |name: &str| if self.experts.is_some() && routed_expert(name).is_some() { self.owner_rank(name) } else { None };
+        let weights = params.iter().filter(|(name, _)| expert_owner(name).unwrap_or(0) == rank).map(|(n, t)| (n.clone(), t.detach())).collect();
+        let moments = optimizer.moments.iter().filter(|(name, _)| self.owner_rank(name).unwrap_or(0) == rank).map(|(n, m)| (n.clone(), m.clone())).collect();
+        (weights, moments)
     }
 
     /// Optimizer-state elements this rank holds (both moments), for the metrics.
@@ -259,7 +245,8 @@ impl Job {
         self.experts.as_ref().map_or(Duration::ZERO, |groups| groups.dispatcher.take_time())
     }
 
-    /// Whether this rank writes the run folder (metrics, journal, checkpoints, export).
+    /// Whether this rank writes the run folder (metrics, journal, the checkpoints'
+    /// state and manifest, export).
     pub fn writes(&self) -> bool {
         self.layout.rank == 0
     }
@@ -404,6 +391,25 @@ fn decode(v: &[f32], like: &LayerStats) -> (LayerStats, usize) {
         expert_load: v[9..9 + experts].iter().map(|&c| c as u32).collect(),
     };
     (s, 9 + experts)
+}
+
+impl crate::train::checkpoint::Writers for Job {
+    fn rank(&self) -> usize {
+        self.layout.rank
+    }
+
+    fn world(&self) -> usize {
+        self.layout.world
+    }
+
+    fn all_ok(&self, ok: bool) -> bool {
+        if self.is_single() {
+            return ok;
+        }
+        let mut failed = [f64::from(u8::from(!ok))];
+        // A failed collective is a failed checkpoint (and the job's end follows).
+        self.comm.all_reduce_sum_f64(&mut failed).is_ok() && failed[0] == 0.0
+    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 //! weights, the router plugin's specs drive every MoE layer, and after the update the
 //! router's `on-step` sees the layer statistics (its changes apply from the next step).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use serde_json::json;
 
 use super::checkpoint::{self, DomainProgress, LayerRouting, TrainState};
@@ -222,7 +221,7 @@ impl Trainer {
         let tokenizer = Tokenizer::from_spec(&config.tokenizer)?;
         let mut store = ParamStore::new();
         for (name, t) in &loaded.params {
-            store.insert(name.clone(), t.clone(), Some(&dir.join("model.safetensors")));
+            store.insert(name.clone(), t.clone(), loaded.origin.get(name).map(PathBuf::as_path));
         }
         store.check_finite()?;
         let device = config.compute.device.open()?;
@@ -348,16 +347,16 @@ impl Trainer {
             domains: self.progress.clone(),
             last_stats: self.last_stats.clone(),
         };
-        // Under expert parallelism every rank sends the experts it computes first.
-        self.job.gather_experts(&self.params)?;
-        let params: BTreeMap<String, Tensor> = self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-        // Under ZeRO-1 every rank sends the moments it owns to rank 0 first.
-        let moments = self.job.gather_moments(&self.params, &self.optimizer)?;
-        if !self.job.writes() {
-            // Data-parallel replicas hold the same weights: rank 0's checkpoint is the job's.
-            return Ok(checkpoint::step_dir(&self.run_dir, self.step));
-        }
-        Ok(checkpoint::save(&self.run_dir, &params, &moments, &state, self.config.train.keep_checkpoints)?)
+        // Every rank writes what it owns (all of it in one process; its experts and its
+        // ZeRO-1 moments in a job), rank 0 the state and the manifest.
+        let (params, moments) = self.job.checkpoint_shard(&self.params, &self.optimizer);
+        Ok(checkpoint::save_shard(&self.run_dir, &params, &moments, &state, self.config.train.keep_checkpoints, &self.job)?)
+    }
+
+    /// Under expert parallelism, every rank's copy of every expert brought up to date
+    /// from the rank that trains it (a collective: before the export).
+    pub fn gather_weights(&self) -> Result<(), TrainError> {
+        self.job.gather_experts(&self.params).map(|_| ())
     }
 
     /// Mean next-token loss on every domain's validation split; recorded in the
