@@ -18,6 +18,7 @@ use candle_core::{DType, Tensor};
 
 use super::TrainError;
 use super::slots::PluginSet;
+use super::zero;
 use crate::distributed::{Communicator, ExpertParallelDispatcher, Layout};
 use crate::distributed::{launch, watchdog};
 use crate::model::config::ModelConfig;
@@ -132,18 +133,13 @@ impl Job {
     }
 
     /// Under `[distributed] zero = 1` with several replicas, give every parameter an owner
-    /// (greedily by size, in name order: the same on every rank) and drop the moments of
+    /// (contiguous runs in name order: the same on every rank) and drop the moments of
     /// the parameters this replica does not own.
     pub fn shard_optimizer(&mut self, config: &RunConfig, params: &ParamStore, optimizer: &mut AdamW) {
         if config.distributed.zero == 0 || self.layout.data_parallel == 1 {
             return;
         }
-        let mut load = vec![0usize; self.layout.data_parallel];
-        for (name, p) in params.iter() {
-            let owner = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
-            load[owner] += p.elem_count();
-            self.owners.insert(name.clone(), owner);
-        }
+        self.owners = zero::contiguous_owners(params, self.layout.data_parallel);
         let me = self.layout.data_rank();
         optimizer.moments.retain(|name, _| self.owners.get(name) == Some(&me));
     }
@@ -180,16 +176,27 @@ impl Job {
     /// the squares of its own experts' gradients to those of the shared parameters,
     /// parameter by parameter in name order, as one process does.
     pub fn grad_norm(&self, params: &ParamStore, grads: &Gradients) -> Result<f64, TrainError> {
-        let Some(groups) = self.experts.as_ref() else { return AdamW::grad_norm(grads).map_err(distributed) };
+        // Under ZeRO-1 each replica holds the summed gradients of its own parameters.
+        let (group, zero) = match (&self.experts, self.owners.is_empty()) {
+            (_, false) => (&self.comm, true),
+            (Some(groups), true) => (&groups.split, false),
+            (None, true) => return AdamW::grad_norm(grads).map_err(distributed),
+        };
         let mut squares = Vec::with_capacity(grads.len());
         for (name, _) in params.iter() {
-            let counted_here = if routed_expert(name).is_some() { self.holds(name) } else { self.layout.expert_rank() == 0 };
+            let counted_here = if zero {
+                true
+            } else if routed_expert(name).is_some() {
+                self.holds(name)
+            } else {
+                self.layout.expert_rank() == 0
+            };
             squares.push(match grads.get(name).filter(|_| counted_here) {
                 Some(g) => AdamW::grad_squares(g).map_err(distributed)?,
                 None => 0.0,
             });
         }
-        groups.split.all_reduce_sum_f64(&mut squares).map_err(distributed)?;
+        group.all_reduce_sum_f64(&mut squares).map_err(distributed)?;
         Ok(squares.iter().sum::<f64>().sqrt())
     }
 
@@ -198,15 +205,7 @@ impl Job {
         if self.owners.is_empty() {
             return Ok(Duration::ZERO);
         }
-        let clock = Instant::now();
-        for (name, p) in params.iter() {
-            let owner = self.owners.get(name).copied().unwrap_or(0);
-            let new = self.broadcast_tensor(owner, p).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
-            if self.layout.data_rank() != owner {
-                candle_core::Var::from_tensor(p).and_then(|v| v.set(&new)).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
-            }
-        }
-        Ok(clock.elapsed())
+        zero::all_gather_params(self.comm.as_ref(), &self.owners, self.layout.data_rank(), params)
     }
 
     /// The weights and moments this rank writes into a checkpoint: the experts it trains
@@ -293,6 +292,9 @@ impl Job {
             return Ok(Duration::ZERO);
         }
         let scale = 1.0 / self.layout.world as f32;
+        if !self.owners.is_empty() {
+            return zero::reduce_scatter_gradients(self.comm.as_ref(), &self.owners, self.layout.data_rank(), grads, scale);
+        }
         let Some(groups) = self.experts.as_ref() else {
             return all_reduce_gradients(self.comm.as_ref(), grads.iter_mut().collect(), scale);
         };

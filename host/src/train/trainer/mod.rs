@@ -34,6 +34,7 @@ mod reload;
 mod slots;
 mod stages;
 mod step;
+mod zero;
 
 use slots::{LivePlugins, PluginHost};
 pub use slots::{PluginSet, Role};
