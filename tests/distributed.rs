@@ -168,6 +168,37 @@ fn two_data_parallel_or_expert_parallel_ranks_train_as_one_process_and_reshard()
 
 #[cfg(feature = "mpi")]
 #[test]
+fn an_expert_parallel_run_holds_its_experts_only_and_exports_one_whole_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = [("steps = 300", "steps = 3"), ("eval_every = 100", "eval_every = 0")];
+    let accumulating = tiny_moe_with(dir.path(), "ga2.toml", &[short[0], short[1], ("batch_size = 16", "batch_size = 8\ngrad_accum = 2")]);
+    let split = tiny_moe_with(dir.path(), "ep2.toml", &[short[0], short[1], ("[train]", "[distributed]\nexpert_parallel = 2\n\n[train]")]);
+    let (one, ep) = (dir.path().join("one"), dir.path().join("ep"));
+    let out = recast().args(["train", &accumulating, "--out", &one.display().to_string(), "--threads", "1"]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = mpirun(2, &["train", &split, "--out", &ep.display().to_string(), "--threads", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Rank 0 holds the weights of half the experts (and their moments) only.
+    let (a, b) = (steps(&one).pop().expect("a step"), steps(&ep).pop().expect("a step"));
+    let (all, held) = (a["parameter_elements"].as_u64().expect("count"), b["parameter_elements"].as_u64().expect("count"));
+    assert!(held < all, "rank 0 holds {held} of {all} weights");
+    // final/ is one Hugging Face checkpoint with every expert, the weights one process trained.
+    let tensors = |run: &Path| {
+        let bytes = std::fs::read(run.join("final/model.safetensors")).expect("final/model.safetensors");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        st.tensors().into_iter().map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec()))).collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (x, y) = (tensors(&one), tensors(&ep));
+    assert!(x.keys().any(|n| n.contains("experts.3.")), "{:?}", x.keys().collect::<Vec<_>>());
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+    for (name, t) in &x {
+        assert!(y[name] == *t, "{name} differs in final/");
+    }
+    eprintln!("expert parallel 2: rank 0 holds {held} of {all} weights");
+}
+
+#[cfg(feature = "mpi")]
+#[test]
 fn two_replicas_of_two_expert_parallel_ranks_train_as_one_process() {
     let dir = tempfile::tempdir().expect("tempdir");
     let accumulating = tiny_moe_with(dir.path(), "ga4.toml", &[("batch_size = 16", "batch_size = 4\ngrad_accum = 4")]);

@@ -237,14 +237,13 @@ impl Run {
     pub fn export(&self) -> Result<Exported, RunError> {
         let trainer = &self.trainer;
         let dir = trainer.run_dir.join("final");
-        trainer.gather_weights()?;
-        if !trainer.writes() {
+        let Some(params) = trainer.export_weights()? else {
             return Ok(Exported { dir, format: "written by rank 0".into() });
-        }
-        let format = match write_hf(&dir, &trainer.model_config, trainer.params(), &WriteOptions::default()) {
+        };
+        let format = match write_hf(&dir, &trainer.model_config, &params, &WriteOptions::default()) {
             Ok(()) => trainer.model_config.architecture.hf_class().to_string(),
             Err(e) => {
-                write_hf(&dir, &trainer.model_config, trainer.params(), &WriteOptions { format: Format::Recast, ..WriteOptions::default() })?;
+                write_hf(&dir, &trainer.model_config, &params, &WriteOptions { format: Format::Recast, ..WriteOptions::default() })?;
                 format!("Recast format; not Hugging Face: {e}")
             }
         };

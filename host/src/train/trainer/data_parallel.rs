@@ -22,7 +22,9 @@ use super::zero;
 use crate::distributed::{Communicator, ExpertParallelDispatcher, Layout};
 use crate::distributed::{launch, watchdog};
 use crate::model::config::ModelConfig;
+use crate::model::ffn::Ffn;
 use crate::model::params::ParamStore;
+use crate::model::transformer::Transformer;
 use crate::moe::dispatcher::TokenDispatcher;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
@@ -155,21 +157,47 @@ impl Job {
         self.holds(name) && self.owners.get(name).is_none_or(|&owner| owner == self.layout.data_rank())
     }
 
-    /// Under expert parallelism: every routed expert's current weights from the rank
-    /// that computes it, on every rank (before a checkpoint or the export).
-    pub fn gather_experts(&self, params: &ParamStore) -> Result<Duration, TrainError> {
+    /// Under expert parallelism, let go of the weights of the experts other ranks
+    /// train: each becomes an empty tensor that keeps its width (`[width, 0]`, `[d, 0]`),
+    /// in the parameters and in the model. Returns how many values were let go.
+    pub fn drop_foreign_experts(&self, params: &mut ParamStore, model: &mut Transformer) -> Result<usize, TrainError> {
         if self.experts.is_none() {
-            return Ok(Duration::ZERO);
+            return Ok(0);
         }
-        let clock = Instant::now();
-        for (name, p) in params.iter() {
-            let Some(owner) = self.owner_rank(name) else { continue };
-            let new = self.broadcast_tensor(owner, p).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
-            if self.layout.rank != owner {
-                candle_core::Var::from_tensor(p).and_then(|v| v.set(&new)).map_err(|e| distributed(format!("parameter {name}: {e}")))?;
+        let empty = |t: &Tensor| Tensor::zeros((t.dims().first().copied().unwrap_or(0), 0), t.dtype(), t.device()).map_err(distributed);
+        let foreign: Vec<String> = params.iter().filter(|(name, _)| routed_expert(name).is_some() && !self.holds(name)).map(|(n, _)| n.clone()).collect();
+        let mut freed = 0;
+        for name in foreign {
+            if let Some(t) = params.get(&name) {
+                freed += t.elem_count();
+                let placeholder = empty(t)?;
+                params.insert(name, placeholder, None);
             }
         }
-        Ok(clock.elapsed())
+        let local = self.experts.as_ref().map_or(0..0, |g| self.layout.expert_rank() * g.per_rank..(self.layout.expert_rank() + 1) * g.per_rank);
+        for layer in model.moe_layers_mut() {
+            for (_, ffn) in layer.experts.iter_mut().enumerate().filter(|(e, _)| !local.contains(e)) {
+                *ffn = Ffn { gate: empty(&ffn.gate)?, up: empty(&ffn.up)?, down: empty(&ffn.down)? };
+            }
+        }
+        Ok(freed)
+    }
+
+    /// The whole model's weights on rank 0 for the export (a collective): under expert
+    /// parallelism each routed expert from the rank of replica 0 that trains it.
+    pub fn export_weights(&self, params: &ParamStore) -> Result<Option<ParamStore>, TrainError> {
+        if self.experts.is_none() {
+            return Ok(self.writes().then(|| params.clone()));
+        }
+        let mut whole = ParamStore::new();
+        for (name, p) in params.iter() {
+            let t = match self.owner_rank(name) {
+                Some(owner) => self.broadcast_whole(owner, p).map_err(|e| distributed(format!("parameter {name}: {e}")))?,
+                None => p.clone(),
+            };
+            whole.insert(name.clone(), t, None);
+        }
+        Ok(self.writes().then_some(whole))
     }
 
     /// The gradient norm of the whole model: under expert parallelism every rank adds
@@ -224,13 +252,19 @@ impl Job {
         optimizer.moments.values().map(|(m, v)| m.elem_count() + v.elem_count()).sum()
     }
 
-    /// `t` as rank `root` holds it, on every rank (f32 values, `t`'s shape, dtype, device).
-    fn broadcast_tensor(&self, root: usize, t: &Tensor) -> Result<Tensor, String> {
+    /// `t` as rank `root` holds it, shape included, on every rank (`t`'s dtype and
+    /// device): the other ranks may hold only a placeholder of it.
+    fn broadcast_whole(&self, root: usize, t: &Tensor) -> Result<Tensor, String> {
         let values = t.to_dtype(DType::F32).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1::<f32>()).map_err(|e| e.to_string())?;
-        let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut bytes: Vec<u8> = (t.dims().len() as u64).to_le_bytes().to_vec();
+        bytes.extend(t.dims().iter().flat_map(|&d| (d as u64).to_le_bytes()));
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         self.comm.broadcast(root, &mut bytes).map_err(|e| e.to_string())?;
-        let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Tensor::from_vec(values, t.dims(), t.device()).and_then(|x| x.to_dtype(t.dtype())).map_err(|e| e.to_string())
+        let word = |i: usize| bytes.get(8 * i..8 * i + 8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as usize).ok_or("a short broadcast");
+        let rank = word(0)?;
+        let dims = (1..=rank).map(word).collect::<Result<Vec<_>, _>>()?;
+        let values: Vec<f32> = bytes[8 * (rank + 1)..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        Tensor::from_vec(values, dims, t.device()).and_then(|x| x.to_dtype(t.dtype())).map_err(|e| e.to_string())
     }
 
     /// The MoE dispatcher for this job: the all-to-all over the expert-parallel group,

@@ -262,6 +262,11 @@ impl Trainer {
         if let Some(dispatcher) = job.dispatcher() {
             model.use_dispatcher(dispatcher);
         }
+        let mut params = params;
+        let freed = job.drop_foreign_experts(&mut params, &mut model)?;
+        if freed > 0 {
+            tracing::info!("expert parallel: {freed} weights of other ranks' experts are not held here");
+        }
         let mut domains = Vec::new();
         for d in &config.data.domains {
             let domain = match (&d.builtin, &d.shards) {
@@ -354,10 +359,11 @@ impl Trainer {
         Ok(checkpoint::save_shard(&self.run_dir, &params, &moments, &state, self.config.train.keep_checkpoints, &self.job)?)
     }
 
-    /// Under expert parallelism, every rank's copy of every expert brought up to date
-    /// from the rank that trains it (a collective: before the export).
-    pub fn gather_weights(&self) -> Result<(), TrainError> {
-        self.job.gather_experts(&self.params).map(|_| ())
+    /// The whole model's weights on the rank that writes the run folder (a collective:
+    /// under expert parallelism every expert comes from the rank that trains it); `None`
+    /// on the other ranks.
+    pub fn export_weights(&self) -> Result<Option<ParamStore>, TrainError> {
+        self.job.export_weights(&self.params)
     }
 
     /// Mean next-token loss on every domain's validation split; recorded in the

@@ -370,6 +370,7 @@ impl Trainer {
             "step_ms": r.elapsed.as_secs_f64() * 1e3, "plugin_ms": r.plugin_time.as_secs_f64() * 1e3, "route_ms": r.route_time.as_secs_f64() * 1e3,
             "reload_ms": r.reload_time.as_secs_f64() * 1e3, "comm_ms": r.comm_time.as_secs_f64() * 1e3, "layout": self.job.describe(),
             "optimizer_state_elements": super::data_parallel::Job::moment_elements(&self.optimizer),
+            "parameter_elements": self.params.iter().map(|(_, p)| p.elem_count()).sum::<usize>(),
             "unix_ms": unix_ms, "layers": layers,
         });
         let path = self.metrics.path().to_path_buf();
