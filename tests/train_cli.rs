@@ -461,3 +461,34 @@ fn per_token_route_runs_in_training_and_its_overhead_is_reported() {
         assert_eq!(l["layers"][0]["expert_load"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).sum::<u64>(), 4 * 32 * 2);
     }
 }
+
+/// `--set KEY.PATH=VALUE` changes one value of the config, typed and checked like the
+/// file; on resume the change is recorded in the run's config.toml.
+#[test]
+fn set_overrides_config_values_and_checks_them_like_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_dir = dir.path().join("run");
+    let run_arg = run_dir.display().to_string();
+    let tiny = support::repo().join("examples/tiny-moe.toml").display().to_string();
+    let small = ["--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "train.seq_len=32", "--set", "train.eval_every=0", "--set", "optimizer.lr=1e-3"];
+    let out = support::recast().args(["train", &tiny, "--out", &run_arg]).args(small).output().expect("run");
+    assert!(out.status.success(), "{}", support::text(&out));
+    let recorded = std::fs::read_to_string(run_dir.join("config.toml")).expect("config.toml");
+    let recorded: toml::Table = recorded.parse().expect("toml");
+    assert_eq!((recorded["train"]["steps"].as_integer(), recorded["optimizer"]["lr"].as_float()), (Some(2), Some(1e-3)));
+    assert!(run_dir.join("final").is_dir(), "the schedule of 2 steps ended and exported");
+
+    // Continue with a longer schedule: recorded for later resumes.
+    let out = support::recast().args(["train", "--resume", &run_arg, "--set", "train.steps=3"]).output().expect("resume");
+    assert!(out.status.success(), "{}", support::text(&out));
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).expect("metrics");
+    assert_eq!(metrics.lines().filter(|l| l.contains("\"lr\"")).count(), 3);
+    assert!(std::fs::read_to_string(run_dir.join("config.toml")).expect("config").contains("steps = 3"));
+
+    // A misspelt key and a value of the wrong type are refused, naming them.
+    for (set, expected) in [("train.stepz=3", "stepz"), ("train.steps=many", "invalid type"), ("train.steps", "KEY.PATH=VALUE")] {
+        let out = support::recast().args(["train", &tiny, "--out", &dir.path().join("bad").display().to_string(), "--set", set]).output().expect("run");
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(support::text(&out).contains(expected), "--set {set}: {}", support::text(&out));
+    }
+}

@@ -110,6 +110,11 @@ enum Command {
         /// `[distributed] expert_parallel` (with --resume: reshard the checkpoint).
         #[arg(long, value_name = "N")]
         expert_parallel: Option<usize>,
+        /// Change one config value, typed and checked like the file (repeatable):
+        /// `--set train.steps=100 --set optimizer.lr=1e-3 --set plugins.router.params.top_k=2`.
+        /// With --resume the change is recorded in the run's config.toml.
+        #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+        sets: Vec<String>,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -287,10 +292,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Distributed(DistributedCommand::Check { backend }) => distributed::check(backend),
         Command::Forward { model, tokens, out, router, router_params } => forward::run(&model, &tokens, &out, router.as_deref(), &router_params),
-        Command::Train { config, out, resume, max_steps, allow_plugin_change, data_parallel, expert_parallel, threads } => {
+        Command::Train { config, out, resume, max_steps, allow_plugin_change, data_parallel, expert_parallel, sets, threads } => {
             threads.apply();
             let layout = (data_parallel.is_some() || expert_parallel.is_some()).then_some(crate::distributed::LayoutOverride { data_parallel, expert_parallel });
-            train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps, allow_plugin_change, layout)
+            let options = crate::run::RunOptions { allow_plugin_change, layout, sets, ..crate::run::RunOptions::default() };
+            train::run(config.as_deref(), out.as_deref(), resume.as_deref(), max_steps, options)
         }
         Command::Bundle(BundleCommand::Pack { dir, out }) => bundle::pack(&dir, &out),
         Command::Bundle(BundleCommand::Verify { bundle, trusted_keys, limits }) => bundle::verify(&bundle, &trusted_keys, &limits.limits()),

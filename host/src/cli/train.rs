@@ -6,11 +6,9 @@ use std::path::Path;
 use anyhow::bail;
 
 use super::console::Console;
-use crate::distributed::LayoutOverride;
 use crate::run::{Run, RunOptions};
 
-pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Path>, max_steps: Option<u64>, allow_plugin_change: bool, layout: Option<LayoutOverride>) -> anyhow::Result<()> {
-    let options = RunOptions { allow_plugin_change, layout, ..RunOptions::default() };
+pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Path>, max_steps: Option<u64>, options: RunOptions) -> anyhow::Result<()> {
     let mut run = match (config, out, resume) {
         (Some(config), Some(out), None) => Run::start(config, out, &options)?,
         (None, None, Some(run_dir)) => Run::resume(run_dir, &options)?,

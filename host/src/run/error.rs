@@ -29,6 +29,9 @@ pub enum RunError {
     /// The run config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A `--set` override cannot be applied.
+    #[error(transparent)]
+    Override(#[from] crate::train::config::overrides::OverrideError),
     /// The plugin engine could not be created.
     #[error(transparent)]
     Engine(#[from] PluginError),

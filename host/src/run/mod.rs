@@ -60,6 +60,10 @@ pub struct RunOptions {
     /// checkpoint (whole on rank 0, whatever layout wrote it) is resharded to it, so a
     /// run continues on another number of processes or another split of the experts.
     pub layout: Option<crate::distributed::LayoutOverride>,
+    /// `KEY.PATH=VALUE` overrides of the config (`--set`), applied in order to the
+    /// config's TOML before it is checked; on resume they are recorded in the run's
+    /// `config.toml`.
+    pub sets: Vec<String>,
 }
 
 impl RunOptions {
@@ -103,6 +107,7 @@ impl Run {
         let (config, out) = (config.as_ref(), out.as_ref());
         let engine = options.engine()?;
         let text = std::fs::read_to_string(config).map_err(|source| RunError::ReadConfig { path: config.to_path_buf(), source })?;
+        let text = crate::train::config::overrides::apply(&text, &options.sets)?;
         let absolute = std::path::absolute(config).map_err(|source| RunError::Resolve { path: config.to_path_buf(), source })?;
         let mut parsed = RunConfig::parse(&text, &absolute)?;
         if let Some(layout) = &options.layout {
@@ -131,12 +136,21 @@ impl Run {
     pub fn resume(run_dir: impl AsRef<Path>, options: &RunOptions) -> Result<Self, RunError> {
         let run_dir = run_dir.as_ref();
         let engine = options.engine()?;
-        let mut config = read_run_config(run_dir)?;
+        let mut config = read_run_config(run_dir, &options.sets)?;
         if let Some(layout) = &options.layout {
             layout.apply(&mut config.distributed);
         }
         let plugins = load_plugins(&engine, &config)?;
+        let text = (!options.sets.is_empty()).then(|| toml::to_string(&config));
         let trainer = Trainer::resume(config, run_dir, &plugins.set, engine, options.allow_plugin_change).map_err(|source| RunError::Resume { run_dir: run_dir.to_path_buf(), source })?;
+        // The overrides hold from now on: later resumes read them from the run folder.
+        if let Some(text) = text
+            && trainer.writes()
+        {
+            let path = run_dir.join(RUN_CONFIG);
+            let text = text.map_err(|e| RunError::Override(crate::train::config::overrides::OverrideError::Config(e.to_string())))?;
+            crate::atomic_file::write(&path, text.as_bytes()).map_err(|source| RunError::ReadConfig { path, source })?;
+        }
         Ok(Run { trainer, watched: Some(plugins.watched) })
     }
 
@@ -145,7 +159,7 @@ impl Run {
     pub fn load(run_dir: impl AsRef<Path>, options: &RunOptions) -> Result<Self, RunError> {
         let run_dir = run_dir.as_ref();
         let engine = options.engine()?;
-        let config = read_run_config(run_dir)?;
+        let config = read_run_config(run_dir, &options.sets)?;
         let plugins = load_plugins(&engine, &config)?;
         let trainer = Trainer::resume(config, run_dir, &plugins.set, engine, false).map_err(|source| RunError::Load { run_dir: run_dir.to_path_buf(), source })?;
         Ok(Run { trainer, watched: None })
@@ -272,9 +286,10 @@ impl Run {
 }
 
 /// The config a run folder holds.
-fn read_run_config(run_dir: &Path) -> Result<RunConfig, RunError> {
+fn read_run_config(run_dir: &Path, sets: &[String]) -> Result<RunConfig, RunError> {
     let path = run_dir.join(RUN_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|source| RunError::NotARunFolder { run_dir: run_dir.to_path_buf(), path: path.clone(), source })?;
+    let text = crate::train::config::overrides::apply(&text, sets)?;
     Ok(RunConfig::parse(&text, &path)?)
 }
 

@@ -11,6 +11,7 @@ use crate::plugins::bundle::BundleLimits;
 use crate::train::role::Role;
 
 mod lines;
+pub mod overrides;
 mod ranges;
 
 pub use ranges::Invalid;
