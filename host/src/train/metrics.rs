@@ -1,16 +1,21 @@
 //! JSON-lines logs of a run, appended and flushed as the run goes and cut back to the
 //! checkpoint's step on resume: `RUN_DIR/metrics.jsonl` (one object per step and per
-//! evaluation) and `RUN_DIR/journal.jsonl` (events: stage changes, plugin swaps).
+//! evaluation, also written as TensorBoard scalars under `RUN_DIR/tb/`) and
+//! `RUN_DIR/journal.jsonl` (events: stage changes, plugin swaps).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+
+use super::tensorboard::{EventWriter, scalars_of};
 
 /// Appends metric lines.
 pub struct MetricsLog {
     path: PathBuf,
     /// `None` on the ranks of a multi-process run that do not write (rank 0 writes).
     file: Option<File>,
+    /// Where the records also go as TensorBoard scalars.
+    tensorboard: Option<EventWriter>,
 }
 
 impl MetricsLog {
@@ -31,12 +36,19 @@ impl MetricsLog {
         }
         crate::atomic_file::write(path, text.as_bytes())?;
         let file = OpenOptions::new().append(true).open(path)?;
-        Ok(Self { path: path.to_path_buf(), file: Some(file) })
+        Ok(Self { path: path.to_path_buf(), file: Some(file), tensorboard: None })
+    }
+
+    /// Also write every record with a `step` as TensorBoard scalars, into a new event
+    /// file in `dir`.
+    pub fn with_tensorboard(mut self, dir: &Path) -> std::io::Result<Self> {
+        self.tensorboard = Some(EventWriter::create(dir)?);
+        Ok(self)
     }
 
     /// A log that writes nothing: the other ranks' view of the log rank 0 writes at `path`.
     pub fn discard(path: &Path) -> Self {
-        Self { path: path.to_path_buf(), file: None }
+        Self { path: path.to_path_buf(), file: None, tensorboard: None }
     }
 
     /// Append one record.
@@ -45,7 +57,11 @@ impl MetricsLog {
         let mut line = record.to_string();
         line.push('\n');
         file.write_all(line.as_bytes())?;
-        file.flush()
+        file.flush()?;
+        if let (Some(tb), Some(step)) = (self.tensorboard.as_mut(), record.get("step").and_then(serde_json::Value::as_u64)) {
+            tb.scalars(step, &scalars_of(record))?;
+        }
+        Ok(())
     }
 
     /// Where the log is.

@@ -8,4 +8,5 @@ pub mod metrics;
 pub mod optimizer;
 pub mod role;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;

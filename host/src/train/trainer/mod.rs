@@ -106,7 +106,12 @@ impl Logs {
             }
             MetricsLog::open(&path, Some(keep_through)).map_err(|source| TrainError::Io { path, source })
         };
-        Ok(Logs { metrics: open("metrics.jsonl")?, journal: open("journal.jsonl")? })
+        let mut metrics = open("metrics.jsonl")?;
+        if write {
+            let tb = run_dir.join("tb");
+            metrics = metrics.with_tensorboard(&tb).map_err(|source| TrainError::Io { path: tb, source })?;
+        }
+        Ok(Logs { metrics, journal: open("journal.jsonl")? })
     }
 }
 
