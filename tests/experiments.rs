@@ -34,6 +34,13 @@ fn every_experiment_runs_with_smoke() {
         let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
         let evaluated = csv.lines().filter(|l| l.split(',').nth(3) == Some("true")).count();
         assert_eq!(evaluated, arms.len() * seeds, "{csv}");
+        // Every row names its run folder, which exists; the page lists them and the data.
+        assert!(csv.lines().next().is_some_and(|h| h.ends_with(",run_dir")), "{csv}");
+        for row in csv.lines().skip(1) {
+            let folder = row.rsplit(',').next().unwrap_or_default();
+            assert!(std::path::Path::new(folder).join("metrics.jsonl").exists(), "{}: {row}", file.display());
+        }
+        assert!(md.contains("## Runs") && md.contains("## Data") && md.contains("built-in `"), "{md}");
         assert!(std::fs::metadata(out.join("loss.png")).unwrap().len() > 1000);
         // Routing plots whenever the compared step routes, and the page shows them.
         if md.contains("![drop rate") {
@@ -81,6 +88,9 @@ fn experiments_run_on_prepared_domains() {
         }
     }
     assert!(configs >= 2, "{configs} training runs");
+    // The page records the data: the prepared folder and its content digest.
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains(&format!("| code | `{}` (sha256 ", code.display())), "{md}");
 
     let wrong = run(&["experiment", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--smoke", "--data", &format!("math={}", code.display())]);
     assert!(!wrong.status.success());

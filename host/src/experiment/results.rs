@@ -33,6 +33,8 @@ pub struct RunResult {
     pub gates: BTreeMap<String, Vec<Vec<f64>>>,
     /// Routing statistics per step, means over MoE layers.
     pub routing_curve: Vec<RoutingPoint>,
+    /// The run's folder.
+    pub run_dir: std::path::PathBuf,
 }
 
 /// One step's routing statistics (means over MoE layers) and the tokens seen by then.
@@ -70,7 +72,7 @@ impl RunResult {
         let text = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
         let records: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let steps: Vec<&Value> = records.iter().filter(|r| r.get("loss").is_some()).collect();
-        let mut out = RunResult::default();
+        let mut out = RunResult { run_dir: run_dir.to_path_buf(), ..RunResult::default() };
         let mut tokens_at = BTreeMap::new();
         let mut tokens = 0u64;
         for r in &steps {

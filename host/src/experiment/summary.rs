@@ -66,6 +66,8 @@ pub(super) fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u
     for v in &verdicts {
         let _ = writeln!(md, "- **{}**: {} ({})", if v.holds { "holds" } else { "does not hold" }, v.says, v.figures);
     }
+    md.push_str(&runs_table(results, out));
+    md.push_str(&data_table(spec));
     md.push_str("\n![held-out loss over tokens](loss.png)\n");
 
     let mean_curve = |arm: &str, pick: &dyn Fn(&RunResult) -> Curve| -> Vec<(f64, f64)> {
@@ -99,6 +101,44 @@ pub(super) fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u
     Ok(verdicts)
 }
 
+/// Where every arm's and seed's runs are, step by step (relative to the results).
+fn runs_table(results: &BTreeMap<(String, u64), StepResults>, out: &Path) -> String {
+    let mut md = String::from("\n## Runs\n\n| arm | seed | step | run folder |\n|---|---|---|---|\n");
+    for ((arm, seed), steps) in results {
+        for (step, r) in steps {
+            let dir = r.run_dir.strip_prefix(out).unwrap_or(&r.run_dir);
+            let _ = writeln!(md, "| {arm} | {seed} | {step} | `{}` |", dir.display());
+        }
+    }
+    md
+}
+
+/// The data every domain of the experiment came from: a built-in domain, or a prepared
+/// folder with its content digest (`--data` replaces built-ins with folders).
+fn data_table(spec: &ExperimentSpec) -> String {
+    let mut seen = BTreeMap::new();
+    for step in &spec.steps {
+        let domains = step.get("train").and_then(|t| t.get("data")).and_then(|d| d.get("domains")).and_then(|d| d.as_array());
+        for domain in domains.into_iter().flatten() {
+            let name = domain.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_string();
+            let source = match (domain.get("builtin").and_then(|b| b.as_str()), domain.get("shards").and_then(|s| s.as_str())) {
+                (Some(builtin), _) => format!("built-in `{builtin}`"),
+                (None, Some(dir)) => match crate::data::shards::content_digest(Path::new(dir)) {
+                    Ok(digest) => format!("`{dir}` (sha256 {digest})"),
+                    Err(e) => format!("`{dir}` (unreadable: {e})"),
+                },
+                (None, None) => "–".into(),
+            };
+            seen.entry(name).or_insert(source);
+        }
+    }
+    let mut md = String::from("\n## Data\n\n| domain | source |\n|---|---|\n");
+    for (name, source) in seen {
+        let _ = writeln!(md, "| {name} | {source} |");
+    }
+    md
+}
+
 /// The results of every seed of `arm`.
 fn seeds_of<'r>(spec: &ExperimentSpec, results: &'r BTreeMap<(String, u64), StepResults>, arm: &str) -> Vec<&'r StepResults> {
     spec.seeds.iter().filter_map(|s| results.get(&(arm.to_string(), *s))).collect()
@@ -116,13 +156,13 @@ type Curve = Vec<(f64, Option<f64>)>;
 /// evaluated one's.
 fn write_csv(results: &BTreeMap<(String, u64), StepResults>, evaluate: &str, domains: &[String], path: &Path) -> anyhow::Result<()> {
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.5}")).unwrap_or_default();
-    let mut csv = format!("arm,seed,step,evaluated,{},mean,initial_mean,tokens,seconds,drop_rate,max1_over_max2,maxvio\n", domains.join(","));
+    let mut csv = format!("arm,seed,step,evaluated,{},mean,initial_mean,tokens,seconds,drop_rate,max1_over_max2,maxvio,run_dir\n", domains.join(","));
     for ((arm, seed), steps) in results {
         for (step, r) in steps {
             let cells: Vec<String> = domains.iter().map(|d| opt(r.final_loss.get(d).copied())).collect();
             let _ = writeln!(
                 csv,
-                "{arm},{seed},{step},{},{},{:.5},{},{},{:.1},{},{},{}",
+                "{arm},{seed},{step},{},{},{:.5},{},{},{:.1},{},{},{},{}",
                 step == evaluate,
                 cells.join(","),
                 r.mean_final(),
@@ -131,7 +171,8 @@ fn write_csv(results: &BTreeMap<(String, u64), StepResults>, evaluate: &str, dom
                 r.seconds,
                 opt(r.drop_rate),
                 opt(r.max1_over_max2),
-                opt(r.maxvio)
+                opt(r.maxvio),
+                r.run_dir.display()
             );
         }
     }
