@@ -375,6 +375,11 @@ fn continues_pretraining_a_hugging_face_qwen2_moe_checkpoint() {
     let params = random_params(&model_config, InitOptions { std: 0.05, seed: 1, dtype: DType::F32 }).unwrap();
     let hf = dir.path().join("hf");
     write(&hf, &model_config, &params, &WriteOptions::default()).unwrap();
+    // Generation settings and a chat template travel from the checkpoint to final/.
+    let companions = [("generation_config.json", "{\"do_sample\": false}"), ("chat_template.jinja", "{{ messages }}")];
+    for (name, body) in companions {
+        std::fs::write(hf.join(name), body).unwrap();
+    }
 
     let cfg = config(dir.path(), "");
     let body = std::fs::read_to_string(&cfg).unwrap();
@@ -387,6 +392,9 @@ fn continues_pretraining_a_hugging_face_qwen2_moe_checkpoint() {
     assert!(o.status.success(), "{}", text(&o));
     let exported = recast::model::checkpoint::read(&out.join("final"), DType::F32).unwrap();
     assert_eq!(exported.config.architecture, recast::model::config::Architecture::Qwen2Moe);
+    for (name, body) in companions {
+        assert_eq!(std::fs::read_to_string(out.join("final").join(name)).unwrap(), body, "final/{name}");
+    }
     let line = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().find(|l| l.contains("\"loss\"")).unwrap().to_string();
     assert!(line.contains("\"expert_load\""), "{line}");
 }

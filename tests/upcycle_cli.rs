@@ -96,6 +96,16 @@ fn assert_same_function(dense: &Path, upcycled: &Path, what: &str) {
 fn sparse_upcycling_and_scale_out_reproduce_the_dense_model() {
     let dir = tempfile::tempdir().unwrap();
     let dense = write_dense(&dir.path().join("dense"), Architecture::Llama, false, 1);
+    // The source's tokenizer and generation files travel with the upcycled model.
+    let companions = [
+        ("tokenizer_config.json", "{\"model_max_length\": 2048}"),
+        ("special_tokens_map.json", "{\"eos_token\": \"</s>\"}"),
+        ("generation_config.json", "{\"do_sample\": false}"),
+        ("chat_template.jinja", "{{ messages }}"),
+    ];
+    for (name, body) in companions {
+        std::fs::write(dense.join(name), body).unwrap();
+    }
     for (scheme, params) in [("sparse-upcycle", "experts = 4\ntop_k = 2"), ("scale-out", "experts = 8")] {
         let out = dir.path().join(scheme);
         let o = upcycle(&[&dense], scheme, params, &out, &[]);
@@ -108,6 +118,9 @@ fn sparse_upcycling_and_scale_out_reproduce_the_dense_model() {
         let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("upcycle.json")).unwrap()).unwrap();
         assert_eq!(record["scheme"], scheme);
         assert_eq!(record["sources"][0]["sha256"].as_str().unwrap().len(), 64);
+        for (name, body) in companions {
+            assert_eq!(std::fs::read_to_string(out.join(name)).unwrap(), body, "{scheme}: {name}");
+        }
     }
 }
 

@@ -29,6 +29,9 @@ pub enum RunError {
     /// The run config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The tokenizer files could not be copied next to the exported model.
+    #[error("cannot copy the tokenizer files into {}", dir.display())]
+    Companions { dir: PathBuf, source: std::io::Error },
     /// A `--set` override cannot be applied.
     #[error(transparent)]
     Override(#[from] crate::train::config::overrides::OverrideError),

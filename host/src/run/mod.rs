@@ -261,6 +261,14 @@ impl Run {
                 format!("Recast format; not Hugging Face: {e}")
             }
         };
+        // The tokenizer and generation files: from the checkpoint the run started from,
+        // else the run's tokenizer.json.
+        let companions = match (&trainer.config.model.path, trainer.config.tokenizer.as_str()) {
+            (Some(model), _) => crate::model::checkpoint::companions::copy_companions(model, &dir).map(|_| ()),
+            (None, "byte") => Ok(()),
+            (None, file) => std::fs::read(file).and_then(|bytes| crate::atomic_file::write(&dir.join("tokenizer.json"), &bytes)),
+        };
+        companions.map_err(|source| RunError::Companions { dir: dir.clone(), source })?;
         Ok(Exported { dir, format })
     }
 

@@ -73,6 +73,9 @@ pub fn run_upcycle(job: &UpcycleJob, observer: &mut dyn UpcycleObserver) -> anyh
     observer.on_upcycle_start(&provenance.scheme);
     let report = upcycle(&job.sources, &mut plugin, &provenance, &job.out, &options, |done, total| observer.on_upcycle_progress(done, total))
         .with_context(|| format!("cannot upcycle into {}", job.out.display()))?;
+    // The tokenizer and generation files of the first source (specialists share one).
+    let copied = crate::model::checkpoint::companions::copy_companions(&job.sources[0], &job.out).with_context(|| format!("cannot copy the tokenizer files into {}", job.out.display()))?;
+    tracing::info!("copied {} from {}", if copied.is_empty() { "no tokenizer files".to_string() } else { copied.join(", ") }, job.sources[0].display());
     observer.on_upcycle_done(&report);
     Ok(report)
 }

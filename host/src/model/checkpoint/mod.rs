@@ -3,6 +3,7 @@
 //! atomic per file.
 
 pub mod bytes;
+pub mod companions;
 pub mod names;
 mod read;
 mod write;

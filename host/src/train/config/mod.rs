@@ -24,8 +24,9 @@ pub struct RunConfig {
     #[serde(default)]
     pub seed: u64,
     pub model: ModelSection,
-    /// `"byte"` (built in) or the path of a Hugging Face `tokenizer.json`.
-    #[serde(default = "default_tokenizer")]
+    /// `"byte"` (built in) or the path of a Hugging Face `tokenizer.json`; unset, the
+    /// `tokenizer.json` of the `[model] path` checkpoint when it has one, else `"byte"`.
+    #[serde(default)]
     pub tokenizer: String,
     pub data: DataSection,
     #[serde(default)]
@@ -165,10 +166,6 @@ impl ParamGroup {
             ParamGroup::Mlp => [".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj."].iter().any(|p| name.contains(p)),
         }
     }
-}
-
-fn default_tokenizer() -> String {
-    "byte".into()
 }
 
 /// Where the model comes from: a Hugging Face directory or a shape to initialise.
@@ -461,7 +458,10 @@ impl RunConfig {
                 *key = base.join(key.as_str()).display().to_string();
             }
         }
-        if config.tokenizer != "byte" && Path::new(&config.tokenizer).is_relative() {
+        if config.tokenizer.is_empty() {
+            let from_model = config.model.path.as_ref().map(|p| p.join("tokenizer.json")).filter(|t| t.is_file());
+            config.tokenizer = from_model.map_or_else(|| "byte".to_string(), |t| t.display().to_string());
+        } else if config.tokenizer != "byte" && Path::new(&config.tokenizer).is_relative() {
             config.tokenizer = base.join(&config.tokenizer).display().to_string();
         }
         self.check().map_err(|invalid| ConfigError { path: path.to_path_buf(), reason: invalid.describe(text) })?;
@@ -498,6 +498,25 @@ seq_len = 16
         assert_eq!(c.tokenizer, "byte");
         assert_eq!(c.optimizer.lr, 3e-3);
         assert_eq!(c.train.grad_accum, 1);
+    }
+
+    /// With `[model] path` and no `tokenizer`, the run uses the checkpoint's
+    /// `tokenizer.json`; without one there, the byte tokenizer.
+    #[test]
+    fn a_checkpoint_brings_its_tokenizer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = MINIMAL.replace(
+            "[model.init]\narchitecture = \"mixtral\"\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nintermediate_size = 64\nnum_experts = 4\n",
+            &format!("[model]\npath = {:?}\n", dir.path().display().to_string()),
+        );
+        assert!(text.contains("[model]\npath"), "{text}");
+        let c = super::RunConfig::parse(&text, Path::new("/runs/x.toml")).expect("valid");
+        assert_eq!(c.tokenizer, "byte");
+        std::fs::write(dir.path().join("tokenizer.json"), "{}").expect("write");
+        let c = super::RunConfig::parse(&text, Path::new("/runs/x.toml")).expect("valid");
+        assert_eq!(c.tokenizer, dir.path().join("tokenizer.json").display().to_string());
+        let explicit = format!("tokenizer = \"byte\"\n{text}");
+        assert_eq!(super::RunConfig::parse(&explicit, Path::new("/runs/x.toml")).expect("valid").tokenizer, "byte");
     }
 
     #[test]
