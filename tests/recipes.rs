@@ -62,3 +62,34 @@ fn innovator_four_stages() {
 fn ultrafuser_two_stages_after_fusing_its_own_specialists() {
     run_recipe("ultrafuser", "fused-trained", &["gate", "all"]);
 }
+
+/// `--set STEP.PATH=VALUE` changes one value of a step, and a step that does not exist
+/// is named; `recast experiment` takes the same overrides for every arm.
+#[test]
+fn set_changes_a_step_and_names_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let o = run(&[
+        "recipe",
+        "examples/drop-upcycling.toml",
+        "--out",
+        out.to_str().unwrap(),
+        "--threads",
+        "2",
+        "--set",
+        "*.train.train.steps=2",
+        "--set",
+        "*.train.schedule.warmup_steps=1",
+        "--set",
+        "dense.train.optimizer.weight_decay=0.05",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(out.join("dense/config.toml")).unwrap();
+    assert!(config.contains("weight_decay = 0.05") && config.contains("steps = 2"), "{config}");
+    assert!(std::fs::read_to_string(out.join("moe/config.toml")).unwrap().contains("steps = 2"));
+    for command in [["recipe", "examples/drop-upcycling.toml"], ["experiment", "experiments/sparse-upcycling.toml"]] {
+        let o = run(&[command[0], command[1], "--out", dir.path().join("x").to_str().unwrap(), "--set", "nosuch.train.seed=1"]);
+        assert!(!o.status.success(), "{command:?}");
+        assert!(text(&o).contains("no step \"nosuch\""), "{command:?}: {}", text(&o));
+    }
+}

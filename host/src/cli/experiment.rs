@@ -8,8 +8,11 @@ use anyhow::Context;
 
 use super::console::Console;
 
-pub(super) fn run(file: &Path, out: &Path, smoke: bool, data: &[String]) -> anyhow::Result<()> {
+pub(super) fn run(file: &Path, out: &Path, smoke: bool, data: &[String], sets: &[String]) -> anyhow::Result<()> {
     let mut spec = crate::experiment::read(file)?;
+    for arg in sets {
+        spec.set(arg).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    }
     for entry in data {
         let (name, dir) = entry.split_once('=').with_context(|| format!("--data {entry:?}: expected NAME=DIR"))?;
         let dir = std::path::absolute(dir).with_context(|| format!("--data {entry:?}"))?;

@@ -148,6 +148,10 @@ enum Command {
         /// Stop each training run after this many steps (for smoke tests).
         #[arg(long)]
         max_steps: Option<u64>,
+        /// Change one value of a step (repeatable): `--set STEP.train.steps=100`, `*` as
+        /// STEP for every step that has it.
+        #[arg(long = "set", value_name = "STEP.PATH=VALUE")]
+        sets: Vec<String>,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -167,6 +171,10 @@ enum Command {
         /// `recast data prepare`); repeat for several domains.
         #[arg(long = "data", value_name = "NAME=DIR")]
         data: Vec<String>,
+        /// Change one value of the base steps for every arm (repeatable):
+        /// `--set STEP.train.optimizer.lr=1e-3`, `*` as STEP for every step that has it.
+        #[arg(long = "set", value_name = "STEP.PATH=VALUE")]
+        sets: Vec<String>,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -304,14 +312,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Sign { bundle, key }) => bundle::sign(&bundle, &key),
         Command::Keygen { out } => bundle::keygen(&out),
         Command::Lock { config, out } => lock::run(&config, out.as_deref()),
-        Command::Experiment { experiment: file, out, smoke, data, threads } => {
+        Command::Experiment { experiment: file, out, smoke, data, sets, threads } => {
             threads.apply();
             let out = out.unwrap_or_else(|| crate::experiment::default_out(&file));
-            experiment::run(&file, &out, smoke, &data)
+            experiment::run(&file, &out, smoke, &data, &sets)
         }
-        Command::Recipe { recipe, out, max_steps, threads } => {
+        Command::Recipe { recipe, out, max_steps, sets, threads } => {
             threads.apply();
-            recipe::run(&recipe, &out, max_steps)
+            recipe::run(&recipe, &out, max_steps, &sets)
         }
         Command::Eval { run_dir, threads } => {
             threads.apply();

@@ -5,8 +5,8 @@ use std::path::Path;
 use super::console::Console;
 use crate::recipe::Recipe;
 
-pub(super) fn run(file: &Path, out: &Path, max_steps: Option<u64>) -> anyhow::Result<()> {
-    let recipe = Recipe::read(file)?;
+pub(super) fn run(file: &Path, out: &Path, max_steps: Option<u64>, sets: &[String]) -> anyhow::Result<()> {
+    let recipe = Recipe::read_with(file, sets)?;
     if !recipe.description.is_empty() {
         println!("{}", recipe.description.trim());
     }

@@ -2,6 +2,7 @@
 //! of those steps), the seeds, the step whose training is compared, the overrides that
 //! make a seconds-long `--smoke` version, and the pass criteria.
 
+use crate::train::config::overrides::set_in_steps;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -106,15 +107,22 @@ impl ExperimentSpec {
         if found { Ok(()) } else { Err(format!("no step has a domain named {name:?} (domains: {})", known.into_iter().collect::<Vec<_>>().join(", "))) }
     }
 
+    /// Apply a `--set STEP.PATH=VALUE` to every arm (`*` as STEP: every step that has
+    /// the path).
+    pub fn set(&mut self, arg: &str) -> Result<(), String> {
+        let (key, value) = crate::train::config::overrides::parse_step_set(arg).map_err(|e| e.to_string())?;
+        set_in_steps(&mut self.steps, &key, &value).map_err(|e| format!("--set {e}"))
+    }
+
     /// The steps of `arm` for `seed`, with the smoke overrides when `smoke`.
     pub fn steps_for(&self, arm: &Arm, seed: u64, smoke: bool) -> Result<Vec<toml::Value>, String> {
         let mut steps = self.steps.clone();
         for (key, value) in &arm.set {
-            apply(&mut steps, key, value)?;
+            set_in_steps(&mut steps, key, value)?;
         }
         if smoke {
             for (key, value) in &self.smoke {
-                apply(&mut steps, key, value)?;
+                set_in_steps(&mut steps, key, value)?;
             }
         }
         for step in &mut steps {
@@ -129,41 +137,6 @@ impl ExperimentSpec {
     }
 }
 
-/// Set (or with `"-"` remove) `STEP.a.b.c` in `steps`; `*` as STEP sets it in every step
-/// where `a.b` exists.
-fn apply(steps: &mut [toml::Value], key: &str, value: &toml::Value) -> Result<(), String> {
-    let mut parts = key.split('.');
-    let step_name = parts.next().unwrap_or_default();
-    let path: Vec<&str> = parts.collect();
-    let Some((last, parents)) = path.split_last() else {
-        return Err(format!("{key:?}: expected STEP.key"));
-    };
-    let mut matched = false;
-    for step in steps.iter_mut() {
-        let name = step.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-        if step_name != "*" && step_name != name {
-            continue;
-        }
-        let mut table = step.as_table_mut();
-        for p in parents {
-            table = match table {
-                Some(t) if step_name == "*" => t.get_mut(*p).and_then(|v| v.as_table_mut()),
-                Some(t) => Some(t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().ok_or_else(|| format!("{key:?}: `{p}` is not a table"))?),
-                None => None,
-            };
-        }
-        if let Some(t) = table {
-            if value.as_str() == Some("-") {
-                t.remove(*last);
-            } else {
-                t.insert(last.to_string(), value.clone());
-            }
-            matched = true;
-        }
-    }
-    if matched || step_name == "*" { Ok(()) } else { Err(format!("{key:?}: no step {step_name:?}")) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,14 +144,14 @@ mod tests {
     #[test]
     fn overrides_reach_named_and_starred_steps() {
         let mut steps: Vec<toml::Value> = vec![toml::from_str("name = \"a\"\n[train.train]\nsteps = 100\n").unwrap(), toml::from_str("name = \"b\"\n[upcycle]\nscheme = \"x\"\n").unwrap()];
-        apply(&mut steps, "*.train.train.steps", &toml::Value::Integer(3)).unwrap();
-        apply(&mut steps, "b.upcycle.params.ratio", &toml::Value::Float(0.5)).unwrap();
-        apply(&mut steps, "b.upcycle.scheme", &toml::Value::String("-".into())).unwrap();
+        set_in_steps(&mut steps, "*.train.train.steps", &toml::Value::Integer(3)).unwrap();
+        set_in_steps(&mut steps, "b.upcycle.params.ratio", &toml::Value::Float(0.5)).unwrap();
+        set_in_steps(&mut steps, "b.upcycle.scheme", &toml::Value::String("-".into())).unwrap();
         assert_eq!(steps[0]["train"]["train"]["steps"].as_integer(), Some(3));
         assert!(steps[1].get("train").is_none(), "* created a path that did not exist");
         assert_eq!(steps[1]["upcycle"]["params"]["ratio"].as_float(), Some(0.5));
         assert!(steps[1]["upcycle"].get("scheme").is_none());
-        assert!(apply(&mut steps, "c.x.y", &toml::Value::Integer(1)).is_err());
+        assert!(set_in_steps(&mut steps, "c.x.y", &toml::Value::Integer(1)).is_err());
     }
 
     #[test]

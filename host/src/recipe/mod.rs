@@ -44,8 +44,21 @@ impl Recipe {
     /// Read and parse the recipe at `file`; errors name the file (and the line, for
     /// TOML errors), since recipes are written by hand.
     pub fn read(file: &Path) -> anyhow::Result<Self> {
+        Self::read_with(file, &[])
+    }
+
+    /// [`Self::read`] with `--set STEP.PATH=VALUE` overrides applied to its steps (`*`
+    /// as STEP: every step that has the path).
+    pub fn read_with(file: &Path, sets: &[String]) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read the recipe {}", file.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
+        if let Some(steps) = doc.get_mut("steps").and_then(toml::Value::as_array_mut) {
+            for arg in sets {
+                let (key, value) = crate::train::config::overrides::parse_step_set(arg)?;
+                crate::train::config::overrides::set_in_steps(steps, &key, &value).map_err(|e| anyhow::anyhow!("{}: --set {e}", file.display()))?;
+            }
+        }
+        doc.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))
     }
 }
 

@@ -79,6 +79,48 @@ fn set_in(node: &mut toml::Value, path: &[&str], value: toml::Value, arg: &str, 
     }
 }
 
+/// Set (or with `"-"` remove) `STEP.a.b.c` in `steps`; `*` as STEP sets it in every step
+/// where `a.b` exists.
+pub fn set_in_steps(steps: &mut [toml::Value], key: &str, value: &toml::Value) -> Result<(), String> {
+    let mut parts = key.split('.');
+    let step_name = parts.next().unwrap_or_default();
+    let path: Vec<&str> = parts.collect();
+    let Some((last, parents)) = path.split_last() else {
+        return Err(format!("{key:?}: expected STEP.key"));
+    };
+    let mut matched = false;
+    for step in steps.iter_mut() {
+        let name = step.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        if step_name != "*" && step_name != name {
+            continue;
+        }
+        let mut table = step.as_table_mut();
+        for p in parents {
+            table = match table {
+                Some(t) if step_name == "*" => t.get_mut(*p).and_then(|v| v.as_table_mut()),
+                Some(t) => Some(t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().ok_or_else(|| format!("{key:?}: `{p}` is not a table"))?),
+                None => None,
+            };
+        }
+        if let Some(t) = table {
+            if value.as_str() == Some("-") {
+                t.remove(*last);
+            } else {
+                t.insert(last.to_string(), value.clone());
+            }
+            matched = true;
+        }
+    }
+    if matched || step_name == "*" { Ok(()) } else { Err(format!("{key:?}: no step {step_name:?}")) }
+}
+
+/// `STEP.PATH=VALUE` of a recipe's or experiment's `--set`: the key and the value (typed
+/// as in [`apply`]).
+pub fn parse_step_set(arg: &str) -> Result<(String, toml::Value), OverrideError> {
+    let (key, raw) = arg.split_once('=').ok_or_else(|| OverrideError::Form(arg.to_string()))?;
+    Ok((key.trim().to_string(), value(raw.trim())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
