@@ -272,6 +272,26 @@ fn rank_pid(run_dir: &Path, rank: usize) -> Option<u32> {
     None
 }
 
+/// A 2-rank `recast train CFG --out RUN` started in the background, once its checkpoint
+/// of step `step` exists.
+#[cfg(feature = "mpi")]
+fn two_ranks_until_checkpoint(cfg: &str, run: &Path, step: u64) -> std::process::Child {
+    let job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_recast"), "train", cfg, "--out", &run.display().to_string(), "--threads", "1"])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mpirun");
+    let checkpoint = run.join(format!("checkpoints/step-{step:08}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while !checkpoint.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint at step {step}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    job
+}
+
 #[cfg(feature = "mpi")]
 #[test]
 fn a_killed_rank_ends_the_job_naming_it_and_the_run_resumes_on_two_ranks_or_one() {
@@ -279,19 +299,7 @@ fn a_killed_rank_ends_the_job_naming_it_and_the_run_resumes_on_two_ranks_or_one(
     let (cfg, run) = (dir.path().join("often.toml"), dir.path().join("run"));
     let text_cfg = std::fs::read_to_string(repo().join("examples/tiny-moe.toml")).expect("tiny-moe").replace("checkpoint_every = 100", "checkpoint_every = 3");
     std::fs::write(&cfg, text_cfg).expect("write");
-    let job = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_recast"), "train", &cfg.display().to_string(), "--out", &run.display().to_string(), "--threads", "1"])
-        .current_dir(repo())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mpirun");
-    let first = run.join("checkpoints/step-00000003");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    while !first.exists() {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint at step 3");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let job = two_ranks_until_checkpoint(&cfg.display().to_string(), &run, 3);
     let pid = rank_pid(&run, 1).expect("rank 1 is running");
     let killed = std::time::Instant::now();
     assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill").success());
@@ -320,19 +328,7 @@ fn a_rank_that_stops_answering_ends_the_job_after_the_collective_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = dir.path().join("run");
     let cfg = tiny_moe_with(dir.path(), "timeout.toml", &[("checkpoint_every = 100", "checkpoint_every = 2"), ("[train]", "[distributed]\ncollective_timeout_s = 20\n\n[train]")]);
-    let job = Command::new("mpirun")
-        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_recast"), "train", &cfg, "--out", &run.display().to_string(), "--threads", "1"])
-        .current_dir(repo())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mpirun");
-    let first = run.join("checkpoints/step-00000002");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    while !first.exists() {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint at step 2");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let job = two_ranks_until_checkpoint(&cfg, &run, 2);
     // Rank 1 stops (SIGSTOP): alive, connected, silent. Rank 0 must not wait forever.
     let pid = rank_pid(&run, 1).expect("rank 1 is running");
     assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().expect("kill").success());

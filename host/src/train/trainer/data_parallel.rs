@@ -170,8 +170,8 @@ impl Job {
         for name in foreign {
             if let Some(t) = params.get(&name) {
                 freed += t.elem_count();
-                let placeholder = empty(t)?;
-                params.insert(name, placeholder, None);
+                let stand_in = empty(t)?;
+                params.insert(name, stand_in, None);
             }
         }
         let local = self.experts.as_ref().map_or(0..0, |g| self.layout.expert_rank() * g.per_rank..(self.layout.expert_rank() + 1) * g.per_rank);
@@ -253,7 +253,7 @@ impl Job {
     }
 
     /// `t` as rank `root` holds it, shape included, on every rank (`t`'s dtype and
-    /// device): the other ranks may hold only a placeholder of it.
+    /// device): the other ranks may hold only an empty stand-in of it.
     fn broadcast_whole(&self, root: usize, t: &Tensor) -> Result<Tensor, String> {
         let values = t.to_dtype(DType::F32).and_then(|x| x.flatten_all()).and_then(|x| x.to_vec1::<f32>()).map_err(|e| e.to_string())?;
         let mut bytes: Vec<u8> = (t.dims().len() as u64).to_le_bytes().to_vec();
