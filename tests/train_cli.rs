@@ -500,3 +500,42 @@ fn set_overrides_config_values_and_checks_them_like_the_file() {
         assert!(support::text(&out).contains(expected), "--set {set}: {}", support::text(&out));
     }
 }
+
+/// `recast data prepare` reads gzipped JSONL, takes only `--include` matches inside
+/// folders, reports the files it skipped, and holds out whole documents sampled with the
+/// seed.
+#[test]
+fn prepare_reads_gzipped_jsonl_filters_folders_and_reports_skipped_files() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("m{i:02}.py")), format!("def f{i}(x):\n    return x * {i}\n").repeat(20)).unwrap();
+    }
+    std::fs::write(src.join("notes.md"), "# notes\n".repeat(50)).unwrap();
+    std::fs::write(src.join("blob.bin"), [0xffu8, 0xfe, 0x00, 0x80]).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    for i in 0..30 {
+        writeln!(gz, "{}", serde_json::json!({ "text": format!("line {i} of a compressed corpus, repeated. ").repeat(8) })).unwrap();
+    }
+    std::fs::write(src.join("corpus.jsonl.gz"), gz.finish().unwrap()).unwrap();
+
+    let out = dir.path().join("all");
+    let o = run(&["data", "prepare", "--out", out.to_str().unwrap(), "--domain", &format!("mixed={}", src.display()), "--valid-fraction", "0.1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("skipped 1 files that are not UTF-8 text") && stdout.contains("blob.bin"), "{stdout}");
+    // 12 modules + 1 page + 30 JSONL lines = 43 documents, some held out whole.
+    assert!(stdout.contains("of 43 documents"), "{stdout}");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("mixed/meta.json")).unwrap()).unwrap();
+    assert!(meta["sources"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().ends_with("corpus.jsonl.gz")), "{meta}");
+
+    let only_py = dir.path().join("py");
+    let o = run(&["data", "prepare", "--out", only_py.to_str().unwrap(), "--domain", &format!("py={}", src.display()), "--include", "*.py", "--seed", "3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(only_py.join("py/meta.json")).unwrap()).unwrap();
+    let sources = meta["sources"].as_array().unwrap();
+    assert!(sources.len() == 12 && sources.iter().all(|s| s.as_str().unwrap().ends_with(".py")), "{meta}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("of 12 documents"), "{}", text(&o));
+}

@@ -75,9 +75,17 @@ pub(super) enum DataCommand {
         /// Field of each JSONL line that holds the text.
         #[arg(long, default_value = "text")]
         jsonl_field: String,
-        /// Fraction of each domain's tokens held out for validation.
+        /// Fraction of each domain's tokens held out for validation, in whole documents
+        /// sampled with --seed.
         #[arg(long, default_value_t = 0.05)]
         valid_fraction: f64,
+        /// Inside folders, read only files whose name matches this glob (repeatable,
+        /// e.g. --include '*.py' --include '*.md'); files named directly are always read.
+        #[arg(long = "include", value_name = "GLOB")]
+        include: Vec<String>,
+        /// Seeds the shuffle of the documents that picks the validation split.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 

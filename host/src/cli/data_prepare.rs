@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::data::prepare::{DomainInput, prepare};
+use crate::data::prepare::{DomainInput, PrepareOptions, prepare};
 use crate::data::tokenizer::Tokenizer;
 
 /// `NAME=PATH[,PATH...]`.
@@ -16,7 +16,16 @@ pub(super) fn parse_domain(arg: &str) -> Result<(String, Vec<PathBuf>), String> 
     Ok((name.to_string(), paths.split(',').map(PathBuf::from).collect()))
 }
 
-pub(super) fn run(out: &Path, domains: &[(String, Vec<PathBuf>)], tokenizer: &str, jsonl_field: &str, valid_fraction: f64) -> anyhow::Result<()> {
+/// `recast data prepare`'s arguments.
+pub(super) struct PrepareArgs<'a> {
+    pub tokenizer: &'a str,
+    pub jsonl_field: &'a str,
+    pub valid_fraction: f64,
+    pub include: &'a [String],
+    pub seed: u64,
+}
+
+pub(super) fn run(out: &Path, domains: &[(String, Vec<PathBuf>)], args: &PrepareArgs<'_>) -> anyhow::Result<()> {
     if domains.is_empty() {
         bail!("give at least one --domain NAME=PATH");
     }
@@ -27,11 +36,26 @@ pub(super) fn run(out: &Path, domains: &[(String, Vec<PathBuf>)], tokenizer: &st
             }
         }
     }
-    let tokenizer = Tokenizer::from_spec(tokenizer)?;
+    let tokenizer = Tokenizer::from_spec(args.tokenizer)?;
+    let include = args.include.iter().map(|g| glob::Pattern::new(g).with_context(|| format!("--include {g:?}"))).collect::<anyhow::Result<Vec<_>>>()?;
+    let options = PrepareOptions { jsonl_field: args.jsonl_field.to_string(), valid_fraction: args.valid_fraction, include, seed: args.seed };
     let inputs: Vec<DomainInput> = domains.iter().map(|(name, paths)| DomainInput { name: name.clone(), paths: paths.clone() }).collect();
-    let prepared = prepare(&inputs, &tokenizer, jsonl_field, valid_fraction, out).with_context(|| format!("cannot prepare data into {}", out.display()))?;
+    let prepared = prepare(&inputs, &tokenizer, &options, out).with_context(|| format!("cannot prepare data into {}", out.display()))?;
     for p in prepared {
-        println!("{}: {} train + {} validation tokens from {} files -> {}", p.meta.domain, p.meta.train_tokens, p.meta.valid_tokens, p.meta.sources.len(), p.dir.display());
+        println!(
+            "{}: {} train + {} validation tokens ({} of {} documents) from {} files -> {}",
+            p.meta.domain,
+            p.meta.train_tokens,
+            p.meta.valid_tokens,
+            p.valid_documents,
+            p.documents,
+            p.meta.sources.len(),
+            p.dir.display()
+        );
+        if let Some(first) = p.skipped.first() {
+            let more = if p.skipped.len() > 1 { format!(", {} more", p.skipped.len() - 1) } else { String::new() };
+            println!("{}: skipped {} files that are not UTF-8 text ({}{more})", p.meta.domain, p.skipped.len(), first.display());
+        }
     }
     Ok(())
 }

@@ -326,7 +326,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             train::eval(&run_dir)
         }
         Command::Report { run_dir } => report::run(&run_dir),
-        Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction }) => data_prepare::run(&out, &domains, &tokenizer, &jsonl_field, valid_fraction),
+        Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction, include, seed }) => {
+            data_prepare::run(&out, &domains, &data_prepare::PrepareArgs { tokenizer: &tokenizer, jsonl_field: &jsonl_field, valid_fraction, include: &include, seed })
+        }
         Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed } => {
             upcycle::run(crate::run::upcycle::UpcycleJob { sources, scheme, params, out, format, dtype: dtype.map(DTypeArg::dtype), max_shard_bytes: max_shard_size, seed })
         }

@@ -1,11 +1,16 @@
-//! `recast data prepare`: text files, JSONL files (one field per line) and directories
-//! of source files into per-domain token shards with a train/validation split.
+//! `recast data prepare`: text files, JSONL files (plain or gzipped; one field per
+//! line) and directories of source files into per-domain token shards. The documents of
+//! a domain are shuffled with a seed, and whole documents sampled that way form its
+//! validation split, so held-out text is a sample of the domain, not the tail of the
+//! last file in name order.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::error::DataError;
 use super::shards::{ShardMeta, write_split};
 use super::tokenizer::Tokenizer;
+use crate::model::init::SplitMix64;
 
 /// One domain's inputs.
 pub struct DomainInput {
@@ -13,41 +18,60 @@ pub struct DomainInput {
     pub paths: Vec<PathBuf>,
 }
 
+/// How documents are read and split.
+pub struct PrepareOptions {
+    /// The field of each JSONL line that holds the text.
+    pub jsonl_field: String,
+    /// The share of each domain's tokens held out for validation, in whole documents.
+    pub valid_fraction: f64,
+    /// Inside folders, only files whose name matches one of these (all when empty);
+    /// files named on the command line are always read.
+    pub include: Vec<glob::Pattern>,
+    /// Seeds the shuffle of the documents.
+    pub seed: u64,
+}
+
 /// What was written for one domain.
 pub struct PreparedDomain {
     pub dir: PathBuf,
     pub meta: ShardMeta,
+    /// Files inside the folders that were not read: not UTF-8 text (binary files).
+    pub skipped: Vec<PathBuf>,
+    /// Documents in the validation split, of all documents.
+    pub valid_documents: usize,
+    pub documents: usize,
 }
 
-/// Tokenise every domain into `out/<name>/`; the last `valid_fraction` of each domain's
-/// tokens form its validation split. `jsonl_field` is the field read from `.jsonl` lines.
-pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, jsonl_field: &str, valid_fraction: f64, out: &Path) -> Result<Vec<PreparedDomain>, DataError> {
+/// Tokenise every domain into `out/<name>/`.
+pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, options: &PrepareOptions, out: &Path) -> Result<Vec<PreparedDomain>, DataError> {
+    let valid_fraction = options.valid_fraction;
     if !(0.0..1.0).contains(&valid_fraction) || valid_fraction == 0.0 {
         return Err(DataError::Invalid { path: out.into(), reason: format!("validation fraction {valid_fraction} must be in (0, 1)") });
     }
     let separator = tokenizer.encode("\n\n")?;
     let mut prepared = Vec::new();
     for input in inputs {
-        let mut files = Vec::new();
+        let (mut files, mut skipped) = (Vec::new(), Vec::new());
         for path in &input.paths {
-            collect_files(path, &mut files)?;
+            collect_files(path, &options.include, true, &mut files, &mut skipped)?;
         }
-        let mut tokens = Vec::new();
+        let mut docs: Vec<Vec<u32>> = Vec::new();
         for file in &files {
-            for doc in documents(file, jsonl_field)? {
-                tokens.extend(tokenizer.encode(&doc)?);
+            for doc in documents(file, &options.jsonl_field)? {
+                let mut tokens = tokenizer.encode(&doc)?;
                 tokens.extend_from_slice(&separator);
+                docs.push(tokens);
             }
         }
-        let valid_len = ((tokens.len() as f64) * valid_fraction).ceil() as usize;
-        if tokens.len() < 2 || valid_len == 0 || valid_len >= tokens.len() {
-            return Err(DataError::Domain { domain: input.name.clone(), reason: format!("{} tokens from {} files are too few to split into train and validation", tokens.len(), files.len()) });
+        let (total, documents) = (docs.iter().map(Vec::len).sum::<usize>(), docs.len());
+        let (train, valid, valid_documents) = split(docs, valid_fraction, options.seed);
+        if train.is_empty() || valid.is_empty() {
+            return Err(DataError::Domain { domain: input.name.clone(), reason: format!("{total} tokens from {} files are too few to split into train and validation", files.len()) });
         }
-        let (train, valid) = tokens.split_at(tokens.len() - valid_len);
         let dir = out.join(&input.name);
         std::fs::create_dir_all(&dir).map_err(|source| DataError::Io { path: dir.clone(), source })?;
-        let train_sha256 = write_split(&dir.join("train.bin"), train)?;
-        let valid_sha256 = write_split(&dir.join("valid.bin"), valid)?;
+        let train_sha256 = write_split(&dir.join("train.bin"), &train)?;
+        let valid_sha256 = write_split(&dir.join("valid.bin"), &valid)?;
         let meta = ShardMeta {
             domain: input.name.clone(),
             tokenizer: tokenizer.spec(),
@@ -61,16 +85,51 @@ pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, jsonl_field: &str,
         };
         let json = serde_json::to_string_pretty(&meta).map_err(|e| DataError::Invalid { path: dir.clone(), reason: e.to_string() })?;
         crate::atomic_file::write(&dir.join("meta.json"), json.as_bytes()).map_err(|source| DataError::Io { path: dir.join("meta.json"), source })?;
-        prepared.push(PreparedDomain { dir, meta });
+        prepared.push(PreparedDomain { dir, meta, skipped, valid_documents, documents });
     }
     Ok(prepared)
 }
 
-/// Files under `path` in name order; hidden entries and build folders are skipped.
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+/// The train and validation tokens of `docs`: the documents in an order shuffled with
+/// `seed`, the first ones into validation until they hold `valid_fraction` of the
+/// tokens (at least one document, never all). A domain of one document is split inside
+/// it (its tail is held out). Returns the number of validation documents too.
+fn split(mut docs: Vec<Vec<u32>>, valid_fraction: f64, seed: u64) -> (Vec<u32>, Vec<u32>, usize) {
+    let total: usize = docs.iter().map(Vec::len).sum();
+    let wanted = ((total as f64) * valid_fraction).ceil() as usize;
+    if docs.len() < 2 {
+        let all = docs.concat();
+        let cut = all.len().saturating_sub(wanted.max(1));
+        return (all[..cut].to_vec(), all[cut..].to_vec(), usize::from(!all.is_empty()));
+    }
+    let mut rng = SplitMix64(seed);
+    for i in (1..docs.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        docs.swap(i, j);
+    }
+    let (mut valid, mut taken) = (Vec::new(), 0);
+    while taken < docs.len() - 1 && (valid.is_empty() || valid.len() < wanted) {
+        valid.extend_from_slice(&docs[taken]);
+        taken += 1;
+    }
+    (docs[taken..].concat(), valid, taken)
+}
+
+/// Files under `path` in name order; hidden entries and build folders are skipped, and
+/// inside folders only files matching `include` (when given) that are UTF-8 text or
+/// gzipped JSONL. A file named directly (`named`) is always taken.
+fn collect_files(path: &Path, include: &[glob::Pattern], named: bool, out: &mut Vec<PathBuf>, skipped: &mut Vec<PathBuf>) -> Result<(), DataError> {
     let meta = std::fs::metadata(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     if meta.is_file() {
-        out.push(path.into());
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !named && !include.is_empty() && !include.iter().any(|p| p.matches(&name)) {
+            return Ok(());
+        }
+        if named || is_gzipped_jsonl(path) || std::fs::read(path).map(|b| std::str::from_utf8(&b).is_ok()).unwrap_or(false) {
+            out.push(path.into());
+        } else {
+            skipped.push(path.into());
+        }
         return Ok(());
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(path).map_err(|source| DataError::Io { path: path.into(), source })?.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -80,19 +139,28 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
         if name.starts_with('.') || name == "target" || name == "node_modules" {
             continue;
         }
-        if entry.is_dir() {
-            collect_files(&entry, out)?;
-        } else if std::fs::read(&entry).map(|b| std::str::from_utf8(&b).is_ok()).unwrap_or(false) {
-            out.push(entry);
-        }
+        collect_files(&entry, include, false, out, skipped)?;
     }
     Ok(())
 }
 
-/// The documents of one file: each line's `field` for `.jsonl`, else the whole text.
+fn is_gzipped_jsonl(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(".jsonl.gz")
+}
+
+/// The documents of one file: each line's `field` for `.jsonl` and `.jsonl.gz`, else
+/// the whole text.
 fn documents(path: &Path, field: &str) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.into(), source })?;
-    if path.extension().is_some_and(|e| e == "jsonl") {
+    let io = |source| DataError::Io { path: path.into(), source };
+    let text = if is_gzipped_jsonl(path) {
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(|e| DataError::Invalid { path: path.into(), reason: format!("not gzipped UTF-8 JSONL: {e}") })?;
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(io)?
+    };
+    if path.extension().is_some_and(|e| e == "jsonl") || is_gzipped_jsonl(path) {
         let mut docs = Vec::new();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let value: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError::Invalid { path: path.into(), reason: format!("line {}: not JSON: {e}", i + 1) })?;
@@ -104,4 +172,24 @@ fn documents(path: &Path, field: &str) -> Result<Vec<String>, DataError> {
         return Ok(docs);
     }
     Ok(vec![text])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn validation_takes_whole_shuffled_documents_and_never_all() {
+        let docs: Vec<Vec<u32>> = (0..20).map(|d| vec![d; 10]).collect();
+        let (train, valid, n) = split(docs.clone(), 0.1, 7);
+        assert_eq!((train.len(), valid.len(), n), (180, 20, 2));
+        // Whole documents, not the last ones in order, and the same for the same seed.
+        assert!(valid.chunks(10).all(|c| c.iter().all(|&t| t == c[0])));
+        assert_ne!(valid, [vec![18u32; 10], vec![19; 10]].concat());
+        assert_eq!(split(docs.clone(), 0.1, 7).1, valid);
+        assert_ne!(split(docs, 0.1, 8).1, valid);
+        // One document: its tail.
+        let (train, valid, _) = split(vec![(0..10).collect()], 0.3, 1);
+        assert_eq!((train, valid), ((0..7).collect(), vec![7, 8, 9]));
+    }
 }
