@@ -56,21 +56,29 @@ struct Runs {
     runs: Vec<Vec<f32>>,
     /// The names and lengths in each run, in order.
     names: Vec<Vec<(String, usize)>>,
+    /// Each run's length (also of runs whose values are not held here).
+    lens: Vec<usize>,
 }
 
 impl Runs {
     fn new(replicas: usize) -> Self {
-        Runs { runs: vec![Vec::new(); replicas], names: vec![Vec::new(); replicas] }
+        Runs { runs: vec![Vec::new(); replicas], names: vec![Vec::new(); replicas], lens: vec![0; replicas] }
     }
 
     fn push(&mut self, owner: usize, name: &str, values: Vec<f32>) {
-        self.names[owner].push((name.to_string(), values.len()));
+        self.count(owner, name, values.len());
         self.runs[owner].extend(values);
+    }
+
+    /// Place `n` values of `name` in `owner`'s run without holding them.
+    fn count(&mut self, owner: usize, name: &str, n: usize) {
+        self.names[owner].push((name.to_string(), n));
+        self.lens[owner] += n;
     }
 
     /// The longest run: every replica's block is padded to it.
     fn block(&self) -> usize {
-        self.runs.iter().map(Vec::len).max().unwrap_or(0)
+        self.lens.iter().copied().max().unwrap_or(0)
     }
 }
 
@@ -117,8 +125,11 @@ pub(super) fn all_gather_params(comm: &dyn Communicator, owners: &BTreeMap<Strin
     for (name, p) in params.iter() {
         let owner = owners.get(name).copied().unwrap_or(0);
         // Only the owner's values travel; the others only need the lengths.
-        let v = if owner == me { values(name, p)? } else { vec![0f32; p.elem_count()] };
-        runs.push(owner, name, v);
+        if owner == me {
+            runs.push(owner, name, values(name, p)?);
+        } else {
+            runs.count(owner, name, p.elem_count());
+        }
     }
     let block = runs.block();
     let mut gathered = vec![vec![0f32; block]; replicas];
