@@ -59,5 +59,11 @@ if [[ -f .blas/mkl/.installed ]]; then
 fi
 
 # Heavy tests run in release mode: the plugin runtime's timings (fuel, deadlines) are
-# asserted there, and the release build is shared with the main job.
-cargo test --release --workspace "${features[@]}" "$@"
+# asserted there, and the release build is shared with the main job. One package at a
+# time: the host's tests then build the host exactly as `cargo install --path host`
+# does (tests/install.rs installs it without recompiling), which a workspace-wide build,
+# unifying features with the SDK's dependencies, would not.
+cargo test --release -p recast-host "${features[@]}" "$@"
+if [[ $# -eq 0 ]]; then
+    cargo test --release -p recast-sdk
+fi

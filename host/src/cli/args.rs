@@ -134,6 +134,12 @@ pub(super) enum PluginCommand {
         /// Folder with the plugin's Cargo.toml (or a workspace's).
         path: PathBuf,
     },
+    /// List the reference plugins built into this binary: name, kind, version, sha256.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a component's kind, name, version, contract version, sha256 and exports.
     Inspect {
         /// The component.
@@ -167,7 +173,7 @@ pub(super) enum BenchCommand {
     /// Cost of plugin calls: `spec` and `on-step` in µs, and a per-token `route` call
     /// as a ratio to the same top-k done natively.
     Plugins {
-        /// Router component to measure (default: build plugins/router/topk-softmax).
+        /// Router component to measure (default: the built-in topk-softmax).
         #[arg(long)]
         router: Option<PathBuf>,
         /// Tokens in the `route` micro-batch.

@@ -1,10 +1,10 @@
 //! `recast bench plugins`: what plugin calls cost, measured against native work in the
 //! same process.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::moe::router::softmax_topk;
 use crate::plugins::router::{LayerInfo, LayerStats, TokenLogits};
@@ -14,15 +14,12 @@ pub(super) fn plugins(router: Option<&Path>, tokens: u32, experts: u32, top_k: u
     if top_k == 0 || top_k > experts {
         bail!("--top-k must be between 1 and --experts ({experts})");
     }
-    let file = match router {
-        Some(f) => f.to_path_buf(),
-        None => reference_router()?,
-    };
+    let file = crate::run::plugin_source::plugin_bytes(router.is_none().then_some("topk-softmax"), router, crate::plugins::PluginKind::Router)?;
     let engine = PluginEngine::new()?;
-    let component = engine.load_file(&file)?;
+    let component = engine.load_bytes(&file.label, &file.bytes)?;
     let params = format!("top_k = {top_k}\nper_token_route = true");
     let mut plugin = RouterPlugin::new(&engine, &component, &params, 0, PluginLimits::default())?;
-    println!("router {} ({}, {} KiB)", file.display(), component.digest(), component.size_bytes().div_ceil(1024));
+    println!("router {} ({}, {} KiB)", file.label, component.digest(), component.size_bytes().div_ceil(1024));
 
     let (layers, stats) = synthetic_layers(8, experts, tokens, top_k, |_| tokens * top_k / experts);
 
@@ -92,13 +89,6 @@ pub(super) fn synthetic_layers(count: u32, experts: u32, tokens: u32, top_k: u32
         })
         .collect();
     (layers, stats)
-}
-
-/// Build the reference `topk-softmax` router from this source tree.
-fn reference_router() -> anyhow::Result<PathBuf> {
-    let crate_dir = super::source_root().join("plugins/router/topk-softmax");
-    let built = super::build_plugins(&crate_dir).context("building the reference router (pass --router FILE to skip)")?;
-    built.into_iter().find(|p| p.name == "topk-softmax").map(|p| p.path).context("the build produced no topk-softmax component")
 }
 
 fn random_logits(tokens: u32, experts: u32) -> TokenLogits {

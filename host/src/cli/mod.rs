@@ -18,6 +18,7 @@ mod lock;
 mod plugin_build;
 mod plugin_check;
 mod plugin_inspect;
+mod plugin_list;
 mod plugin_new;
 mod recipe;
 mod report;
@@ -276,6 +277,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plugin(PluginCommand::New { kind, name, lang, dir, sdk }) => plugin_new::run(kind, &name, lang, &dir, sdk.as_deref()),
         Command::Plugin(PluginCommand::Build { path }) => plugin_build::run(&path),
         Command::Plugin(PluginCommand::Inspect { file, json }) => plugin_inspect::run(&file, json),
+        Command::Plugin(PluginCommand::List { json }) => plugin_list::run(json),
         Command::Plugin(PluginCommand::Check { file, params, limits }) => plugin_check::run(&file, params.as_deref(), limits.limits()),
         Command::Bench(BenchCommand::Languages { repeats }) => bench_languages::languages(repeats.max(1)),
         Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1)),

@@ -5,9 +5,11 @@
 //! (componentize-py), one with `package.json` and a `"recast"` key is JavaScript
 //! (componentize-js). Every output is loaded once to say whether this host accepts it.
 
+pub mod embedded;
 mod javascript;
 mod python;
 mod rust;
+pub mod rustflags;
 mod tools;
 
 use std::path::{Path, PathBuf};

@@ -63,22 +63,8 @@ pub(super) fn build(engine: &PluginEngine, path: &Path) -> anyhow::Result<Vec<Bu
     Ok(built)
 }
 
-/// Rust embeds the absolute paths of path and registry dependencies (panic locations);
-/// remapping them keeps the build machine's directories out of shared components, so
-/// two builds from the same checkout path give the same sha256. (Checkouts at different
-/// paths still differ: cargo hashes these flags into symbol names.) The flags are the
-/// same for every crate, so builds share compiled dependencies.
 fn path_remap_rustflags() -> String {
-    let mut remaps = Vec::new();
-    if let Ok(root) = super::source_root().canonicalize() {
-        remaps.push(format!("--remap-path-prefix={}=/recast", root.display()));
-    }
-    let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
-    if let Some(home) = cargo_home.and_then(|h| h.canonicalize().ok()) {
-        remaps.push(format!("--remap-path-prefix={}=/cargo", home.display()));
-    }
-    let quoted: Vec<String> = remaps.iter().map(|r| format!("{r:?}")).collect();
-    format!("build.rustflags=[{}]", quoted.join(","))
+    super::rustflags::path_remap_config(&super::source_root())
 }
 
 /// `(package name, module path)` of a cdylib wasm artifact in one line of cargo's JSON.
@@ -101,7 +87,13 @@ fn cdylib_artifact(line: &str) -> Option<(String, PathBuf)> {
 /// component.
 fn componentize(module: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
-    wit_component::ComponentEncoder::default().validate(true).module(&bytes).and_then(|encoder| encoder.encode()).map_err(|e| anyhow::anyhow!("{e:#}"))
+    componentize_module(&bytes)
+}
+
+/// Wrap core-module bytes into a component (the embedded reference plugins are stored as
+/// core modules and wrapped when first used).
+pub(super) fn componentize_module(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    wit_component::ComponentEncoder::default().validate(true).module(bytes).and_then(|encoder| encoder.encode()).map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
 /// Install the wasm target with rustup when it is missing.

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::plugin_source::builtin_dir;
+use super::plugin_source::{Builtin, find_builtin};
 use crate::plugin_build::build_plugins;
+use crate::plugin_build::embedded::EmbeddedPlugin;
 use crate::plugins::MAX_COMPONENT_BYTES;
 use crate::plugins::bundle::{Bundle, BundleLimits, PublicKey};
 use crate::plugins::lock::LockFile;
@@ -67,6 +68,8 @@ fn trusted_keys(config: &RunConfig) -> anyhow::Result<Vec<PublicKey>> {
 
 /// Where a role's component comes from.
 enum Source {
+    /// A reference plugin compiled into this binary: fixed for the binary's life.
+    Embedded(&'static EmbeddedPlugin),
     /// A `.wasm` file.
     File(PathBuf),
     /// A plugin crate folder (a reference plugin, or `file` naming a folder): rebuilt
@@ -92,7 +95,10 @@ impl Source {
             return Ok(Source::File(file.clone()));
         }
         let dir = match (&r.builtin, &r.file) {
-            (Some(name), _) => builtin_dir(name, kind)?,
+            (Some(name), _) => match find_builtin(name, kind)? {
+                Builtin::Embedded(plugin) => return Ok(Source::Embedded(plugin)),
+                Builtin::Source(dir) => dir,
+            },
             (None, Some(dir)) => dir.clone(),
             (None, None) => bail!("name a reference plugin, a plugin file or a bundle"),
         };
@@ -101,6 +107,7 @@ impl Source {
 
     fn describe(&self) -> String {
         match self {
+            Source::Embedded(plugin) => plugin.label(),
             Source::File(p) | Source::Crate(p) => p.display().to_string(),
             Source::Bundle { path, plugin } => format!("{} ({})", path.display(), plugin.as_deref().unwrap_or("its only plugin of this kind")),
         }
@@ -108,6 +115,7 @@ impl Source {
 
     fn watch_paths(&self) -> Vec<PathBuf> {
         match self {
+            Source::Embedded(_) => Vec::new(),
             Source::File(p) => vec![p.clone()],
             Source::Crate(dir) => vec![dir.join("src"), dir.join("Cargo.toml")],
             Source::Bundle { path, .. } => vec![path.clone()],
@@ -116,6 +124,10 @@ impl Source {
 
     fn fetcher(&self, kind: PluginKind, trusted: Vec<PublicKey>, limits: BundleLimits) -> Fetch {
         match self {
+            Source::Embedded(plugin) => {
+                let plugin: &'static EmbeddedPlugin = plugin;
+                Box::new(move || Ok(Fetched { label: plugin.label(), bytes: plugin.component().map_err(|e| format!("{e:#}"))?.to_vec() }))
+            }
             Source::File(path) => {
                 let path = path.clone();
                 Box::new(move || {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::plugin_source::scheme_file;
+use super::plugin_source::scheme_bytes;
 use crate::plugins::{InitSchemePlugin, PluginEngine, PluginKind, PluginLimits};
 use crate::upcycle::{Format, Provenance, UpcycleOptions, UpcycleReport, upcycle};
 
@@ -61,11 +61,11 @@ pub fn run_upcycle(job: &UpcycleJob, observer: &mut dyn UpcycleObserver) -> anyh
         Some(p) => p.clone(),
         None => String::new(),
     };
-    let file = scheme_file(&job.scheme, PluginKind::InitScheme).with_context(|| format!("--scheme {}", job.scheme))?;
+    let file = scheme_bytes(&job.scheme, PluginKind::InitScheme).with_context(|| format!("--scheme {}", job.scheme))?;
     let engine = PluginEngine::new()?;
-    let component = engine.load_file(&file)?;
+    let component = engine.load_bytes(&file.label, &file.bytes)?;
     if component.kind() != PluginKind::InitScheme {
-        bail!("--scheme {}: {} is a {} plugin, not an init-scheme", job.scheme, file.display(), component.kind());
+        bail!("--scheme {}: {} is a {} plugin, not an init-scheme", job.scheme, file.label, component.kind());
     }
     let mut plugin = InitSchemePlugin::new(&engine, &component, &params, job.seed, PluginLimits::default())?;
     let provenance = Provenance { scheme: plugin.instance().meta().name.clone(), scheme_digest: component.digest().to_hex(), params };
