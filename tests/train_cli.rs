@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{TINY_MOE, plugin, recast, run, text};
+use support::{TINY_MOE, plugin, recast, repo, run, text};
 
 fn config(dir: &Path, extra_train: &str) -> PathBuf {
     let path = dir.join("run.toml");
@@ -329,7 +329,9 @@ fn a_tokenizer_json_prepares_and_trains() {
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(shards.join("story/meta.json")).unwrap()).unwrap();
     assert_eq!(meta["vocab_size"], 9);
     assert_eq!(meta["train_tokens"].as_u64().unwrap() + meta["valid_tokens"].as_u64().unwrap(), 400, "one token per word, unknown words as [UNK]");
-    let ids: Vec<u32> = std::fs::read(shards.join("story/train.bin")).unwrap().chunks_exact(4).take(10).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    // Nine token ids fit in u16: half the bytes of u32.
+    assert_eq!(meta["token_bytes"], 2);
+    let ids: Vec<u32> = std::fs::read(shards.join("story/train.bin")).unwrap().chunks_exact(2).take(10).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]))).collect();
     assert_eq!(ids, vec![1, 2, 3, 4, 1, 5, 6, 7, 8, 0]);
 
     let cfg = config(dir.path(), "steps = 2");
@@ -352,11 +354,24 @@ fn a_tokenizer_json_prepares_and_trains() {
     std::fs::write(&cfg, body.replace(&format!("tokenizer = \"{}\"", tok.display()), &format!("tokenizer = \"{}\"", copy.display()))).unwrap();
     let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r2").to_str().unwrap()]);
     assert!(o.status.success(), "the same tokenizer by another path was refused\n{}", text(&o));
+    // The run records the tokenizer by content, in its config and its checkpoints.
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&tok).unwrap()))
+    };
+    let run_config = std::fs::read_to_string(dir.path().join("r2/config.toml")).unwrap();
+    assert!(run_config.contains(&format!("tokenizer_sha256 = \"{sha}\"")), "{run_config}");
+    let checkpoint = std::fs::read_dir(dir.path().join("r2/checkpoints")).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).max().unwrap();
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(checkpoint.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["tokenizer_sha256"], sha.as_str());
     let mut other = tokenizer.clone();
     other["model"]["vocab"]["zebra"] = serde_json::json!(9);
     std::fs::write(&copy, other.to_string()).unwrap();
     let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r3").to_str().unwrap()]);
     assert!(!o.status.success() && text(&o).contains("prepared with tokenizer"), "{}", text(&o));
+    // A run whose tokenizer file changed since it started does not resume on it.
+    let o = train(&["--resume", dir.path().join("r2").to_str().unwrap(), "--max-steps", "3"]);
+    assert!(!o.status.success() && text(&o).contains(&sha) && text(&o).contains("different tokenizer"), "{}", text(&o));
 }
 
 #[test]
@@ -538,4 +553,68 @@ fn prepare_reads_gzipped_jsonl_filters_folders_and_reports_skipped_files() {
     let sources = meta["sources"].as_array().unwrap();
     assert!(sources.len() == 12 && sources.iter().all(|s| s.as_str().unwrap().ends_with(".py")), "{meta}");
     assert!(String::from_utf8_lossy(&o.stdout).contains("of 12 documents"), "{}", text(&o));
+}
+
+/// `recast data prepare` reads Parquet written by `pyarrow` (snappy and zstd; the text
+/// column only, nulls skipped) and zstd-compressed JSONL, and stores the byte
+/// tokenizer's ids as u16: every document's bytes, each followed by the separator.
+#[test]
+fn prepare_reads_parquet_from_pyarrow_and_zstd_jsonl() {
+    use std::io::Write;
+    let python = repo().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/python-env.sh (scripts/test.sh does it before the tests)", python.display());
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("hub");
+    std::fs::create_dir_all(&src).unwrap();
+    let script = r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+out = sys.argv[1]
+texts = [f"row {i}: " + "parquet text " * (i % 7 + 1) for i in range(40)]
+texts[5] = None
+table = pa.table({"id": list(range(40)), "text": texts, "lang": ["en"] * 40})
+pq.write_table(table, out + "/train-00000-of-00002.parquet", row_group_size=16)
+pq.write_table(table.slice(0, 10), out + "/train-00001-of-00002.parquet", compression="zstd")
+"#;
+    let o = std::process::Command::new(&python).args(["-c", script, src.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "pyarrow: {}", text(&o));
+    let mut zst = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    for i in 0..20 {
+        writeln!(zst, "{}", serde_json::json!({ "text": format!("zstd line {i}"), "meta": i })).unwrap();
+    }
+    std::fs::write(src.join("extra.jsonl.zst"), zst.finish().unwrap()).unwrap();
+
+    let out = dir.path().join("data");
+    let o = run(&["data", "prepare", "--out", out.to_str().unwrap(), "--domain", &format!("hub={}", src.display()), "--valid-fraction", "0.1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // 39 + 9 non-null rows, 20 lines.
+    assert!(String::from_utf8_lossy(&o.stdout).contains("of 68 documents"), "{}", text(&o));
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("hub/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["token_bytes"], 2);
+    let row = |i: usize| format!("row {i}: {}", "parquet text ".repeat(i % 7 + 1)).len() + 2;
+    let expected: usize =
+        (0..40).filter(|&i| i != 5).map(row).sum::<usize>() + (0..10).filter(|&i| i != 5).map(row).sum::<usize>() + (0..20).map(|i| format!("zstd line {i}").len() + 2).sum::<usize>();
+    assert_eq!((meta["train_tokens"].as_u64().unwrap() + meta["valid_tokens"].as_u64().unwrap()) as usize, expected);
+    let bytes = std::fs::metadata(out.join("hub/train.bin")).unwrap().len() + std::fs::metadata(out.join("hub/valid.bin")).unwrap().len();
+    assert_eq!(bytes as usize, expected * 2, "u16 ids");
+    // Every text appears in the shards (decoded from u16 byte ids).
+    let decoded: String = [std::fs::read(out.join("hub/train.bin")).unwrap(), std::fs::read(out.join("hub/valid.bin")).unwrap()]
+        .concat()
+        .chunks_exact(2)
+        .map(|b| char::from(u16::from_le_bytes([b[0], b[1]]) as u8))
+        .collect();
+    for needle in ["row 39: parquet text parquet text parquet text parquet text parquet text ", "zstd line 19", "row 9: "] {
+        assert!(decoded.contains(needle), "{needle:?} missing");
+    }
+    assert!(!decoded.contains("row 5:"), "the null row was read");
+
+    // A missing column is named with the columns there are.
+    let o =
+        run(&["data", "prepare", "--out", dir.path().join("bad").to_str().unwrap(), "--domain", &format!("hub={}", src.join("train-00000-of-00002.parquet").display()), "--text-column", "content"]);
+    assert!(!o.status.success() && text(&o).contains("no column \"content\"") && text(&o).contains("id, text, lang"), "{}", text(&o));
+    // Training reads the u16 shards.
+    let cfg = config(dir.path(), "steps = 2");
+    let body = std::fs::read_to_string(&cfg).unwrap().replace("steps = 20\n", "").replace("builtin = \"prose\"", &format!("shards = \"{}\"", out.join("hub").display()));
+    std::fs::write(&cfg, body).unwrap();
+    let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
 }

@@ -60,8 +60,9 @@ pub(super) enum BundleCommand {
 /// `recast data …`.
 #[derive(Subcommand, Debug)]
 pub(super) enum DataCommand {
-    /// Tokenise text files, JSONL files and folders of source files into per-domain
-    /// token shards (train and validation) that a run config's `shards` can name.
+    /// Tokenise text files, JSONL files (plain, .gz, .zst), Parquet files and folders of
+    /// them into per-domain token shards (train and validation) that a run config's
+    /// `shards` can name.
     Prepare {
         /// Output folder; each domain gets a subfolder.
         #[arg(long)]
@@ -72,8 +73,8 @@ pub(super) enum DataCommand {
         /// `byte` or the path of a Hugging Face tokenizer.json.
         #[arg(long, default_value = "byte")]
         tokenizer: String,
-        /// Field of each JSONL line that holds the text.
-        #[arg(long, default_value = "text")]
+        /// Field of each JSONL line, or column of a Parquet file, that holds the text.
+        #[arg(long, default_value = "text", alias = "text-column")]
         jsonl_field: String,
         /// Fraction of each domain's tokens held out for validation, in whole documents
         /// sampled with --seed.

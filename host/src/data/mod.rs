@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod builtin;
+pub mod documents;
 pub mod domain;
 pub mod error;
 pub mod prepare;

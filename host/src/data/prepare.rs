@@ -1,14 +1,15 @@
-//! `recast data prepare`: text files, JSONL files (plain or gzipped; one field per
-//! line) and directories of source files into per-domain token shards. The documents of
+//! `recast data prepare`: text files, JSONL files (plain, gzipped or zstd; one field
+//! per line), Parquet files (one text column) and directories of them into per-domain
+//! token shards. The documents of
 //! a domain are shuffled with a seed, and whole documents sampled that way form its
 //! validation split, so held-out text is a sample of the domain, not the tail of the
 //! last file in name order.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::documents::{InputFormat, read_documents};
 use super::error::DataError;
-use super::shards::{ShardMeta, write_split};
+use super::shards::{ShardMeta, token_bytes_for, write_split};
 use super::tokenizer::Tokenizer;
 use crate::model::init::SplitMix64;
 
@@ -42,8 +43,20 @@ pub struct PreparedDomain {
     pub documents: usize,
 }
 
+/// What `prepare` reports as it goes, for a progress bar; every method defaults to
+/// nothing.
+pub trait PrepareObserver {
+    /// A domain starts: `files` files to read, `bytes` bytes in all.
+    fn on_domain(&mut self, _domain: &str, _files: usize, _bytes: u64) {}
+    /// One more file of the current domain was read and tokenised (`bytes` long).
+    fn on_file(&mut self, _file: &Path, _bytes: u64) {}
+}
+
+/// Shows nothing.
+impl PrepareObserver for () {}
+
 /// Tokenise every domain into `out/<name>/`.
-pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, options: &PrepareOptions, out: &Path) -> Result<Vec<PreparedDomain>, DataError> {
+pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, options: &PrepareOptions, out: &Path, observer: &mut dyn PrepareObserver) -> Result<Vec<PreparedDomain>, DataError> {
     let valid_fraction = options.valid_fraction;
     if !(0.0..1.0).contains(&valid_fraction) || valid_fraction == 0.0 {
         return Err(DataError::Invalid { path: out.into(), reason: format!("validation fraction {valid_fraction} must be in (0, 1)") });
@@ -55,13 +68,16 @@ pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, options: &PrepareO
         for path in &input.paths {
             collect_files(path, &options.include, true, &mut files, &mut skipped)?;
         }
+        let sizes: Vec<u64> = files.iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).collect();
+        observer.on_domain(&input.name, files.len(), sizes.iter().sum());
         let mut docs: Vec<Vec<u32>> = Vec::new();
-        for file in &files {
-            for doc in documents(file, &options.jsonl_field)? {
+        for (file, bytes) in files.iter().zip(&sizes) {
+            for doc in read_documents(file, &options.jsonl_field)? {
                 let mut tokens = tokenizer.encode(&doc)?;
                 tokens.extend_from_slice(&separator);
                 docs.push(tokens);
             }
+            observer.on_file(file, *bytes);
         }
         let (total, documents) = (docs.iter().map(Vec::len).sum::<usize>(), docs.len());
         let (train, valid, valid_documents) = split(docs, valid_fraction, options.seed);
@@ -70,8 +86,9 @@ pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, options: &PrepareO
         }
         let dir = out.join(&input.name);
         std::fs::create_dir_all(&dir).map_err(|source| DataError::Io { path: dir.clone(), source })?;
-        let train_sha256 = write_split(&dir.join("train.bin"), &train)?;
-        let valid_sha256 = write_split(&dir.join("valid.bin"), &valid)?;
+        let token_bytes = token_bytes_for(tokenizer.vocab_size());
+        let train_sha256 = write_split(&dir.join("train.bin"), &train, token_bytes)?;
+        let valid_sha256 = write_split(&dir.join("valid.bin"), &valid, token_bytes)?;
         let meta = ShardMeta {
             domain: input.name.clone(),
             tokenizer: tokenizer.spec(),
@@ -81,6 +98,7 @@ pub fn prepare(inputs: &[DomainInput], tokenizer: &Tokenizer, options: &PrepareO
             valid_sha256: Some(valid_sha256),
             train_tokens: train.len() as u64,
             valid_tokens: valid.len() as u64,
+            token_bytes,
             sources: files.iter().map(|f| f.display().to_string()).collect(),
         };
         let json = serde_json::to_string_pretty(&meta).map_err(|e| DataError::Invalid { path: dir.clone(), reason: e.to_string() })?;
@@ -116,8 +134,8 @@ fn split(mut docs: Vec<Vec<u32>>, valid_fraction: f64, seed: u64) -> (Vec<u32>, 
 }
 
 /// Files under `path` in name order; hidden entries and build folders are skipped, and
-/// inside folders only files matching `include` (when given) that are UTF-8 text or
-/// gzipped JSONL. A file named directly (`named`) is always taken.
+/// inside folders only files matching `include` (when given) that are UTF-8 text or a
+/// container format (compressed JSONL, Parquet). A file named directly (`named`) is always taken.
 fn collect_files(path: &Path, include: &[glob::Pattern], named: bool, out: &mut Vec<PathBuf>, skipped: &mut Vec<PathBuf>) -> Result<(), DataError> {
     let meta = std::fs::metadata(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     if meta.is_file() {
@@ -125,7 +143,7 @@ fn collect_files(path: &Path, include: &[glob::Pattern], named: bool, out: &mut 
         if !named && !include.is_empty() && !include.iter().any(|p| p.matches(&name)) {
             return Ok(());
         }
-        if named || is_gzipped_jsonl(path) || std::fs::read(path).map(|b| std::str::from_utf8(&b).is_ok()).unwrap_or(false) {
+        if named || InputFormat::of(path).is_container() || std::fs::read(path).map(|b| std::str::from_utf8(&b).is_ok()).unwrap_or(false) {
             out.push(path.into());
         } else {
             skipped.push(path.into());
@@ -142,36 +160,6 @@ fn collect_files(path: &Path, include: &[glob::Pattern], named: bool, out: &mut 
         collect_files(&entry, include, false, out, skipped)?;
     }
     Ok(())
-}
-
-fn is_gzipped_jsonl(path: &Path) -> bool {
-    path.to_string_lossy().ends_with(".jsonl.gz")
-}
-
-/// The documents of one file: each line's `field` for `.jsonl` and `.jsonl.gz`, else
-/// the whole text.
-fn documents(path: &Path, field: &str) -> Result<Vec<String>, DataError> {
-    let io = |source| DataError::Io { path: path.into(), source };
-    let text = if is_gzipped_jsonl(path) {
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(file).read_to_string(&mut text).map_err(|e| DataError::Invalid { path: path.into(), reason: format!("not gzipped UTF-8 JSONL: {e}") })?;
-        text
-    } else {
-        std::fs::read_to_string(path).map_err(io)?
-    };
-    if path.extension().is_some_and(|e| e == "jsonl") || is_gzipped_jsonl(path) {
-        let mut docs = Vec::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let value: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError::Invalid { path: path.into(), reason: format!("line {}: not JSON: {e}", i + 1) })?;
-            match value.get(field).and_then(|v| v.as_str()) {
-                Some(s) => docs.push(s.to_string()),
-                None => return Err(DataError::Invalid { path: path.into(), reason: format!("line {}: no string field {field:?}", i + 1) }),
-            }
-        }
-        return Ok(docs);
-    }
-    Ok(vec![text])
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Token shards on disk: per domain a folder with `train.bin` and `valid.bin` (u32
-//! little-endian token ids) and `meta.json`. Read memory-mapped.
+//! Token shards on disk: per domain a folder with `train.bin` and `valid.bin`
+//! (little-endian token ids: u16 when the vocabulary fits, half the bytes of u32) and
+//! `meta.json`, which says the width. Read memory-mapped.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -29,14 +30,32 @@ pub struct ShardMeta {
     pub valid_sha256: Option<String>,
     pub train_tokens: u64,
     pub valid_tokens: u64,
+    /// Bytes per token id in the split files: 2 (u16, vocabularies up to 65,536) or 4
+    /// (u32; folders from before the width was recorded).
+    #[serde(default = "u32_width")]
+    pub token_bytes: usize,
     /// The files the tokens came from.
     pub sources: Vec<String>,
+}
+
+fn u32_width() -> usize {
+    4
+}
+
+/// The narrowest token width (2 or 4 bytes) that holds every id below `vocab_size`.
+pub fn token_bytes_for(vocab_size: usize) -> usize {
+    if vocab_size <= 1 << 16 { 2 } else { 4 }
 }
 
 /// Token ids of one split, in memory or memory-mapped.
 pub enum TokenStore {
     Owned(Vec<u32>),
-    Mapped { path: PathBuf, map: memmap2::Mmap },
+    /// A split file of `width`-byte little-endian ids.
+    Mapped {
+        path: PathBuf,
+        map: memmap2::Mmap,
+        width: usize,
+    },
 }
 
 impl TokenStore {
@@ -44,7 +63,7 @@ impl TokenStore {
     pub fn len(&self) -> usize {
         match self {
             TokenStore::Owned(v) => v.len(),
-            TokenStore::Mapped { map, .. } => map.len() / 4,
+            TokenStore::Mapped { map, width, .. } => map.len() / width,
         }
     }
 
@@ -57,25 +76,38 @@ impl TokenStore {
     pub fn copy_window(&self, start: usize, n: usize, out: &mut Vec<u32>) {
         match self {
             TokenStore::Owned(v) => out.extend_from_slice(&v[start..start + n]),
+            TokenStore::Mapped { map, width: 2, .. } => out.extend(map[start * 2..(start + n) * 2].chunks_exact(2).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]])))),
             TokenStore::Mapped { map, .. } => out.extend(map[start * 4..(start + n) * 4].chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
         }
     }
 
-    /// Map `path` (a file of u32 LE ids).
-    pub fn open(path: &Path) -> Result<Self, DataError> {
+    /// Map `path` (a file of `width`-byte LE ids, 2 or 4).
+    pub fn open(path: &Path, width: usize) -> Result<Self, DataError> {
+        if width != 2 && width != 4 {
+            return Err(DataError::Invalid { path: path.into(), reason: format!("token_bytes {width} in meta.json: expected 2 (u16) or 4 (u32)") });
+        }
         let file = File::open(path).map_err(|source| DataError::Io { path: path.into(), source })?;
         // SAFETY: read-only map of a file Recast wrote; see model::checkpoint::read.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.into(), source })?;
-        if map.len() % 4 != 0 {
-            return Err(DataError::Invalid { path: path.into(), reason: format!("{} bytes is not a whole number of u32 token ids (truncated?)", map.len()) });
+        if map.len() % width != 0 {
+            return Err(DataError::Invalid { path: path.into(), reason: format!("{} bytes is not a whole number of {width}-byte token ids (truncated?)", map.len()) });
         }
-        Ok(TokenStore::Mapped { path: path.into(), map })
+        Ok(TokenStore::Mapped { path: path.into(), map, width })
     }
 }
 
-/// Write one split; returns the sha256 of the bytes written.
-pub fn write_split(path: &Path, tokens: &[u32]) -> Result<String, DataError> {
-    let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+/// Write one split with `width`-byte ids (2 or 4; every id must fit); returns the
+/// sha256 of the bytes written.
+pub fn write_split(path: &Path, tokens: &[u32], width: usize) -> Result<String, DataError> {
+    let bytes: Vec<u8> = match width {
+        2 => tokens
+            .iter()
+            .map(|&t| u16::try_from(t).map(u16::to_le_bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|b| b.concat())
+            .map_err(|_| DataError::Invalid { path: path.into(), reason: "a token id does not fit in u16".into() })?,
+        _ => tokens.iter().flat_map(|t| t.to_le_bytes()).collect(),
+    };
     crate::atomic_file::write(path, &bytes).map_err(|source| DataError::Io { path: path.into(), source })?;
     Ok(hex::encode(sha2::Sha256::digest(&bytes)))
 }
@@ -116,12 +148,41 @@ pub fn open_domain(dir: &Path) -> Result<(ShardMeta, TokenStore, TokenStore), Da
     let meta_path = dir.join("meta.json");
     let text = read_meta(dir)?;
     let meta: ShardMeta = serde_json::from_slice(&text).map_err(|e| DataError::Invalid { path: meta_path.clone(), reason: e.to_string() })?;
-    let train = TokenStore::open(&dir.join("train.bin"))?;
-    let valid = TokenStore::open(&dir.join("valid.bin"))?;
+    let train = TokenStore::open(&dir.join("train.bin"), meta.token_bytes)?;
+    let valid = TokenStore::open(&dir.join("valid.bin"), meta.token_bytes)?;
     for (store, want, name) in [(&train, meta.train_tokens, "train.bin"), (&valid, meta.valid_tokens, "valid.bin")] {
         if store.len() as u64 != want {
             return Err(DataError::Invalid { path: dir.join(name), reason: format!("holds {} tokens, meta.json says {want}", store.len()) });
         }
     }
     Ok((meta, train, valid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{open_domain, token_bytes_for, write_split};
+
+    /// Folders from before the width was recorded hold u32 ids and still open; new ones
+    /// hold u16 when the vocabulary fits, and an id that does not fit is refused.
+    #[test]
+    fn u16_and_legacy_u32_splits_read_back_the_same_ids() {
+        assert_eq!((token_bytes_for(256), token_bytes_for(65_536), token_bytes_for(65_537)), (2, 2, 4));
+        let ids: Vec<u32> = vec![0, 1, 255, 65_535, 7];
+        for width in [2, 4] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write_split(&dir.path().join("train.bin"), &ids, width).expect("train");
+            write_split(&dir.path().join("valid.bin"), &ids[..2], width).expect("valid");
+            let width_field = if width == 2 { ",\"token_bytes\":2" } else { "" };
+            let meta = format!("{{\"domain\":\"d\",\"tokenizer\":\"x\",\"vocab_size\":65536,\"train_tokens\":5,\"valid_tokens\":2{width_field},\"sources\":[]}}");
+            std::fs::write(dir.path().join("meta.json"), meta).expect("meta");
+            let (_, train, valid) = open_domain(dir.path()).expect("open");
+            let mut got = Vec::new();
+            train.copy_window(0, 5, &mut got);
+            valid.copy_window(0, 2, &mut got);
+            assert_eq!(got, [ids.clone(), ids[..2].to_vec()].concat(), "width {width}");
+            assert_eq!(std::fs::metadata(dir.path().join("train.bin")).expect("size").len(), 5 * width as u64);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(write_split(&dir.path().join("x.bin"), &[70_000], 2).is_err());
+    }
 }

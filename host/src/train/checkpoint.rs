@@ -63,6 +63,10 @@ pub struct TrainState {
     /// The run config's text.
     pub config_toml: String,
     pub model_config: ModelConfig,
+    /// `byte`, or the sha256 of the run's `tokenizer.json` (absent in checkpoints from
+    /// before it was recorded): a resume with another tokenizer is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
     pub plugins: Vec<PluginSnapshot>,
     pub layers: Vec<LayerRouting>,
     pub domains: Vec<DomainProgress>,
@@ -411,7 +415,7 @@ mod tests {
 
     fn state(step: u64) -> TrainState {
         let model_config = crate::distributed::comm_plan::mixtral_8x7b();
-        TrainState { step, config_toml: String::new(), model_config, plugins: vec![], layers: vec![], domains: vec![], last_stats: vec![] }
+        TrainState { step, config_toml: String::new(), model_config, tokenizer_sha256: None, plugins: vec![], layers: vec![], domains: vec![], last_stats: vec![] }
     }
 
     /// The manifest names every shard with its digest; a shard changed after the fact is

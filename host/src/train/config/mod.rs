@@ -28,6 +28,11 @@ pub struct RunConfig {
     /// `tokenizer.json` of the `[model] path` checkpoint when it has one, else `"byte"`.
     #[serde(default)]
     pub tokenizer: String,
+    /// What the tokenizer is, whatever path names it: `byte`, or the sha256 of its
+    /// `tokenizer.json`. Recorded in the run's `config.toml` when it starts; given, a
+    /// run refuses any other tokenizer, and a resumed run one that changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
     pub data: DataSection,
     #[serde(default)]
     pub plugins: PluginsSection,

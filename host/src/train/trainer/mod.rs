@@ -172,15 +172,29 @@ fn fits_training(model: &ModelConfig, config: &RunConfig) -> Result<(), TrainErr
     crate::memory::ensure_fits(&format!("training a model of {weights} weights"), weights * 16).map_err(|reason| request(format!("{reason}; choose a smaller [model]")).into())
 }
 
+/// Refuse a tokenizer other than the one `recorded` (by `where`) names by content.
+fn same_tokenizer(recorded: Option<&str>, tokenizer: &Tokenizer, source: &str) -> Result<(), TrainError> {
+    match recorded {
+        Some(recorded) if recorded != tokenizer.identity() => Err(TrainError::Resume(format!(
+            "the tokenizer {} is {} (sha256 of its file), but {source} records {recorded}: a different tokenizer would give the data and the model other token ids",
+            tokenizer.spec(),
+            tokenizer.identity()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn tensor_err(step: u64) -> impl FnOnce(candle_core::Error) -> TrainError {
     move |source| TrainError::Tensor { step, source }
 }
 
 impl Trainer {
     /// Start a new run in `run_dir`.
-    pub fn start(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
+    pub fn start(mut config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
         let job = data_parallel::Job::join(&config)?;
         let tokenizer = Tokenizer::from_spec(&config.tokenizer)?;
+        same_tokenizer(config.tokenizer_sha256.as_deref(), &tokenizer, "the config's tokenizer_sha256")?;
+        config.tokenizer_sha256 = Some(tokenizer.identity().to_string());
         let (model_config, base) = match (&config.model.path, &config.model.init) {
             (Some(path), _) => {
                 let ckpt = crate::model::checkpoint::read(path, DType::F32)?;
@@ -225,6 +239,10 @@ impl Trainer {
         let dir = dirs.last().ok_or_else(|| TrainError::Resume(format!("{}: no checkpoint to resume from", run_dir.display())))?;
         let loaded = checkpoint::load(dir)?;
         let tokenizer = Tokenizer::from_spec(&config.tokenizer)?;
+        same_tokenizer(config.tokenizer_sha256.as_deref(), &tokenizer, "the run's config.toml")?;
+        same_tokenizer(loaded.state.tokenizer_sha256.as_deref(), &tokenizer, &format!("{}", dir.join("state.json").display()))?;
+        let mut config = config;
+        config.tokenizer_sha256 = Some(tokenizer.identity().to_string());
         let mut store = ParamStore::new();
         for (name, t) in &loaded.params {
             store.insert(name.clone(), t.clone(), loaded.origin.get(name).map(PathBuf::as_path));
@@ -353,6 +371,7 @@ impl Trainer {
             step: self.step,
             config_toml: toml::to_string(&self.config).map_err(|e| TrainError::Resume(format!("cannot record the config: {e}")))?,
             model_config: self.model_config.clone(),
+            tokenizer_sha256: self.config.tokenizer_sha256.clone(),
             plugins,
             layers: self.model.moe_layers().map(|l| LayerRouting { layer: l.layer, spec: l.spec, selection_bias: l.selection_bias.clone() }).collect(),
             domains: self.progress.clone(),
