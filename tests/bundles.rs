@@ -131,7 +131,7 @@ fn untrusted_signers_are_refused_and_trusted_bundles_run() {
     let config = |trusted: &str| {
         let path = dir.path().join("run.toml");
         let body = format!(
-            "seed = 1\ntrusted_keys = [\"{trusted}\"]\n\n[model.init]\narchitecture = \"mixtral\"\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nintermediate_size = 48\nnum_experts = 4\n\n[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n\n[plugins.router]\nbundle = \"policies.tar\"\nplugin = \"aux-free-bias\"\nparams = {{ top_k = 2 }}\n\n[plugins.aux_schedule]\nbundle = \"policies.tar\"\n\n[train]\nsteps = 3\nbatch_size = 2\nseq_len = 16\n"
+            "seed = 1\ntrusted_keys = [\"{trusted}\"]\n\n[model.init]\narchitecture = \"mixtral\"\nhidden_size = 32\nnum_layers = 2\nnum_heads = 4\nintermediate_size = 48\nnum_experts = 4\n\n[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n\n[plugins.router]\nbundle = \"policies.tar\"\nplugin = \"aux-free-bias\"\nparams = {{ top_k = 2 }}\n\n[plugins.aux_schedule]\nbundle = \"policies.tar\"\n\n[train]\nsteps = 3\nbatch_size = 2\nseq_len = 16\neval_tokens = 256\n"
         );
         std::fs::write(&path, body).unwrap();
         path

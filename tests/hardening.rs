@@ -14,7 +14,7 @@ use support::{TINY_MOE, plugin, recast, run, text};
 /// A tiny MoE run config with the given router and aux-schedule tables and `[train]`.
 fn config(dir: &Path, plugins: &str, train: &str) -> PathBuf {
     let path = dir.join("run.toml");
-    let body = format!("seed = 5\n\n{TINY_MOE}\n[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n\n{plugins}\n[train]\nbatch_size = 2\nseq_len = 16\n{train}\n");
+    let body = format!("seed = 5\n\n{TINY_MOE}\n[[data.domains]]\nname = \"arithmetic\"\nbuiltin = \"arithmetic\"\n\n{plugins}\n[train]\nbatch_size = 2\nseq_len = 16\neval_tokens = 256\n{train}\n");
     std::fs::write(&path, body).unwrap();
     path
 }

@@ -63,7 +63,8 @@ fn an_installed_binary_trains_from_an_unrelated_folder_without_cargo() {
 
     // tiny-moe from a folder that is not the checkout, with cargo out of reach.
     std::fs::copy(repo().join("examples/tiny-moe.toml"), work.path().join("tiny-moe.toml")).expect("copy tiny-moe.toml");
-    let sets = ["--set", "train.steps=3", "--set", "train.batch_size=4", "--set", "train.seq_len=32", "--set", "train.eval_every=3", "--set", "train.checkpoint_every=3"];
+    let sets =
+        ["--set", "train.steps=3", "--set", "train.batch_size=4", "--set", "train.seq_len=32", "--set", "train.eval_every=3", "--set", "train.checkpoint_every=3", "--set", "train.eval_tokens=512"];
     let mut args = vec!["train", "tiny-moe.toml", "--out", "runs/tiny", "--threads", "1"];
     args.extend(sets);
     let out = installed(&bin, work.path(), &args);

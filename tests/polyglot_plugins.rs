@@ -57,6 +57,7 @@ params = {{ load_balance = 0.02, z_loss = 0.002, warmup_steps = 4, decay_start =
 steps = 10
 batch_size = 5
 seq_len = 32
+eval_tokens = 512
 "#,
         router = plugin(router).display(),
         sampler = plugin(sampler).display(),

@@ -19,7 +19,20 @@ fn tensorboard_reads_back_every_scalar_of_the_metrics() {
     let tiny = repo().join("examples/tiny-moe.toml").display().to_string();
     let out = recast()
         .args(["train", &tiny, "--out", &run.display().to_string(), "--threads", "1"])
-        .args(["--set", "train.steps=4", "--set", "train.batch_size=4", "--set", "train.seq_len=32", "--set", "train.eval_every=2", "--set", "train.checkpoint_every=2"])
+        .args([
+            "--set",
+            "train.steps=4",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.seq_len=32",
+            "--set",
+            "train.eval_every=2",
+            "--set",
+            "train.checkpoint_every=2",
+            "--set",
+            "train.eval_tokens=512",
+        ])
         .output()
         .expect("train");
     assert!(out.status.success(), "{}", text(&out));

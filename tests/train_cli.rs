@@ -45,6 +45,7 @@ warmup_steps = 3
 steps = 20
 batch_size = 4
 seq_len = 32
+eval_tokens = 512
 {extra_train}
 "#,
         router = plugin("topk-softmax").display(),
@@ -253,6 +254,15 @@ fn validation_loss_falls_and_eval_reports_every_domain() {
     assert!(o.status.success(), "{}", text(&o));
     let shown = String::from_utf8_lossy(&o.stdout);
     assert!(shown.contains("arithmetic") && shown.contains("prose") && shown.contains("perplexity"), "{shown}");
+    // The run's eval_tokens (512) by default: the final evaluation's numbers; --tokens
+    // reads another amount of the validation split.
+    let shown_loss = |shown: &str, domain: &str| -> f64 { shown.lines().find(|l| l.starts_with(domain)).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap() };
+    assert!((shown_loss(&shown, "arithmetic") - last["arithmetic"].as_f64().unwrap()).abs() < 1e-3, "{shown} vs {last}");
+    assert!(shown.contains("512 validation tokens"), "{shown}");
+    let o = run(&["eval", out.to_str().unwrap(), "--tokens", "4096"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let more = String::from_utf8_lossy(&o.stdout);
+    assert!(more.contains("4096 validation tokens") && shown_loss(&more, "arithmetic") != shown_loss(&shown, "arithmetic"), "{more}");
     assert!(out.join("final/config.json").exists(), "the final model is exported for transformers");
 
     let o = run(&["report", out.to_str().unwrap()]);
@@ -493,7 +503,7 @@ fn set_overrides_config_values_and_checks_them_like_the_file() {
     let run_dir = dir.path().join("run");
     let run_arg = run_dir.display().to_string();
     let tiny = support::repo().join("examples/tiny-moe.toml").display().to_string();
-    let small = ["--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "train.seq_len=32", "--set", "train.eval_every=0", "--set", "optimizer.lr=1e-3"];
+    let small = ["--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "train.seq_len=32", "--set", "train.eval_every=0", "--set", "optimizer.lr=1e-3", "--set", "train.eval_tokens=512"];
     let out = support::recast().args(["train", &tiny, "--out", &run_arg]).args(small).output().expect("run");
     assert!(out.status.success(), "{}", support::text(&out));
     let recorded = std::fs::read_to_string(run_dir.join("config.toml")).expect("config.toml");

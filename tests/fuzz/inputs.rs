@@ -32,6 +32,7 @@ builtin = "arithmetic"
 steps = 10
 batch_size = 2
 seq_len = 16
+eval_tokens = 256
 "#;
 
 /// A run config that sets nearly every key: a checkpoint path, shards, plugin files and
@@ -86,7 +87,7 @@ batch_size = 2
 seq_len = 8
 grad_accum = 2
 eval_every = 5
-eval_sequences = 4
+eval_tokens = 32
 checkpoint_every = 5
 keep_checkpoints = 1
 

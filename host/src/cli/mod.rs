@@ -183,6 +183,9 @@ enum Command {
     Eval {
         /// The run folder.
         run_dir: PathBuf,
+        /// Validation tokens per domain (default: the run's `[train] eval_tokens`).
+        #[arg(long)]
+        tokens: Option<usize>,
         #[command(flatten)]
         threads: ThreadArgs,
     },
@@ -323,9 +326,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads.apply();
             recipe::run(&recipe, &out, max_steps, &sets)
         }
-        Command::Eval { run_dir, threads } => {
+        Command::Eval { run_dir, tokens, threads } => {
             threads.apply();
-            train::eval(&run_dir)
+            train::eval(&run_dir, tokens)
         }
         Command::Report { run_dir } => report::run(&run_dir),
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction, include, seed }) => {

@@ -23,10 +23,12 @@ pub(super) fn run(config: Option<&Path>, out: Option<&Path>, resume: Option<&Pat
     Ok(())
 }
 
-pub(super) fn eval(run_dir: &Path) -> anyhow::Result<()> {
-    let mut run = Run::load(run_dir, &RunOptions::default())?;
+pub(super) fn eval(run_dir: &Path, tokens: Option<usize>) -> anyhow::Result<()> {
+    let sets = tokens.map(|n| format!("train.eval_tokens={n}")).into_iter().collect();
+    let mut run = Run::load(run_dir, &RunOptions { sets, ..RunOptions::default() })?;
     let evaluation = run.evaluate()?;
-    println!("step {} of {}", evaluation.step, run_dir.display());
+    let per_domain = run.trainer().config.train.eval_tokens();
+    println!("step {} of {} ({per_domain} validation tokens per domain at most)", evaluation.step, run_dir.display());
     println!("{:<16} {:>10} {:>12}", "domain", "loss", "perplexity");
     for (d, l) in evaluation.losses {
         println!("{d:<16} {l:>10.4} {:>12.3}", l.exp());

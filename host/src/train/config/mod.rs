@@ -391,9 +391,15 @@ pub struct TrainSection {
     /// the end).
     #[serde(default)]
     pub eval_every: u64,
-    /// Validation sequences per domain.
-    #[serde(default = "default_eval_sequences")]
-    pub eval_sequences: usize,
+    /// Validation tokens per domain at each evaluation, in whole sequences of `seq_len`
+    /// (default 65,536; the whole validation split when it is smaller): enough that a
+    /// verdict does not turn on which kilobyte was held out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_tokens: Option<usize>,
+    /// Replaced by `eval_tokens`: an older config's value is read as
+    /// `eval_sequences × seq_len` tokens.
+    #[serde(default, skip_serializing)]
+    pub eval_sequences: Option<usize>,
     /// Write a checkpoint every this many steps (0 = only at the end).
     #[serde(default)]
     pub checkpoint_every: u64,
@@ -405,8 +411,14 @@ pub struct TrainSection {
 fn one() -> usize {
     1
 }
-fn default_eval_sequences() -> usize {
-    16
+/// Validation tokens per domain when `eval_tokens` is not given.
+pub const DEFAULT_EVAL_TOKENS: usize = 65_536;
+
+impl TrainSection {
+    /// Validation tokens per domain at each evaluation.
+    pub fn eval_tokens(&self) -> usize {
+        self.eval_tokens.unwrap_or(DEFAULT_EVAL_TOKENS)
+    }
 }
 fn default_keep() -> usize {
     3
@@ -469,6 +481,13 @@ impl RunConfig {
         } else if config.tokenizer != "byte" && Path::new(&config.tokenizer).is_relative() {
             config.tokenizer = base.join(&config.tokenizer).display().to_string();
         }
+        if let Some(sequences) = config.train.eval_sequences.take() {
+            let tokens = sequences.saturating_mul(config.train.seq_len);
+            if config.train.eval_tokens.is_none() {
+                tracing::warn!("{}: train.eval_sequences is replaced by train.eval_tokens; read as eval_tokens = {tokens}", path.display());
+                config.train.eval_tokens = Some(tokens);
+            }
+        }
         self.check().map_err(|invalid| ConfigError { path: path.to_path_buf(), reason: invalid.describe(text) })?;
         Ok(self)
     }
@@ -503,6 +522,21 @@ seq_len = 16
         assert_eq!(c.tokenizer, "byte");
         assert_eq!(c.optimizer.lr, 3e-3);
         assert_eq!(c.train.grad_accum, 1);
+    }
+
+    /// `eval_tokens` defaults to 65,536; an older config's `eval_sequences` is read as
+    /// that many sequences of `seq_len`, and is not written back.
+    #[test]
+    fn eval_tokens_replaces_eval_sequences() {
+        let c = super::RunConfig::parse(MINIMAL, Path::new("/runs/x.toml")).expect("valid");
+        assert_eq!(c.train.eval_tokens(), 65_536);
+        let legacy = MINIMAL.replace("[train]\n", "[train]\neval_sequences = 16\n");
+        let c = super::RunConfig::parse(&legacy, Path::new("/runs/x.toml")).expect("valid");
+        assert_eq!(c.train.eval_tokens(), 16 * c.train.seq_len);
+        let written = toml::to_string(&c).expect("serialise");
+        assert!(written.contains(&format!("eval_tokens = {}", 16 * c.train.seq_len)) && !written.contains("eval_sequences"), "{written}");
+        let zero = MINIMAL.replace("[train]\n", "[train]\neval_tokens = 0\n");
+        assert!(super::RunConfig::parse(&zero, Path::new("/runs/x.toml")).is_err());
     }
 
     /// With `[model] path` and no `tokenizer`, the run uses the checkpoint's

@@ -189,7 +189,9 @@ impl RunConfig {
         let longest = if self.model.init.is_some() { crate::train::config::INIT_MAX_POSITIONS } else { MAX_SEQUENCE };
         count("train.seq_len", t.seq_len, 2, longest)?;
         count("train.grad_accum", t.grad_accum, 1, MAX_SEQUENCE)?;
-        count("train.eval_sequences", t.eval_sequences, 1, MAX_SEQUENCE)?;
+        if let Some(tokens) = t.eval_tokens {
+            ensure((1..=MAX_COUNT).contains(&(tokens as u64)), "train.eval_tokens", tokens, &format!("1 ..= {MAX_COUNT}"))?;
+        }
         let tokens = t.batch_size as u64 * t.seq_len as u64 * t.grad_accum as u64;
         ensure(tokens <= MAX_COUNT, "train.batch_size", t.batch_size, &format!("batch_size × seq_len × grad_accum = {tokens} tokens per step; at most {MAX_COUNT}"))?;
         ensure(t.eval_every <= MAX_COUNT, "train.eval_every", t.eval_every, &format!("<= {MAX_COUNT}"))?;

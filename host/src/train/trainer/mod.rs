@@ -398,7 +398,7 @@ impl Trainer {
         let mut out = Vec::new();
         let mut gates = serde_json::Map::new();
         for (d, domain) in self.domains.iter().enumerate() {
-            let tokens = validation_windows(domain, t.eval_sequences, t.seq_len);
+            let tokens = validation_windows(domain, t.eval_tokens() / t.seq_len, t.seq_len);
             let (mut sum, mut n) = (0f64, 0usize);
             let mut gate_sums: Vec<Vec<f64>> = Vec::new();
             for chunk in tokens.chunks(t.batch_size * t.seq_len) {
