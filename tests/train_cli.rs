@@ -271,6 +271,12 @@ fn validation_loss_falls_and_eval_reports_every_domain() {
         let bytes = std::fs::read(out.join("report").join(png)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png} is a PNG");
     }
+    // Every chart also as SVG, with labelled axes and one legend entry per domain and split.
+    let svg = std::fs::read_to_string(out.join("report/loss.svg")).unwrap();
+    for label in ["step", "loss (nats per token)", "arithmetic validation", "prose validation", "prose train"] {
+        assert!(svg.contains(label), "{label} missing from loss.svg");
+    }
+    assert!(std::fs::read_to_string(out.join("report/expert_load.svg")).unwrap().contains("layer 0"));
     let summary = std::fs::read_to_string(out.join("report/summary.md")).unwrap();
     assert!(summary.contains("| arithmetic |") && summary.contains("plugin time"), "{summary}");
 }
@@ -627,4 +633,36 @@ pq.write_table(table.slice(0, 10), out + "/train-00001-of-00002.parquet", compre
     std::fs::write(&cfg, body).unwrap();
     let o = train(&[cfg.to_str().unwrap(), "--out", dir.path().join("r").to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// `recast compare` overlays runs per domain (PNG and SVG, one panel per domain) and
+/// tabulates each run's last validation loss per domain, as its metrics recorded them.
+#[test]
+fn compare_overlays_runs_and_tabulates_their_last_validation_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "eval_every = 2");
+    let mut last = Vec::new();
+    for (name, lr) in [("fast", "3e-3"), ("slow", "1e-3")] {
+        let out = dir.path().join(name);
+        let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.steps=4", "--set", &format!("optimizer.lr={lr}")]);
+        assert!(o.status.success(), "{}", text(&o));
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let eval: serde_json::Value = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("eval").is_some()).last().unwrap();
+        last.push(eval["eval"]["arithmetic"].as_f64().unwrap());
+    }
+    let cmp = dir.path().join("cmp");
+    let o = run(&["compare", dir.path().join("fast").to_str().unwrap(), dir.path().join("slow").to_str().unwrap(), "--out", cmp.to_str().unwrap(), "--log"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(&std::fs::read(cmp.join("loss.png")).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(cmp.join("loss.svg")).unwrap();
+    for label in ["arithmetic", "prose", "fast validation", "slow validation", "fast vs slow"] {
+        assert!(svg.contains(label), "{label} missing from loss.svg");
+    }
+    let table = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
+    for (name, loss) in ["fast", "slow"].iter().zip(&last) {
+        let row = table.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap_or_else(|| panic!("no row for {name}: {table}"));
+        assert!(row.contains(&format!("{loss:.4} (step 4)")), "{row} lacks {loss:.4}");
+    }
+    let missing = run(&["compare", dir.path().join("nope").to_str().unwrap(), "--out", cmp.to_str().unwrap()]);
+    assert!(!missing.status.success() && text(&missing).contains("nope"), "{}", text(&missing));
 }

@@ -189,11 +189,27 @@ enum Command {
         #[command(flatten)]
         threads: ThreadArgs,
     },
-    /// PNG plots (loss per domain, expert load per layer) and a Markdown summary of a
-    /// run, written to RUN_DIR/report/.
+    /// Plots (loss per domain, expert load per layer; PNG and SVG) and a Markdown
+    /// summary of a run, written to RUN_DIR/report/.
     Report {
         /// The run folder.
         run_dir: PathBuf,
+        /// A logarithmic loss axis.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Overlay several runs, one panel per domain and one colour per run (PNG and SVG),
+    /// with a table of their last validation losses: DIR/loss.png, loss.svg, compare.md.
+    Compare {
+        /// The run folders.
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// Where the charts and table go.
+        #[arg(long)]
+        out: PathBuf,
+        /// A logarithmic loss axis.
+        #[arg(long)]
+        log: bool,
     },
     /// Prepare training data.
     #[command(subcommand)]
@@ -330,7 +346,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads.apply();
             train::eval(&run_dir, tokens)
         }
-        Command::Report { run_dir } => report::run(&run_dir),
+        Command::Report { run_dir, log } => report::run(&run_dir, log),
+        Command::Compare { runs, out, log } => report::compare(&runs, &out, log),
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction, include, seed }) => {
             data_prepare::run(&out, &domains, &data_prepare::PrepareArgs { tokenizer: &tokenizer, jsonl_field: &jsonl_field, valid_fraction, include: &include, seed })
         }

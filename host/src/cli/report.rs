@@ -1,13 +1,21 @@
-//! `recast report RUN_DIR`: write a run's plots and summary and print their paths.
+//! `recast report RUN_DIR` and `recast compare RUN... --out DIR`: write the charts and
+//! tables and print their paths.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub(super) fn run(run_dir: &Path) -> anyhow::Result<()> {
-    let report = crate::report::write(run_dir)?;
-    println!("{}", report.loss_png.display());
-    if let Some(p) = report.expert_load_png {
-        println!("{}", p.display());
+use crate::report::ChartOptions;
+
+pub(super) fn run(run_dir: &Path, log_y: bool) -> anyhow::Result<()> {
+    let report = crate::report::write(run_dir, ChartOptions { log_y })?;
+    for file in report.files {
+        println!("{}", file.display());
     }
-    println!("{}", report.summary_md.display());
+    Ok(())
+}
+
+pub(super) fn compare(runs: &[PathBuf], out: &Path, log_y: bool) -> anyhow::Result<()> {
+    for file in crate::report::compare(runs, out, ChartOptions { log_y })? {
+        println!("{}", file.display());
+    }
     Ok(())
 }

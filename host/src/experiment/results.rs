@@ -16,6 +16,8 @@ pub struct RunResult {
     pub early_loss: Option<f64>,
     /// `(tokens, mean held-out loss)` at every evaluation.
     pub curve: Vec<(f64, f64)>,
+    /// Per domain, `(tokens, held-out loss)` at every evaluation.
+    pub domain_curves: BTreeMap<String, Vec<(f64, f64)>>,
     /// Training tokens seen.
     pub tokens: u64,
     /// Wall time of the training steps, seconds.
@@ -91,7 +93,11 @@ impl RunResult {
             };
             let step = r["step"].as_u64().unwrap_or(0);
             let mean = losses.values().filter_map(Value::as_f64).sum::<f64>() / losses.len().max(1) as f64;
-            out.curve.push((tokens_at.get(&step).copied().unwrap_or(0) as f64, mean));
+            let at = tokens_at.get(&step).copied().unwrap_or(0) as f64;
+            out.curve.push((at, mean));
+            for (domain, loss) in losses.iter().filter_map(|(d, v)| v.as_f64().map(|v| (d, v))) {
+                out.domain_curves.entry(domain.clone()).or_default().push((at, loss));
+            }
             out.final_loss = losses.iter().filter_map(|(d, v)| v.as_f64().map(|v| (d.clone(), v))).collect();
             if step == 0 {
                 out.initial_loss = out.final_loss.clone();

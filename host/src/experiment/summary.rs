@@ -11,7 +11,7 @@ use super::criteria::{Verdict, figure};
 use super::metric::StepResults;
 use super::results::{RoutingPoint, RunResult, mean_std};
 use super::spec::ExperimentSpec;
-use crate::report::charts::{Series, line_chart};
+use crate::report::charts::{LineChart, Mark, Panel, Series};
 
 /// Write results.md, results.csv and the plots; the criteria's verdicts.
 pub(super) fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u64), StepResults>, out: &Path, smoke: bool) -> anyhow::Result<Vec<Verdict>> {
@@ -70,30 +70,36 @@ pub(super) fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u
     md.push_str(&data_table(spec));
     md.push_str("\n![held-out loss over tokens](loss.png)\n");
 
-    let mean_curve = |arm: &str, pick: &dyn Fn(&RunResult) -> Curve| -> Vec<(f64, f64)> {
-        let curves: Vec<Curve> = of(arm).iter().map(|r| pick(r)).collect();
-        let Some(first) = curves.first() else {
-            return Vec::new();
-        };
-        first
-            .iter()
+    // One colour per arm; the line is the mean over seeds, the band mean ± one standard
+    // deviation (with two or more seeds).
+    let arm_series = |pick: &dyn Fn(&RunResult) -> Curve| -> Vec<Series> {
+        arms.iter()
             .enumerate()
-            .filter_map(|(i, (t, _))| {
-                let values: Vec<f64> = curves.iter().filter_map(|c| c.get(i).and_then(|p| p.1)).collect();
-                (!values.is_empty()).then(|| (*t, mean_std(&values).0))
+            .filter_map(|(colour, arm)| {
+                let curves: Vec<Curve> = of(arm).iter().map(|r| pick(r)).collect();
+                let (line, band) = seed_spread(&curves);
+                (!line.is_empty()).then(|| Series { band: if curves.len() > 1 { band } else { Vec::new() }, ..Series::new(arm.clone(), line, Mark::Line, colour) })
             })
             .collect()
     };
-    let chart = |file: &str, title: &str, pick: &dyn Fn(&RunResult) -> Curve| -> anyhow::Result<()> {
-        let series: Vec<Series> = arms.iter().map(|arm| Series { name: arm.clone(), points: mean_curve(arm, pick), dots: false }).filter(|s| !s.points.is_empty()).collect();
-        let png = out.join(file);
-        line_chart(title, "tokens", &series, &[]).save_png(&png).with_context(|| format!("cannot write {}", png.display()))
+    let save = |file: &str, title: &str, y_label: &str, panels: Vec<Panel>| -> anyhow::Result<()> {
+        let chart = LineChart { title: title.into(), x_label: "training tokens".into(), y_label: y_label.into(), panels, log_y: false };
+        chart.save(&out.join(file)).map(|_| ()).with_context(|| format!("cannot write the {file} chart"))
     };
-    chart("loss.png", "held-out loss (mean over domains and seeds)", &|r| r.curve.iter().map(|(t, l)| (*t, Some(*l))).collect())?;
+    let seeds_note = if spec.seeds.len() > 1 { format!(" (mean over {} seeds, band ± 1 sd)", spec.seeds.len()) } else { String::new() };
+    let mut panels: Vec<Panel> = domains
+        .iter()
+        .map(|d| Panel { title: d.clone(), series: arm_series(&|r| r.domain_curves.get(d).map(|c| c.iter().map(|(t, l)| (*t, Some(*l))).collect()).unwrap_or_default()), markers: Vec::new() })
+        .collect();
+    if domains.len() > 1 {
+        panels.insert(0, Panel { title: "mean over domains".into(), series: arm_series(&|r| r.curve.iter().map(|(t, l)| (*t, Some(*l))).collect()), markers: Vec::new() });
+    }
+    save("loss", &format!("Held-out loss of `{}` per domain{seeds_note}", spec.evaluate), "loss (nats per token)", panels)?;
     if routed {
-        chart("drop-rate.png", "dropped share of routed assignments (mean over MoE layers)", &|r| smooth(&r.routing_curve, |p| p.drop_rate))?;
-        chart("gate-sharpness.png", "gate sharpness Max1/Max2 (mean over MoE layers)", &|r| smooth(&r.routing_curve, |p| p.max1_over_max2))?;
-        chart("expert-load.png", "expert load imbalance MaxVio = max load / mean load − 1", &|r| smooth(&r.routing_curve, |p| p.maxvio))?;
+        let one = |pick: fn(&RoutingPoint) -> Option<f64>| vec![Panel { title: String::new(), series: arm_series(&|r| smooth(&r.routing_curve, pick)), markers: Vec::new() }];
+        save("drop-rate", &format!("Dropped share of routed assignments, mean over MoE layers{seeds_note}"), "dropped / routed", one(|p| p.drop_rate))?;
+        save("gate-sharpness", &format!("Gate sharpness Max1/Max2, mean over MoE layers{seeds_note}"), "Max1 / Max2", one(|p| p.max1_over_max2))?;
+        save("expert-load", &format!("Expert load imbalance MaxVio = max load / mean load − 1{seeds_note}"), "MaxVio", one(|p| p.maxvio))?;
         md.push_str("\n![drop rate over tokens](drop-rate.png)\n\n![gate sharpness over tokens](gate-sharpness.png)\n\n![expert load imbalance over tokens](expert-load.png)\n");
     }
     let md_path = out.join("results.md");
@@ -219,4 +225,24 @@ fn smooth(curve: &[RoutingPoint], pick: fn(&RoutingPoint) -> Option<f64>) -> Cur
             (t, (!values.is_empty()).then(|| mean_std(&values).0))
         })
         .collect()
+}
+
+/// The mean over seeds at each point of the first curve, and the band mean ± one
+/// standard deviation: `(line, band)`.
+fn seed_spread(curves: &[Curve]) -> (Vec<(f64, f64)>, Vec<(f64, f64, f64)>) {
+    let Some(first) = curves.first() else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut line = Vec::new();
+    let mut band = Vec::new();
+    for (i, (t, _)) in first.iter().enumerate() {
+        let values: Vec<f64> = curves.iter().filter_map(|c| c.get(i).and_then(|p| p.1)).collect();
+        if values.is_empty() {
+            continue;
+        }
+        let (mean, sd) = mean_std(&values);
+        line.push((*t, mean));
+        band.push((*t, mean - sd, mean + sd));
+    }
+    (line, band)
 }

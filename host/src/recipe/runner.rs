@@ -84,7 +84,7 @@ pub fn run_steps(steps: &[Step], file: &Path, dir_of: &dyn Fn(&Step, &str) -> Pa
                 } else {
                     train_step(config, &dir, max_steps, observer).with_context(|| format!("recipe step `{}`", step.name))?;
                 }
-                let report = crate::report::write(&dir).with_context(|| format!("report of step `{}`", step.name))?;
+                let report = crate::report::write(&dir, crate::report::ChartOptions::default()).with_context(|| format!("report of step `{}`", step.name))?;
                 observer.on_report(&report.summary_md);
                 products.insert(step.name.clone(), final_dir);
             }

@@ -1,21 +1,33 @@
-//! `recast report RUN_DIR`: PNG plots of a run (loss per domain, expert load per layer
-//! over time) and a short Markdown summary, from `metrics.jsonl`.
+//! `recast report RUN_DIR`: plots of a run (loss per domain, expert load per layer over
+//! time) as PNG and SVG and a short Markdown summary, from `metrics.jsonl`; and `recast
+//! compare`, which overlays several runs per domain.
 
-pub mod canvas;
 pub mod charts;
+mod compare;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use charts::{Series, heatmaps, line_chart};
+use charts::{ChartError, Heatmaps, LineChart, Mark, Panel, Series};
 use serde_json::Value;
+
+pub use compare::compare;
 
 /// The files a report consists of.
 pub struct Report {
     pub loss_png: PathBuf,
     pub expert_load_png: Option<PathBuf>,
     pub summary_md: PathBuf,
+    /// Every file written (each chart as PNG and SVG, and the summary).
+    pub files: Vec<PathBuf>,
+}
+
+/// How charts are drawn.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChartOptions {
+    /// A logarithmic loss axis.
+    pub log_y: bool,
 }
 
 /// Why a report could not be made.
@@ -25,61 +37,113 @@ pub enum ReportError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: no training steps recorded yet")]
     Empty { path: PathBuf },
+    #[error(transparent)]
+    Chart(#[from] ChartError),
 }
 
-/// Exponential moving average, to see a trend through per-batch noise.
-fn smooth(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
-    let mut acc: Option<f64> = None;
-    points
-        .iter()
-        .map(|&(x, y)| {
-            let v = acc.map_or(y, |a| a + alpha * (y - a));
-            acc = Some(v);
-            (x, v)
+/// A centred moving average over `2 × half + 1` points (fewer at the ends), to see the
+/// trend through per-batch noise without the lag of an exponential average.
+fn smooth(points: &[(f64, f64)], half: usize) -> Vec<(f64, f64)> {
+    (0..points.len())
+        .map(|i| {
+            let window = &points[i.saturating_sub(half)..(i + half + 1).min(points.len())];
+            let finite: Vec<f64> = window.iter().map(|p| p.1).filter(|y| y.is_finite()).collect();
+            (points[i].0, if finite.is_empty() { f64::NAN } else { finite.iter().sum::<f64>() / finite.len() as f64 })
         })
         .collect()
 }
 
-/// Write `RUN_DIR/report/{loss.png, expert_load.png, summary.md}`.
-pub fn write(run_dir: &Path) -> Result<Report, ReportError> {
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let records = crate::train::metrics::read_all(&metrics_path).map_err(|source| ReportError::Io { path: metrics_path.clone(), source })?;
-    let steps: Vec<&Value> = records.iter().filter(|r| r.get("loss").is_some()).collect();
-    let evals: Vec<&Value> = records.iter().filter(|r| r.get("eval").is_some()).collect();
-    if steps.is_empty() {
-        return Err(ReportError::Empty { path: metrics_path });
+/// The half-width of the moving average of a training-loss line of `n` steps: a
+/// fiftieth of the run each side.
+fn smoothing(n: usize) -> usize {
+    n / 50
+}
+
+/// How a smoothed training line is named.
+fn train_label(name: &str, half: usize) -> String {
+    if half == 0 { format!("{name} train") } else { format!("{name} train (mean of {} steps)", 2 * half + 1) }
+}
+
+/// One run's metrics, as the charts need them.
+struct RunMetrics {
+    records: Vec<Value>,
+    /// Per domain, `(step, training loss)` of every step.
+    train: BTreeMap<String, Vec<(f64, f64)>>,
+    /// Per domain, `(step, validation loss)` of every evaluation.
+    valid: BTreeMap<String, Vec<(f64, f64)>>,
+}
+
+impl RunMetrics {
+    fn read(run_dir: &Path) -> Result<Self, ReportError> {
+        let metrics_path = run_dir.join("metrics.jsonl");
+        let records = crate::train::metrics::read_all(&metrics_path).map_err(|source| ReportError::Io { path: metrics_path.clone(), source })?;
+        if !records.iter().any(|r| r.get("loss").is_some()) {
+            return Err(ReportError::Empty { path: metrics_path });
+        }
+        let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let (mut train, mut valid): (BTreeMap<String, Vec<(f64, f64)>>, BTreeMap<String, Vec<(f64, f64)>>) = Default::default();
+        for r in &records {
+            for (key, into) in [("domain_loss", &mut train), ("eval", &mut valid)] {
+                if let Some(domains) = r.get(key).and_then(Value::as_object) {
+                    for (d, l) in domains {
+                        into.entry(d.clone()).or_default().push((num(r, "step"), l.as_f64().unwrap_or(f64::NAN)));
+                    }
+                }
+            }
+        }
+        Ok(Self { records, train, valid })
     }
+
+    fn steps(&self) -> Vec<&Value> {
+        self.records.iter().filter(|r| r.get("loss").is_some()).collect()
+    }
+
+    fn evals(&self) -> Vec<&Value> {
+        self.records.iter().filter(|r| r.get("eval").is_some()).collect()
+    }
+
+    /// Every domain, train or validation, in name order.
+    fn domains(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.train.keys().chain(self.valid.keys()).cloned().collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+}
+
+/// Write `RUN_DIR/report/`: `loss` and `expert_load` charts (PNG and SVG) and
+/// `summary.md`.
+pub fn write(run_dir: &Path, options: ChartOptions) -> Result<Report, ReportError> {
+    let metrics = RunMetrics::read(run_dir)?;
+    let (steps, evals) = (metrics.steps(), metrics.evals());
     let out = run_dir.join("report");
     std::fs::create_dir_all(&out).map_err(|source| ReportError::Io { path: out.clone(), source })?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
-    };
     let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let mut files = Vec::new();
 
-    // Loss curves: smoothed training loss per domain, validation loss as markers.
-    let mut train: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in &steps {
-        if let Some(domains) = r.get("domain_loss").and_then(Value::as_object) {
-            for (d, l) in domains {
-                train.entry(d.clone()).or_default().push((num(r, "step"), l.as_f64().unwrap_or(f64::NAN)));
-            }
+    // Loss curves: one colour per domain, its smoothed training loss as a line and its
+    // validation loss as dots.
+    let mut series = Vec::new();
+    for (colour, domain) in metrics.domains().iter().enumerate() {
+        if let Some(points) = metrics.train.get(domain) {
+            let half = smoothing(points.len());
+            series.push(Series::new(train_label(domain, half), smooth(points, half), Mark::Line, colour));
+        }
+        if let Some(points) = metrics.valid.get(domain) {
+            series.push(Series::new(format!("{domain} validation"), points.clone(), Mark::Dots, colour));
         }
     }
-    let mut valid: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for r in &evals {
-        if let Some(domains) = r.get("eval").and_then(Value::as_object) {
-            for (d, l) in domains {
-                valid.entry(d.clone()).or_default().push((num(r, "step"), l.as_f64().unwrap_or(f64::NAN)));
-            }
-        }
-    }
-    let mut series: Vec<Series> = train.iter().map(|(d, p)| Series { name: format!("{d} train"), points: smooth(p, 0.1), dots: false }).collect();
-    series.extend(valid.iter().map(|(d, p)| Series { name: format!("{d} valid"), points: p.clone(), dots: true }));
     let stages = stage_starts(run_dir);
     let markers: Vec<(f64, String)> = stages.iter().map(|(step, name)| (*step as f64, name.clone())).collect();
-    let loss_png = out.join("loss.png");
-    line_chart("Loss per domain (train: EMA 0.1; valid: dots)", "step", &series, &markers).save_png(&loss_png).map_err(io(&loss_png))?;
+    let chart = LineChart {
+        title: format!("Loss per domain: {}", run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+        x_label: "step".into(),
+        y_label: "loss (nats per token)".into(),
+        panels: vec![Panel { title: String::new(), series, markers }],
+        log_y: options.log_y,
+    };
+    let [loss_png, loss_svg] = chart.save(&out.join("loss"))?;
+    files.extend([loss_png.clone(), loss_svg]);
 
     // Expert load per layer over time, as each expert's share relative to an even share.
     let mut loads: BTreeMap<u64, Vec<Vec<f64>>> = BTreeMap::new();
@@ -102,16 +166,23 @@ pub fn write(run_dir: &Path) -> Result<Report, ReportError> {
     let expert_load_png = if loads.is_empty() {
         None
     } else {
-        let groups: Vec<(String, Vec<Vec<f64>>)> = loads.into_iter().map(|(l, g)| (format!("layer {l}"), g)).collect();
-        let path = out.join("expert_load.png");
-        heatmaps("Expert load share per layer over steps", &groups, (first, last)).save_png(&path).map_err(io(&path))?;
-        Some(path)
+        let heatmaps = Heatmaps {
+            title: "Expert load share per layer over steps".into(),
+            x_label: "step".into(),
+            scale: "colour: the expert's share of routed tokens ÷ an even share, white 0 to dark blue 2 or more".into(),
+            groups: loads.into_iter().map(|(l, g)| (format!("layer {l}"), g)).collect(),
+            x_range: (first, last),
+        };
+        let [png, svg] = heatmaps.save(&out.join("expert_load"))?;
+        files.extend([png.clone(), svg]);
+        Some(png)
     };
 
     let summary_md = out.join("summary.md");
     let text = summary(run_dir, &steps, &evals, &stages, expert_load_png.is_some());
-    crate::atomic_file::write(&summary_md, text.as_bytes()).map_err(io(&summary_md))?;
-    Ok(Report { loss_png, expert_load_png, summary_md })
+    crate::atomic_file::write(&summary_md, text.as_bytes()).map_err(|source| ReportError::Io { path: summary_md.clone(), source })?;
+    files.push(summary_md.clone());
+    Ok(Report { loss_png, expert_load_png, summary_md, files })
 }
 
 /// `(step, name)` of every stage start in `RUN_DIR/journal.jsonl`.
@@ -165,9 +236,9 @@ fn summary(run_dir: &Path, steps: &[&Value], evals: &[&Value], stages: &[(u64, S
         }
         s.push('\n');
     }
-    let _ = writeln!(s, "![loss](loss.png)");
+    let _ = writeln!(s, "![loss](loss.png) ([SVG](loss.svg))");
     if has_load {
-        let _ = writeln!(s, "\n![expert load](expert_load.png)");
+        let _ = writeln!(s, "\n![expert load](expert_load.png) ([SVG](expert_load.svg))");
     }
     s
 }
