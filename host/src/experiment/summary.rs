@@ -94,7 +94,7 @@ pub(super) fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u
     if domains.len() > 1 {
         panels.insert(0, Panel { title: "mean over domains".into(), series: arm_series(&|r| r.curve.iter().map(|(t, l)| (*t, Some(*l))).collect()), markers: Vec::new() });
     }
-    save("loss", &format!("Held-out loss of `{}` per domain{seeds_note}", spec.evaluate), "loss (nats per token)", panels)?;
+    save("loss", &format!("Held-out loss of {} per domain{seeds_note}", spec.evaluate), "loss (nats per token)", panels)?;
     if routed {
         let one = |pick: fn(&RoutingPoint) -> Option<f64>| vec![Panel { title: String::new(), series: arm_series(&|r| smooth(&r.routing_curve, pick)), markers: Vec::new() }];
         save("drop-rate", &format!("Dropped share of routed assignments, mean over MoE layers{seeds_note}"), "dropped / routed", one(|p| p.drop_rate))?;
