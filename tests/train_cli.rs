@@ -647,7 +647,7 @@ fn compare_overlays_runs_and_tabulates_their_last_validation_losses() {
         let o = train(&[cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.steps=4", "--set", &format!("optimizer.lr={lr}")]);
         assert!(o.status.success(), "{}", text(&o));
         let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        let eval: serde_json::Value = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("eval").is_some()).last().unwrap();
+        let eval: serde_json::Value = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).rfind(|v| v.get("eval").is_some()).unwrap();
         last.push(eval["eval"]["arithmetic"].as_f64().unwrap());
     }
     let cmp = dir.path().join("cmp");

@@ -285,6 +285,7 @@ pub fn train_state() -> Value {
         step: 3,
         config_toml: MINIMAL_RUN.into(),
         model_config,
+        tokenizer_sha256: Some("byte".into()),
         plugins: vec![PluginSnapshot { role: "router".into(), label: "topk-softmax".into(), digest: "ab".repeat(32), state: "00ff".into() }],
         layers: vec![LayerRouting { layer: 0, spec: RouterSpec::softmax_topk(2), selection_bias: vec![0.0; 4] }],
         domains: vec![DomainProgress { name: "math".into(), tokens_seen: 100, train_loss: Some(2.5), valid_loss: None }],

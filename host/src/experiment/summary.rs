@@ -227,9 +227,12 @@ fn smooth(curve: &[RoutingPoint], pick: fn(&RoutingPoint) -> Option<f64>) -> Cur
         .collect()
 }
 
+/// `(x, low, high)` points of a shaded band.
+type Band = Vec<(f64, f64, f64)>;
+
 /// The mean over seeds at each point of the first curve, and the band mean ± one
 /// standard deviation: `(line, band)`.
-fn seed_spread(curves: &[Curve]) -> (Vec<(f64, f64)>, Vec<(f64, f64, f64)>) {
+fn seed_spread(curves: &[Curve]) -> (Vec<(f64, f64)>, Band) {
     let Some(first) = curves.first() else {
         return (Vec::new(), Vec::new());
     };

@@ -28,7 +28,9 @@ include!(concat!(env!("OUT_DIR"), "/embedded_plugins.rs"));
 impl EmbeddedPlugin {
     /// The component's bytes, wrapped once per process.
     pub fn component(&self) -> anyhow::Result<&'static [u8]> {
-        static WRAPPED: OnceLock<Vec<OnceLock<Result<Vec<u8>, String>>>> = OnceLock::new();
+        /// Per embedded plugin, its component or why it could not be made.
+        type Wrapped = OnceLock<Result<Vec<u8>, String>>;
+        static WRAPPED: OnceLock<Vec<Wrapped>> = OnceLock::new();
         let cells = WRAPPED.get_or_init(|| EMBEDDED.iter().map(|_| OnceLock::new()).collect());
         let index = EMBEDDED.iter().position(|p| std::ptr::eq(p, self)).unwrap_or(0);
         let wrapped = cells[index].get_or_init(|| super::rust::componentize_module(self.module).map_err(|e| format!("{e:#}")));

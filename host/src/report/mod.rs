@@ -81,7 +81,8 @@ impl RunMetrics {
             return Err(ReportError::Empty { path: metrics_path });
         }
         let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-        let (mut train, mut valid): (BTreeMap<String, Vec<(f64, f64)>>, BTreeMap<String, Vec<(f64, f64)>>) = Default::default();
+        let mut train: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let mut valid: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
         for r in &records {
             for (key, into) in [("domain_loss", &mut train), ("eval", &mut valid)] {
                 if let Some(domains) = r.get(key).and_then(Value::as_object) {
