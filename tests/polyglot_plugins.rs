@@ -81,7 +81,7 @@ fn trace(run_dir: &Path) -> Vec<Value> {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r.get("loss").is_some())
         .map(|mut r| {
-            for key in ["tokens_per_s", "step_ms", "plugin_ms", "route_ms", "reload_ms", "unix_ms"] {
+            for key in ["tokens_per_s", "step_ms", "plugin_ms", "route_ms", "reload_ms", "unix_ms", "peak_rss_mib"] {
                 r.as_object_mut().unwrap().remove(key);
             }
             r

@@ -243,6 +243,10 @@ fn validation_loss_falls_and_eval_reports_every_domain() {
     assert!(o.status.success(), "{}", text(&o));
     let evals: Vec<serde_json::Value> =
         std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v.get("eval").is_some()).collect();
+    // Each step reports the process's peak resident memory, a high-water mark.
+    let peaks: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["peak_rss_mib"].as_f64()).collect();
+    assert_eq!(peaks.len(), 20);
+    assert!(peaks[0] > 1.0 && peaks.windows(2).all(|w| w[1] >= w[0]), "{peaks:?}");
     let first = &evals.first().expect("an evaluation at step 0")["eval"];
     let last = &evals.last().expect("a final evaluation")["eval"];
     assert_eq!(evals.first().unwrap()["step"], 0);

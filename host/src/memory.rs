@@ -33,3 +33,14 @@ mod tests {
         assert!(err.contains("a huge thing needs about") && err.contains("GiB of memory"), "{err}");
     }
 }
+
+/// The most resident memory this process has held so far, in bytes (the kernel's
+/// high-water mark): what a run reports as `peak_rss_mib`, to compare memory with other
+/// trainers on the same machine. `None` where it cannot be read.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given and touches nothing else.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    // SAFETY: it succeeded, so the struct is filled (and it was zeroed before).
+    (rc == 0).then(|| unsafe { usage.assume_init() }.ru_maxrss.max(0) as u64 * 1024)
+}

@@ -61,6 +61,17 @@ pub struct ForwardOutput {
     pub gate_means: Vec<Vec<f32>>,
 }
 
+/// What [`Transformer::hidden_routed`] gives: the final hidden states instead of the
+/// logits, for a loss that makes the logits in chunks.
+pub struct HiddenOutput {
+    /// `[batch * seq, hidden]`, after the final norm: the LM head's input.
+    pub hidden: Tensor,
+    /// As in [`ForwardOutput`].
+    pub aux_loss: Option<Tensor>,
+    pub moe_stats: Vec<LayerStats>,
+    pub gate_means: Vec<Vec<f32>>,
+}
+
 impl Transformer {
     /// Route the MoE layers' tokens through `dispatcher` instead of keeping them local:
     /// what a multi-process job sets before its first step.
@@ -114,7 +125,15 @@ impl Transformer {
 
     /// [`Transformer::forward`], with `route` answering the MoE layers whose spec asks
     /// for per-token routing.
-    pub fn forward_routed(&self, tokens: &[u32], batch: usize, mut route: Option<&mut TokenRouter<'_>>) -> Result<ForwardOutput, ModelError> {
+    pub fn forward_routed(&self, tokens: &[u32], batch: usize, route: Option<&mut TokenRouter<'_>>) -> Result<ForwardOutput, ModelError> {
+        let out = self.hidden_routed(tokens, batch, route)?;
+        let logits = linear(&out.hidden, &self.head, None)?;
+        Ok(ForwardOutput { logits, aux_loss: out.aux_loss, moe_stats: out.moe_stats, gate_means: out.gate_means })
+    }
+
+    /// [`Transformer::forward_routed`] up to the LM head: the final hidden states, which
+    /// training turns into a loss chunk by chunk (`model::loss::chunked_next_token_loss`).
+    pub fn hidden_routed(&self, tokens: &[u32], batch: usize, mut route: Option<&mut TokenRouter<'_>>) -> Result<HiddenOutput, ModelError> {
         let vocab = self.config.vocab_size;
         if let Some((position, &id)) = tokens.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
             return Err(ModelError::TokenOutOfRange { id, position, vocab });
@@ -160,8 +179,8 @@ impl Transformer {
             };
             h = h.add(&m)?;
         }
-        let logits = linear(&rms_norm(&h, &self.norm, eps)?, &self.head, None)?;
-        Ok(ForwardOutput { logits, aux_loss, moe_stats, gate_means })
+        let hidden = rms_norm(&h, &self.norm, eps)?;
+        Ok(HiddenOutput { hidden, aux_loss, moe_stats, gate_means })
     }
 
     /// The MoE layers, for setting routing specs, biases and coefficients.

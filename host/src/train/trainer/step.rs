@@ -13,8 +13,8 @@ use super::slots::Role;
 use super::{StepReport, TrainError, Trainer, tensor_err};
 use crate::contract::{DomainStats, Mixture, SampleRequest, TokenLogits};
 use crate::data::batch::{Batch, training_batch};
-use crate::model::loss::next_token_nll;
-use crate::model::transformer::ForwardOutput;
+use crate::model::loss::chunked_next_token_loss;
+use crate::model::transformer::HiddenOutput;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
 use crate::plugins::PluginError;
@@ -216,8 +216,10 @@ impl Trainer {
         let (first, batch_size) = (micro * t.batch_size + share.start, share.len());
         let tokens = &batch.tokens[first * seq_len..(first + batch_size) * seq_len];
         let out = self.forward_with_router(step, tokens, batch_size, acc)?;
-        let nll = next_token_nll(&out.logits, tokens, batch_size).map_err(tensor_err(step))?;
-        let ce = nll.mean_all().map_err(tensor_err(step))?;
+        // The logits are made a chunk at a time and not kept (`[tokens, vocab]` would be
+        // the largest activation of a real vocabulary).
+        let chunked = chunked_next_token_loss(&out.hidden, &self.model.head, tokens, batch_size).map_err(tensor_err(step))?;
+        let ce = chunked.loss;
         let loss = match &out.aux_loss {
             Some(aux) => {
                 let aux = aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?;
@@ -237,13 +239,12 @@ impl Trainer {
                 acc.grads.insert(name.clone(), sum);
             }
         }
-        let values: Vec<f32> = nll.to_dtype(DType::F32).and_then(|n| n.to_vec1()).map_err(tensor_err(step))?;
-        for (s, chunk) in values.chunks(seq_len - 1).enumerate() {
+        for (s, chunk) in chunked.nll.chunks(seq_len - 1).enumerate() {
             let d = batch.domains[first + s];
             acc.domain_loss[d].0 += chunk.iter().map(|&x| x as f64).sum::<f64>();
             acc.domain_loss[d].1 += chunk.len();
         }
-        acc.total_loss += ce.to_dtype(DType::F32).and_then(|c| c.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / grad_accum as f64;
+        acc.total_loss += chunked.value / grad_accum as f64;
         if acc.stats.is_empty() {
             acc.stats = out.moe_stats;
         } else {
@@ -257,10 +258,10 @@ impl Trainer {
     /// The model's forward pass over one micro-batch; when a layer's spec asks for
     /// per-token routing, the router plugin's `route` chooses its experts (its time is
     /// added to `acc.route_time`).
-    fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated) -> Result<ForwardOutput, TrainError> {
+    fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated) -> Result<HiddenOutput, TrainError> {
         let infos = self.layer_infos();
         let Some(router) = self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) else {
-            return Ok(self.model.forward(tokens, batch_size)?);
+            return Ok(self.model.hidden_routed(tokens, batch_size, None)?);
         };
         router.live.instance().set_step(Some(step));
         let mut route_fault = None;
@@ -276,7 +277,7 @@ impl Trainer {
             route_time += start.elapsed();
             r
         };
-        let out = self.model.forward_routed(tokens, batch_size, Some(&mut hook));
+        let out = self.model.hidden_routed(tokens, batch_size, Some(&mut hook));
         if let Some(source) = route_fault {
             return Err(TrainError::PluginFault { role: Role::ROUTER, source });
         }
@@ -371,6 +372,7 @@ impl Trainer {
             "reload_ms": r.reload_time.as_secs_f64() * 1e3, "comm_ms": r.comm_time.as_secs_f64() * 1e3, "layout": self.job.describe(),
             "optimizer_state_elements": super::data_parallel::Job::moment_elements(&self.optimizer),
             "parameter_elements": self.params.iter().map(|(_, p)| p.elem_count()).sum::<usize>(),
+            "peak_rss_mib": crate::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
             "unix_ms": unix_ms, "layers": layers,
         });
         let path = self.metrics.path().to_path_buf();
