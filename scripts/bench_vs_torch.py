@@ -20,12 +20,18 @@ ratio torch/recast (> 1 means Recast is faster). Two benchmarks:
   train-step-bf16
               the same with PyTorch's forward under bf16 autocast and Recast's
               `--precision bf16`.
+  real-step, real-step-bf16
+              training steps at a real model's shape (examples/bench/real-shape-moe.toml:
+              SmolLM-135M's geometry upcycled to 4 experts top-2, 374 M parameters, vocabulary
+              49,152 with a tied head, batch 4 x 256), each side in its own process so its
+              peak resident memory is its own: one line of tokens/s ratio and one of
+              peak-RSS ratio.
 
 Recast runs first in each benchmark, so PyTorch's worker threads are idle while it runs.
 
 Usage:
     .venv/bin/python scripts/bench_vs_torch.py --recast target/release/recast \
-        [--threads N] [--what moe-layer,moe-layer-bf16,model-step,train-step,train-step-bf16]
+        [--threads N] [--what moe-layer,moe-layer-bf16,model-step,train-step,train-step-bf16,real-step,real-step-bf16]
         [--config RUN.toml]
 """
 
@@ -213,7 +219,9 @@ def torch_train_tokens_per_s(config: dict, bf16: bool = False) -> float:
     top_k = shape.get("top_k", 2)
     torch.manual_seed(SEED)
     model = MixtralForCausalLM(MixtralConfig(
-        vocab_size=256,  # the byte tokenizer
+        vocab_size=max(256, shape.get("vocab_size", 256)),  # the byte tokenizer's, or the config's rows
+        tie_word_embeddings=shape.get("tie_word_embeddings", False),
+        rope_theta=shape.get("rope_theta", 10000.0),
         hidden_size=shape["hidden_size"],
         num_hidden_layers=shape["num_layers"],
         num_attention_heads=shape["num_heads"],
@@ -255,17 +263,71 @@ def bench_train_step(recast: Path, threads: int, config_path: Path, bf16: bool =
     print(f"ratio (recast/torch tokens/s): {recast_tps / torch_tps:.2f}")
 
 
+# ---------------------------------------------------------------- real-step
+
+REAL_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "bench" / "real-shape-moe.toml"
+REAL_STEPS = 3
+
+
+def child(argv: list) -> tuple[str, int]:
+    """Run `argv` to the end; its stdout and its own peak resident memory in bytes."""
+    argv = [str(arg) for arg in argv]
+    print(f"$ {' '.join(argv)}", flush=True)
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise RecastFailed(f"{' '.join(argv)}\nexit code {proc.returncode}\n--- stdout ---\n{stdout.rstrip()}\n--- stderr ---\n{stderr.rstrip()}")
+    return stdout, usage.ru_maxrss * 1024
+
+
+def last_number(stdout: str, label: str) -> float:
+    """X of the last line `{label}: X ...`."""
+    for line in reversed(stdout.strip().splitlines()):
+        match = re.match(re.escape(label) + r": ([0-9.eE+-]+)", line.strip())
+        if match:
+            return float(match.group(1))
+    raise RecastFailed(f"no '{label}: X' line in:\n{stdout}")
+
+
+def bench_real_step(recast: Path, threads: int, bf16: bool = False) -> None:
+    precision = "bf16" if bf16 else "f32"
+    out, recast_rss = child([recast, "bench", "train-step", REAL_CONFIG, "--steps", REAL_STEPS, "--threads", threads, "--precision", precision])
+    recast_tps = last_number(out, "tokens/s")
+    out, torch_rss = child([sys.executable, __file__, "--torch-real-step", precision, "--threads", threads, "--recast", recast])
+    torch_tps = last_number(out, "tokens/s")
+    gib = 1 << 30
+    print(f"real step {precision}: torch {torch_tps:.1f} tokens/s, peak RSS {torch_rss / gib:.2f} GiB; recast {recast_tps:.1f} tokens/s, peak RSS {recast_rss / gib:.2f} GiB")
+    print(f"ratio (recast/torch tokens/s): {recast_tps / torch_tps:.2f}")
+    print(f"ratio (recast/torch peak RSS): {recast_rss / torch_rss:.2f}")
+
+
+def torch_real_step(precision: str) -> None:
+    """The PyTorch side of real-step, alone in this process: prints `tokens/s: X`."""
+    global TRAIN_WARMUP, TRAIN_RUNS
+    TRAIN_WARMUP, TRAIN_RUNS = 1, REAL_STEPS - 1
+    config = tomllib.loads(REAL_CONFIG.read_text())
+    print(f"tokens/s: {torch_train_tokens_per_s(config, precision == 'bf16'):.3f}")
+
+
 # ---------------------------------------------------------------- main
 
 BENCHES = {"moe-layer": bench_moe_layer, "moe-layer-bf16": bench_moe_layer_bf16, "model-step": bench_model_step,
-           "train-step": bench_train_step, "train-step-bf16": bench_train_step}
+           "train-step": bench_train_step, "train-step-bf16": bench_train_step, "real-step": bench_real_step, "real-step-bf16": bench_real_step}
+# Long (minutes, 14 GB): run only when named.
+DEFAULT_BENCHES = ["moe-layer", "moe-layer-bf16", "model-step", "train-step", "train-step-bf16"]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recast", type=Path, required=True, help="path to the recast binary")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides")
-    parser.add_argument("--what", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
+    parser.add_argument("--what", default=",".join(DEFAULT_BENCHES), help=f"comma-separated subset of {','.join(BENCHES)} (default: all but real-step)")
+    parser.add_argument("--torch-real-step", choices=["f32", "bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parent.parent / "examples" / "tiny-moe.toml",
                         help="run config for train-step")
     args = parser.parse_args()
@@ -284,12 +346,17 @@ def main() -> int:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
+    if args.torch_real_step:
+        torch_real_step(args.torch_real_step)
+        return 0
     print(f"threads: {args.threads}, torch {torch.__version__}, CPU")
     try:
         for name in args.what:
             print(f"\n== {name}")
             if name.startswith("train-step"):
                 bench_train_step(args.recast, args.threads, args.config, bf16=name.endswith("bf16"))
+            elif name.startswith("real-step"):
+                bench_real_step(args.recast, args.threads, bf16=name.endswith("bf16"))
             else:
                 BENCHES[name](args.recast, args.threads)
     except RecastFailed as err:

@@ -195,7 +195,10 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     let median = times[times.len() / 2];
     let plugin_share = plugin.iter().sum::<f64>() / times.iter().sum::<f64>();
     println!("step: {:.1} ms (median of {}), plugin time {:.4} % of step time", median * 1e3, times.len(), plugin_share * 100.0);
-    println!("tokens/s: {:.0}", tokens as f64 / median);
+    if let Some(peak) = crate::memory::peak_rss_bytes() {
+        println!("peak RSS: {:.2} GiB", peak as f64 / (1u64 << 30) as f64);
+    }
+    println!("tokens/s: {:.1}", tokens as f64 / median);
     Ok(())
 }
 

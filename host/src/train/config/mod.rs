@@ -183,7 +183,8 @@ pub struct ModelSection {
     pub init: Option<ModelInit>,
 }
 
-/// A model shape to initialise from scratch (vocabulary = the tokenizer's).
+/// A model shape to initialise from scratch (vocabulary: the tokenizer's unless
+/// `vocab_size` says more).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInit {
@@ -214,6 +215,10 @@ pub struct ModelInit {
     /// Standard deviation of the initial weight matrices.
     #[serde(default = "default_init_std")]
     pub std: f64,
+    /// The embedding and head rows (default: the tokenizer's vocabulary; never fewer).
+    /// A real model's vocabulary on byte data, for memory and speed measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
 }
 
 /// The context length of a model made from `[model.init]`.
@@ -230,8 +235,10 @@ fn default_init_std() -> f64 {
 }
 
 impl ModelInit {
-    /// The model shape for a vocabulary of `vocab_size`.
-    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
+    /// The model shape for a tokenizer of `tokenizer_vocab` ids (or `vocab_size` rows
+    /// when that is larger).
+    pub fn model_config(&self, tokenizer_vocab: usize) -> ModelConfig {
+        let vocab_size = self.vocab_size.unwrap_or(0).max(tokenizer_vocab);
         let arch = self.architecture;
         let num_experts = self.num_experts.unwrap_or(0);
         let shared = self.shared_expert_intermediate_size.unwrap_or(0);

@@ -89,6 +89,9 @@ impl RunConfig {
         let key = |name: &str| format!("model.init.{name}");
         count(&key("hidden_size"), init.hidden_size, 1, max::HIDDEN)?;
         count(&key("num_layers"), init.num_layers, 1, max::LAYERS)?;
+        if let Some(vocab) = init.vocab_size {
+            count(&key("vocab_size"), vocab, 1, max::VOCAB)?;
+        }
         count(&key("num_heads"), init.num_heads, 1, max::HEADS)?;
         count(&key("intermediate_size"), init.intermediate_size, 1, max::INTERMEDIATE)?;
         if !init.hidden_size.is_multiple_of(init.num_heads) || !(init.hidden_size / init.num_heads).is_multiple_of(2) {
