@@ -670,3 +670,25 @@ fn compare_overlays_runs_and_tabulates_their_last_validation_losses() {
     let missing = run(&["compare", dir.path().join("nope").to_str().unwrap(), "--out", cmp.to_str().unwrap()]);
     assert!(!missing.status.success() && text(&missing).contains("nope"), "{}", text(&missing));
 }
+
+/// `recast bench peak` measures both precisions, and `bench train-step` states its
+/// achieved FLOP/s as a share of that peak, with its peak memory, before its tokens/s.
+#[test]
+fn bench_peak_and_train_step_report_their_share_of_the_peak() {
+    let o = run(&["bench", "peak", "--size", "128", "--repeats", "1", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for precision in ["f32", "bf16"] {
+        let line = out.lines().find(|l| l.starts_with(&format!("peak {precision}: "))).unwrap_or_else(|| panic!("no {precision} peak in {out}"));
+        let gflops: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(gflops > 0.0, "{line}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let o = run(&["bench", "train-step", cfg.to_str().unwrap(), "--steps", "1", "--threads", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.last().unwrap().starts_with("tokens/s: "), "{out}");
+    assert!(lines.iter().any(|l| l.starts_with("peak RSS: ")) && lines.iter().any(|l| l.contains("of this CPU's measured f32 peak")), "{out}");
+}

@@ -259,6 +259,19 @@ pub(super) enum BenchCommand {
         #[arg(long, default_value_t = 9)]
         repeats: usize,
     },
+    /// This CPU's measured f32 and bf16 GEMM peak (GFLOP/s of a large square product on
+    /// the fastest matmul path, all threads given): what the other benchmarks' achieved
+    /// FLOP/s are a fraction of.
+    Peak {
+        /// The products' size (size × size × size).
+        #[arg(long, default_value_t = 2048)]
+        size: usize,
+        #[command(flatten)]
+        threads: ThreadArgs,
+        /// Timed repetitions after two warm-ups (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// Bytes one training step sends from each rank for a model and a layout: the MoE
     /// layers' all-to-all and the gradient all-reduces (balanced routing, ring
     /// all-reduce). Without `--model`, Mixtral-8x7B.

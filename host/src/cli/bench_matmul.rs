@@ -26,18 +26,7 @@ pub(super) fn run(m: usize, k: usize, n: usize, repeats: usize) -> anyhow::Resul
             paths.push(ActiveMatmul { precision, blas: Some(lib.clone()) });
         }
         for path in paths {
-            for _ in 0..2 {
-                matmul::linear_on(&path, &x, &w)?;
-            }
-            let mut times = (0..repeats.max(1))
-                .map(|_| {
-                    let start = Instant::now();
-                    matmul::linear_on(&path, &x, &w).map(|_| start.elapsed().as_secs_f64())
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("matmul on {path}"))?;
-            times.sort_by(f64::total_cmp);
-            let gflops = flop / times[times.len() / 2] / 1e9;
+            let gflops = flop / median_seconds(&path, &x, &w, repeats)? / 1e9;
             println!("{:<10} {:<5} {gflops:>8.1} GFLOP/s", path.blas.as_ref().map_or("candle", |l| l.vendor), format!("{precision:?}").to_lowercase());
             results.push((path, gflops));
         }
@@ -49,4 +38,64 @@ pub(super) fn run(m: usize, k: usize, n: usize, repeats: usize) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// The median time of `x Wᵀ` on `path` after two warm-ups.
+fn median_seconds(path: &ActiveMatmul, x: &Tensor, w: &Tensor, repeats: usize) -> anyhow::Result<f64> {
+    for _ in 0..2 {
+        matmul::linear_on(path, x, w)?;
+    }
+    let mut times = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            matmul::linear_on(path, x, w).map(|_| start.elapsed().as_secs_f64())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("matmul on {path}"))?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// This CPU's measured GEMM peak in `precision`: the best GFLOP/s of a `size`³ product
+/// over every matmul path it has, all threads given; with the path that reached it.
+/// What the other benchmarks state their achieved FLOP/s as a fraction of.
+pub(super) fn peak(precision: Precision, size: usize, repeats: usize) -> anyhow::Result<(f64, String)> {
+    let blas = matmul::library()?;
+    let x = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
+    let w = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
+    let flop = 2.0 * (size as f64).powi(3);
+    let mut paths = vec![ActiveMatmul { precision, blas: None }];
+    if let Some(lib) = blas.filter(|l| precision == Precision::F32 || l.has_bf16()) {
+        paths.push(ActiveMatmul { precision, blas: Some(lib) });
+    }
+    let mut best = (0.0, String::new());
+    for path in paths {
+        let gflops = flop / median_seconds(&path, &x, &w, repeats)? / 1e9;
+        if gflops > best.0 {
+            best = (gflops, path.blas.as_ref().map_or("candle", |l| l.vendor).to_string());
+        }
+    }
+    Ok(best)
+}
+
+/// `recast bench peak`: the f32 and bf16 GEMM peak of this CPU.
+pub(super) fn run_peak(size: usize, repeats: usize) -> anyhow::Result<()> {
+    println!("peak: {size}x{size}x{size} products, threads={}", candle_core::utils::get_num_threads());
+    for precision in [Precision::F32, Precision::Bf16] {
+        let (gflops, path) = peak(precision, size, repeats)?;
+        println!("peak {}: {gflops:.1} GFLOP/s ({path})", format!("{precision:?}").to_lowercase());
+    }
+    Ok(())
+}
+
+/// "X GFLOP/s, Y % of this CPU's measured `precision` peak": how far a benchmark is from
+/// what the machine can do (a short peak measurement, 1024³ products).
+pub(super) fn fraction_of_peak(flop: f64, seconds: f64, precision: Precision) -> String {
+    let achieved = flop / seconds.max(1e-12) / 1e9;
+    match peak(precision, 1024, 3) {
+        Ok((peak, path)) => {
+            format!("achieved {achieved:.1} GFLOP/s, {:.0} % of this CPU's measured {} peak ({peak:.1} GFLOP/s, {path})", 100.0 * achieved / peak.max(1e-9), format!("{precision:?}").to_lowercase())
+        }
+        Err(e) => format!("achieved {achieved:.1} GFLOP/s (no peak measured: {e:#})"),
+    }
 }

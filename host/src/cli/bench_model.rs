@@ -65,6 +65,10 @@ pub(super) fn moe_layer(shape: &MoeLayerShape, compute: ComputeSettings, repeats
     if dev.is_cuda() {
         let load = layer.forward(&x)?.stats.expert_load;
         expert_gemm_share(&layer, &load, &x, repeats)?;
+    } else {
+        // Forward: 6·d·ffn per routed slot (gate, up, down) and the router; backward twice that.
+        let flop = 18.0 * (tokens * top_k * hidden * ffn) as f64 + 6.0 * (tokens * hidden * experts) as f64;
+        println!("{}", super::bench_matmul::fraction_of_peak(flop, ms / 1e3, compute.precision));
     }
     println!("moe-layer fwd+bwd: {ms:.1} ms");
     Ok(())
@@ -148,6 +152,25 @@ fn median_ms(repeats: usize, mut run: impl FnMut() -> anyhow::Result<bool>) -> a
     Ok(times[times.len() / 2])
 }
 
+/// The floating-point operations of one training step of `tokens` tokens in sequences of
+/// `seq`: six per active weight per token (forward and backward of every product; only
+/// top-k of E routed experts are active, the embedding lookup is no product unless the
+/// head shares it) plus the attention scores and values (12 · layers · seq · hidden).
+fn step_flop(config: &crate::model::config::ModelConfig, parameters: usize, seq: usize, tokens: usize) -> f64 {
+    let d = config.hidden_size as f64;
+    let mut inactive = 0.0;
+    if let Some(moe) = &config.moe {
+        let idle = 1.0 - moe.top_k as f64 / moe.num_experts.max(1) as f64;
+        let per_layer: f64 = moe.expert_intermediate.iter().map(|&f| 3.0 * d * f as f64).sum();
+        inactive += idle * per_layer * moe.moe_layers.iter().filter(|m| **m).count() as f64;
+    }
+    if !config.tie_word_embeddings {
+        inactive += config.vocab_size as f64 * d;
+    }
+    let active = (parameters as f64 - inactive).max(0.0);
+    6.0 * active * tokens as f64 + 12.0 * (config.num_layers * seq) as f64 * d * tokens as f64
+}
+
 /// Deterministic token ids, the same on every run.
 fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
     let mut rng = SplitMix64(seed);
@@ -197,6 +220,10 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     println!("step: {:.1} ms (median of {}), plugin time {:.4} % of step time", median * 1e3, times.len(), plugin_share * 100.0);
     if let Some(peak) = crate::memory::peak_rss_bytes() {
         println!("peak RSS: {:.2} GiB", peak as f64 / (1u64 << 30) as f64);
+    }
+    if trainer.config.compute.device == ComputeDevice::Cpu {
+        let flop = step_flop(&trainer.model_config, trainer.params().num_parameters(), trainer.config.train.seq_len, tokens);
+        println!("{} (≈ 6 × active weights × tokens + attention)", super::bench_matmul::fraction_of_peak(flop, median, trainer.config.compute.precision));
     }
     println!("tokens/s: {:.1}", tokens as f64 / median);
     Ok(())

@@ -308,6 +308,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads.apply();
             bench_model::train_step(&config, steps, precision, matmul, device)
         }
+        Command::Bench(BenchCommand::Peak { size, threads, repeats }) => {
+            threads.apply();
+            bench_matmul::run_peak(size, repeats)
+        }
         Command::Bench(BenchCommand::Matmul { m, k, n, threads, repeats }) => {
             threads.apply();
             bench_matmul::run(m, k, n, repeats)
