@@ -22,6 +22,17 @@ pub fn ensure_fits(what: &str, bytes: u128) -> Result<(), String> {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// The most resident memory this process has held so far, in bytes (the kernel's
+/// high-water mark): what a run reports as `peak_rss_mib`, to compare memory with other
+/// trainers on the same machine. `None` where it cannot be read.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given and touches nothing else.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    // SAFETY: it succeeded, so the struct is filled (and it was zeroed before).
+    (rc == 0).then(|| unsafe { usage.assume_init() }.ru_maxrss.max(0) as u64 * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,15 +43,4 @@ mod tests {
         let err = super::ensure_fits("a huge thing", u128::MAX).unwrap_err();
         assert!(err.contains("a huge thing needs about") && err.contains("GiB of memory"), "{err}");
     }
-}
-
-/// The most resident memory this process has held so far, in bytes (the kernel's
-/// high-water mark): what a run reports as `peak_rss_mib`, to compare memory with other
-/// trainers on the same machine. `None` where it cannot be read.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the rusage it is given and touches nothing else.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
-    // SAFETY: it succeeded, so the struct is filled (and it was zeroed before).
-    (rc == 0).then(|| unsafe { usage.assume_init() }.ru_maxrss.max(0) as u64 * 1024)
 }
