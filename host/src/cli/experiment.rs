@@ -25,7 +25,7 @@ pub(super) fn run(file: &Path, out: &Path, smoke: bool, data: &[String], sets: &
     println!("claim: {}", spec.claim);
     let verdicts = crate::experiment::run(&spec, file, out, smoke, &mut Console::default())?;
     for v in &verdicts {
-        println!("{}: {} ({})", if v.holds { "holds" } else { "does not hold" }, v.says, v.figures);
+        println!("{}: {} ({})", v.outcome.as_str(), v.says, v.figures);
     }
     println!("results: {}", out.join("results.md").display());
     Ok(())

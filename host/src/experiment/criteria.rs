@@ -1,7 +1,9 @@
 //! Pass criteria, evaluated from the numbers: an arm has the lowest (or highest) value
 //! of a metric among others, one arm's value is below another's, a metric rises along a
-//! list of arms, or every arm's value lies under, over or within a bound. Each verdict
-//! says "holds" or "does not hold" with the figures.
+//! list of arms, or every arm's value lies under, over or within a bound. Comparisons
+//! are paired by seed: a verdict **holds** when the effect exceeds two standard errors
+//! of the paired differences, **does not hold** when the opposite effect does, and is
+//! **inconclusive** otherwise (within the seeds' noise, or one seed: no noise estimate).
 
 use std::collections::BTreeMap;
 
@@ -51,13 +53,80 @@ pub struct Criterion {
     pub margin: f64,
 }
 
+/// What the numbers say about a criterion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The effect exceeds two standard errors of its paired differences.
+    Holds,
+    /// The opposite effect does.
+    DoesNotHold,
+    /// Neither: the effect is within the seeds' noise (or there is one seed).
+    Inconclusive,
+}
+
+impl Outcome {
+    /// How results and the terminal say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Holds => "holds",
+            Outcome::DoesNotHold => "does not hold",
+            Outcome::Inconclusive => "inconclusive",
+        }
+    }
+
+    /// Every part holds → holds; any part does not → does not; else inconclusive.
+    fn all(parts: impl IntoIterator<Item = Outcome>) -> Outcome {
+        let mut all_hold = true;
+        for part in parts {
+            match part {
+                Outcome::DoesNotHold => return Outcome::DoesNotHold,
+                Outcome::Inconclusive => all_hold = false,
+                Outcome::Holds => {}
+            }
+        }
+        if all_hold { Outcome::Holds } else { Outcome::Inconclusive }
+    }
+}
+
+/// The test of one claimed effect: per seed `d = effect`, positive when the claim is
+/// true; holds when `mean(d) > 2 · sd(d) / √n`, does not hold when `mean(d) < −2 · se`.
+pub fn paired_test(effects: &[f64]) -> (Outcome, f64, f64) {
+    let n = effects.len();
+    if n == 0 || effects.iter().any(|d| d.is_nan()) {
+        return (Outcome::Inconclusive, f64::NAN, f64::NAN);
+    }
+    let (mean, sd) = mean_std(effects);
+    if n < 2 {
+        return (Outcome::Inconclusive, mean, f64::NAN);
+    }
+    let se = sd / (n as f64).sqrt();
+    let outcome = if mean > 2.0 * se {
+        Outcome::Holds
+    } else if mean < -2.0 * se {
+        Outcome::DoesNotHold
+    } else {
+        Outcome::Inconclusive
+    };
+    (outcome, mean, se)
+}
+
 /// A criterion's outcome.
 #[derive(Clone, Debug)]
 pub struct Verdict {
     pub says: String,
-    pub holds: bool,
-    /// The figures it was decided on.
+    pub outcome: Outcome,
+    /// The figures it was decided on: each arm's mean ± standard deviation over seeds
+    /// and the paired effect ± its standard error.
     pub figures: String,
+    /// Where in the runs the metric is read (e.g. "mean over the last 10 % of steps").
+    pub window: String,
+}
+
+impl Verdict {
+    /// Whether the criterion holds (beyond the seeds' noise).
+    pub fn holds(&self) -> bool {
+        self.outcome == Outcome::Holds
+    }
 }
 
 impl Criterion {
@@ -100,39 +169,58 @@ impl Criterion {
         }
     }
 
-    /// Decide from `runs` (arm → one [`StepResults`] per seed); values are means over
-    /// seeds, arms in display order.
+    /// Decide from `runs` (arm → one [`StepResults`] per seed, in the same seed order
+    /// for every arm), comparisons paired by seed, arms in display order.
     pub fn evaluate(&self, runs: &BTreeMap<String, Vec<&StepResults>>, order: &[String], default_step: &str) -> Verdict {
-        let values: BTreeMap<&str, f64> = runs
-            .iter()
-            .map(|(arm, seeds)| {
-                let per_seed: Vec<f64> = seeds.iter().filter_map(|r| self.value(r, default_step)).collect();
-                (arm.as_str(), if per_seed.len() == seeds.len() && !per_seed.is_empty() { mean_std(&per_seed).0 } else { f64::NAN })
-            })
-            .collect();
-        let v = |arm: &str| values.get(arm).copied().unwrap_or(f64::NAN);
-        let show = |arms: &[String]| arms.iter().map(|a| format!("{a} {}", figure(v(a)))).collect::<Vec<_>>().join(", ");
-        let among: Vec<String> = if self.among.is_empty() { order.to_vec() } else { self.among.clone() };
-        let (holds, arms) = if let Some(arm) = self.lowest.as_ref().or(self.highest.as_ref()) {
-            let lowest = self.lowest.is_some();
-            let others: Vec<&String> = among.iter().filter(|a| *a != arm).collect();
-            let holds = others.iter().all(|o| if lowest { v(arm) + self.margin < v(o) } else { v(arm) > v(o) + self.margin });
-            let mut arms = vec![arm.clone()];
-            arms.extend(others.into_iter().cloned());
-            (holds, arms)
-        } else if let Some([a, b]) = &self.below {
-            (v(a) + self.margin < v(b), vec![a.clone(), b.clone()])
-        } else if let Some(arms) = &self.increasing {
-            (arms.windows(2).all(|w| v(&w[0]) < v(&w[1])), arms.clone())
-        } else {
-            let test = |x: f64| match (self.at_most, self.at_least, self.within) {
-                (Some(m), _, _) => x <= m,
-                (_, Some(m), _) => x >= m,
-                (_, _, Some(m)) => x.abs() <= m,
-                _ => false,
-            };
-            (among.iter().all(|a| test(v(a))), among.clone())
+        let per_seed: BTreeMap<&str, Vec<f64>> = runs.iter().map(|(arm, seeds)| (arm.as_str(), seeds.iter().map(|r| self.value(r, default_step).unwrap_or(f64::NAN)).collect())).collect();
+        let seeds = |arm: &str| per_seed.get(arm).cloned().unwrap_or_default();
+        let summary = |arm: &str| {
+            let values = seeds(arm);
+            if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+                return format!("{arm} n/a");
+            }
+            let (mean, sd) = mean_std(&values);
+            if values.len() > 1 { format!("{arm} {} ± {}", figure(mean), figure(sd)) } else { format!("{arm} {}", figure(mean)) }
         };
+        // "a + margin < b", per seed: b − a − margin.
+        let below = |a: &str, b: &str, margin: f64| -> Vec<f64> { seeds(a).iter().zip(seeds(b)).map(|(x, y)| y - x - margin).collect() };
+        let among: Vec<String> = if self.among.is_empty() { order.to_vec() } else { self.among.clone() };
+        let mut tests: Vec<(String, Vec<f64>)> = Vec::new();
+        let arms: Vec<String> = if let Some(arm) = self.lowest.as_ref().or(self.highest.as_ref()) {
+            let others: Vec<String> = among.iter().filter(|a| *a != arm).cloned().collect();
+            for o in &others {
+                let effect = if self.lowest.is_some() { below(arm, o, self.margin) } else { below(o, arm, self.margin) };
+                tests.push((format!("{arm} vs {o}"), effect));
+            }
+            std::iter::once(arm.clone()).chain(others).collect()
+        } else if let Some([a, b]) = &self.below {
+            tests.push((format!("{b} − {a}"), below(a, b, self.margin)));
+            vec![a.clone(), b.clone()]
+        } else if let Some(arms) = &self.increasing {
+            for w in arms.windows(2) {
+                tests.push((format!("{} − {}", w[1], w[0]), below(&w[0], &w[1], 0.0)));
+            }
+            arms.clone()
+        } else {
+            for a in &among {
+                let x = seeds(a);
+                match (self.at_most, self.at_least, self.within) {
+                    (Some(m), _, _) => tests.push((format!("{m} − {a}"), x.iter().map(|v| m - v).collect())),
+                    (_, Some(m), _) => tests.push((format!("{a} − {m}"), x.iter().map(|v| v - m).collect())),
+                    (_, _, Some(m)) => {
+                        tests.push((format!("{m} − {a}"), x.iter().map(|v| m - v).collect()));
+                        tests.push((format!("{a} + {m}"), x.iter().map(|v| v + m).collect()));
+                    }
+                    _ => {}
+                }
+            }
+            among.clone()
+        };
+        let results: Vec<(String, (Outcome, f64, f64))> = tests.iter().map(|(label, d)| (label.clone(), paired_test(d))).collect();
+        let outcome = Outcome::all(results.iter().map(|(_, r)| r.0));
+        let n = per_seed.values().map(Vec::len).min().unwrap_or(0);
+        let effects: Vec<String> =
+            results.iter().map(|(label, (_, mean, se))| if se.is_nan() { format!("{label} = {}", figure(*mean)) } else { format!("{label} = {} ± {}", figure(*mean), figure(*se)) }).collect();
         let mut name = self.metric.clone();
         if let Some(m) = &self.minus {
             name = format!("{name} − {m}");
@@ -147,7 +235,10 @@ impl Criterion {
             _ if self.margin != 0.0 => format!("; margin {}", figure(self.margin)),
             _ => String::new(),
         };
-        Verdict { says: self.says.clone(), holds, figures: format!("{name}: {}{bound}", show(&arms)) }
+        let arms_shown = arms.iter().map(|a| summary(a)).collect::<Vec<_>>().join(", ");
+        let seeds_note = if n < 2 { "one seed: no noise estimate".to_string() } else { format!("{n} seeds, effect ± standard error") };
+        let window = MetricRef::parse(&self.metric).map(|m| m.window().to_string()).unwrap_or_default();
+        Verdict { says: self.says.clone(), outcome, figures: format!("{name}: {arms_shown}{bound}; paired by seed: {} ({seeds_note})", effects.join(", ")), window }
     }
 }
 
@@ -169,39 +260,64 @@ mod tests {
     use super::*;
     use crate::experiment::results::RunResult;
 
-    fn runs(values: &[(&str, f64)]) -> BTreeMap<String, StepResults> {
-        values
-            .iter()
-            .map(|(arm, v)| {
-                (arm.to_string(), [("s".to_string(), RunResult { final_loss: [("d".to_string(), *v)].into(), initial_loss: [("d".to_string(), 1.0)].into(), ..Default::default() })].into())
-            })
-            .collect()
+    /// One arm's results over seeds: `final_loss` per seed.
+    fn arm(values: &[f64]) -> Vec<StepResults> {
+        values.iter().map(|v| [("s".to_string(), RunResult { final_loss: [("d".to_string(), *v)].into(), initial_loss: [("d".to_string(), 1.0)].into(), ..Default::default() })].into()).collect()
+    }
+
+    fn criterion(text: &str, arms: &[&str]) -> Criterion {
+        let c: Criterion = toml::from_str(&format!("says = \"x\"\nmetric = \"final_loss\"\n{text}")).unwrap();
+        c.check(arms).unwrap();
+        c
+    }
+
+    fn outcome(data: &BTreeMap<String, Vec<StepResults>>, text: &str) -> Outcome {
+        let by_arm: BTreeMap<String, Vec<&StepResults>> = data.iter().map(|(k, v)| (k.clone(), v.iter().collect())).collect();
+        let order: Vec<String> = data.keys().cloned().collect();
+        let names: Vec<&str> = order.iter().map(String::as_str).collect();
+        criterion(text, &names).evaluate(&by_arm, &order, "s").outcome
+    }
+
+    /// Three seeds whose paired differences have standard error `se` around `effect`.
+    fn pair(effect: f64, se: f64) -> BTreeMap<String, Vec<StepResults>> {
+        // Differences effect + {−s, 0, +s} have sd s and standard error s/√3.
+        let s = se * 3f64.sqrt();
+        let base = [2.0, 2.5, 1.7];
+        let b: Vec<f64> = base.iter().zip([-s, 0.0, s]).map(|(x, e)| x + effect + e).collect();
+        [("a".to_string(), arm(&base)), ("b".to_string(), arm(&b))].into()
+    }
+
+    /// A claimed effect of 5 standard errors holds, 0.5 is inconclusive, −5 does not
+    /// hold; one seed is never enough to decide.
+    #[test]
+    fn verdicts_weigh_the_effect_against_the_seeds_noise() {
+        assert_eq!(outcome(&pair(0.05, 0.01), "below = [\"a\", \"b\"]"), Outcome::Holds);
+        assert_eq!(outcome(&pair(0.005, 0.01), "below = [\"a\", \"b\"]"), Outcome::Inconclusive);
+        assert_eq!(outcome(&pair(-0.05, 0.01), "below = [\"a\", \"b\"]"), Outcome::DoesNotHold);
+        let one: BTreeMap<String, Vec<StepResults>> = [("a".to_string(), arm(&[1.0])), ("b".to_string(), arm(&[2.0]))].into();
+        assert_eq!(outcome(&one, "below = [\"a\", \"b\"]"), Outcome::Inconclusive);
+        let (o, mean, se) = paired_test(&[0.04, 0.05, 0.06]);
+        assert_eq!(o, Outcome::Holds);
+        assert!((mean - 0.05).abs() < 1e-12 && (se - 0.01 / 3f64.sqrt()).abs() < 1e-12);
     }
 
     #[test]
-    fn verdicts_follow_the_numbers() {
-        let data = runs(&[("a", 1.0), ("b", 2.0), ("c", 3.0)]);
-        let by_arm: BTreeMap<String, Vec<&StepResults>> = data.iter().map(|(k, v)| (k.clone(), vec![v])).collect();
-        let order: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-        let c = |text: &str| -> Criterion {
-            let c: Criterion = toml::from_str(&format!("says = \"x\"\nmetric = \"final_loss\"\n{text}")).unwrap();
-            c.check(&["a", "b", "c"]).unwrap();
-            c
-        };
-        let holds = |text: &str| c(text).evaluate(&by_arm, &order, "s").holds;
-        assert!(holds("lowest = \"a\""));
-        assert!(!holds("lowest = \"b\""));
-        assert!(holds("highest = \"c\""));
-        assert!(holds("below = [\"a\", \"b\"]"));
-        assert!(!holds("below = [\"a\", \"b\"]\nmargin = 1.5"));
-        assert!(holds("below = [\"b\", \"a\"]\nmargin = -1.5"));
-        assert!(holds("increasing = [\"a\", \"b\", \"c\"]"));
-        assert!(!holds("increasing = [\"c\", \"a\"]"));
-        assert!(holds("at_most = 3.0"));
-        assert!(!holds("at_most = 2.5"));
-        assert!(holds("at_least = 2.0\namong = [\"b\", \"c\"]"));
-        assert!(holds("within = 0.5\nminus = \"initial_loss\"\namong = [\"a\"]"));
-        assert!(!holds("within = 0.5\nminus = \"initial_loss\""));
+    fn every_kind_of_criterion_is_tested_on_paired_seeds() {
+        // a < b < c on every seed, with a little noise.
+        let data: BTreeMap<String, Vec<StepResults>> = [("a", [1.0, 1.1, 0.9]), ("b", [2.0, 2.05, 1.9]), ("c", [3.0, 3.1, 2.95])].into_iter().map(|(k, v)| (k.to_string(), arm(&v))).collect();
+        let o = |text: &str| outcome(&data, text);
+        assert_eq!(o("lowest = \"a\""), Outcome::Holds);
+        assert_eq!(o("lowest = \"b\""), Outcome::DoesNotHold);
+        assert_eq!(o("highest = \"c\""), Outcome::Holds);
+        assert_eq!(o("below = [\"a\", \"b\"]\nmargin = 1.5"), Outcome::DoesNotHold);
+        assert_eq!(o("below = [\"b\", \"a\"]\nmargin = -1.5"), Outcome::Holds);
+        assert_eq!(o("increasing = [\"a\", \"b\", \"c\"]"), Outcome::Holds);
+        assert_eq!(o("increasing = [\"c\", \"a\"]"), Outcome::DoesNotHold);
+        assert_eq!(o("at_most = 3.5"), Outcome::Holds);
+        assert_eq!(o("at_most = 2.5"), Outcome::DoesNotHold);
+        assert_eq!(o("at_least = 1.5\namong = [\"b\", \"c\"]"), Outcome::Holds);
+        assert_eq!(o("within = 0.5\nminus = \"initial_loss\"\namong = [\"a\"]"), Outcome::Holds);
+        assert_eq!(o("within = 0.5\nminus = \"initial_loss\""), Outcome::DoesNotHold);
         let bad: Criterion = toml::from_str("says = \"x\"\nmetric = \"final_loss\"\nlowest = \"a\"\nbelow = [\"a\", \"b\"]").unwrap();
         assert!(bad.check(&["a", "b"]).is_err());
         let recovery: Criterion = toml::from_str("says = \"x\"\nmetric = \"recovery\"\nat_most = 0.1").unwrap();

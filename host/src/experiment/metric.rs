@@ -53,6 +53,20 @@ impl MetricRef {
         Ok(MetricRef { name: name.into(), domain, step: step.filter(|s| !s.is_empty()) })
     }
 
+    /// Where in the run the metric is read, for the verdict table: a verdict read in
+    /// another window may differ.
+    pub fn window(&self) -> &'static str {
+        match self.name.as_str() {
+            "final_loss" => "held-out loss at the step's last evaluation",
+            "initial_loss" => "held-out loss before the step's first update",
+            "early_loss" => "held-out loss at the step's first evaluation after step 0",
+            "drop_rate" | "max1_over_max2" | "maxvio" => "mean over the last 10 % of the step's training steps and its MoE layers",
+            "recovery" => "tokens until the held-out loss is back at the reference, after its highest point",
+            "gate_own" | "gate_peak" => "mean gates on each domain's held-out text at the last evaluation",
+            _ => "",
+        }
+    }
+
     /// The step this metric reads.
     pub fn step_or<'a>(&'a self, default: &'a str) -> &'a str {
         self.step.as_deref().unwrap_or(default)

@@ -12,7 +12,7 @@
 //! let spec = recast::experiment::read(file)?;
 //! // The seconds-long smoke version; `()` shows nothing.
 //! for verdict in recast::experiment::run(&spec, file, &recast::experiment::default_out(file), true, &mut ())? {
-//!     println!("{}: {}", if verdict.holds { "holds" } else { "does not hold" }, verdict.says);
+//!     println!("{}: {}", verdict.outcome.as_str(), verdict.says);
 //! }
 //! # Ok::<(), anyhow::Error>(())
 //! ```

@@ -62,9 +62,9 @@ pub(super) fn write_results(spec: &ExperimentSpec, results: &BTreeMap<(String, u
         );
     }
     md.push_str(&gate_table(&arms, &of));
-    md.push_str("\n## Verdicts\n\n");
+    md.push_str("\n## Verdicts\n\nPaired by seed: a criterion **holds** when its effect exceeds two standard errors of the per-seed differences, **does not hold** when the opposite effect does, and is **inconclusive** otherwise.\n\n| verdict | claim | read in | figures |\n|---|---|---|---|\n");
     for v in &verdicts {
-        let _ = writeln!(md, "- **{}**: {} ({})", if v.holds { "holds" } else { "does not hold" }, v.says, v.figures);
+        let _ = writeln!(md, "| **{}** | {} | {} | {} |", v.outcome.as_str(), v.says, v.window, v.figures);
     }
     md.push_str(&runs_table(results, out));
     md.push_str(&data_table(spec));
