@@ -58,3 +58,59 @@ num_experts = 4
 top_k = 2
 std = 0.05
 "#;
+
+/// A small MoE run on two built-in domains with the reference router, aux schedule and
+/// sampler (as files), written to `dir/run.toml`; `extra_train` joins `[train]`.
+pub fn config(dir: &Path, extra_train: &str) -> PathBuf {
+    let path = dir.join("run.toml");
+    let body = format!(
+        r#"seed = 7
+
+{TINY_MOE}
+[[data.domains]]
+name = "arithmetic"
+builtin = "arithmetic"
+
+[[data.domains]]
+name = "prose"
+builtin = "prose"
+
+[plugins.router]
+file = "{router}"
+params = {{ top_k = 2, capacity_factor = 1.5 }}
+
+[plugins.aux_schedule]
+file = "{aux}"
+
+[plugins.sampler]
+file = "{sampler}"
+params = {{ temperature = 2.0 }}
+
+[optimizer]
+lr = 5e-3
+
+[schedule]
+warmup_steps = 3
+
+[train]
+steps = 20
+batch_size = 4
+seq_len = 32
+eval_tokens = 512
+{extra_train}
+"#,
+        router = plugin("topk-softmax").display(),
+        aux = plugin("constant").display(),
+        sampler = plugin("temperature").display(),
+    );
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// `recast train ARGS --threads 2`.
+pub fn train(args: &[&str]) -> Output {
+    let mut all = vec!["train"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--threads", "2"]);
+    run(&all)
+}
