@@ -3,11 +3,30 @@
 # as arguments, by file stem) at full size from scratch, then copies each results page,
 # table and plots into docs/results/<name>/ and records the wall time in
 # docs/results/times.tsv. The training runs themselves stay in runs/experiments/.
+# With `--data real`, the code and prose domains are real text instead of the built-in
+# generators (scripts/real-corpora.sh prepares data/real once: Python standard-library
+# sources and manual pages), and everything goes to runs/experiments-real/ and
+# docs/results/real/.
 #
 #   bash scripts/reproduce-claims.sh                     # all of them
 #   bash scripts/reproduce-claims.sh innovator ultrafuser
+#   bash scripts/reproduce-claims.sh --data real [NAME...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+data=builtin
+if [[ ${1:-} == --data ]]; then
+    data=${2:?--data takes builtin or real}
+    shift 2
+fi
+case "$data" in
+    builtin) runs=runs/experiments; docs=docs/results; data_args=() ;;
+    real)
+        runs=runs/experiments-real; docs=docs/results/real
+        [[ -f data/real/code/meta.json && -f data/real/prose/meta.json ]] || bash scripts/real-corpora.sh --out data/real
+        data_args=(--data code=data/real/code --data prose=data/real/prose) ;;
+    *) echo "--data $data: expected builtin or real" >&2; exit 2 ;;
+esac
 
 cargo build --release -q -p recast-host
 recast=target/release/recast
@@ -15,22 +34,22 @@ names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
     for f in experiments/*.toml; do names+=("$(basename "$f" .toml)"); done
 fi
-mkdir -p docs/results
-touch docs/results/times.tsv
+mkdir -p "$docs"
+touch "$docs/times.tsv"
 for name in "${names[@]}"; do
     file="experiments/$name.toml"
     [ -f "$file" ] || { echo "no experiment $file" >&2; exit 1; }
-    out="runs/experiments/$name"
+    out="$runs/$name"
     rm -rf "$out"
     start=$(date +%s)
-    "$recast" experiment "$file" --out "$out"
+    "$recast" experiment "$file" --out "$out" "${data_args[@]}"
     seconds=$(( $(date +%s) - start ))
-    rm -rf "docs/results/$name"
-    mkdir -p "docs/results/$name"
-    cp "$out"/results.md "$out"/results.csv "$out"/*.png "docs/results/$name/"
-    grep -v "^$name	" docs/results/times.tsv > docs/results/times.tsv.new || true
-    printf '%s\t%s\t%s\n' "$name" "$seconds" "$(nproc) cores" >> docs/results/times.tsv.new
-    sort -o docs/results/times.tsv docs/results/times.tsv.new
-    rm docs/results/times.tsv.new
+    rm -rf "${docs:?}/$name"
+    mkdir -p "$docs/$name"
+    cp "$out"/results.md "$out"/results.csv "$out"/*.png "$out"/*.svg "$docs/$name/"
+    grep -v "^$name	" "$docs/times.tsv" > "$docs/times.tsv.new" || true
+    printf '%s\t%s\t%s\n' "$name" "$seconds" "$(nproc) cores" >> "$docs/times.tsv.new"
+    sort -o "$docs/times.tsv" "$docs/times.tsv.new"
+    rm "$docs/times.tsv.new"
     echo "$name: ${seconds} s"
 done
