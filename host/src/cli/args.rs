@@ -11,6 +11,7 @@ use super::{data_prepare, plugin_new};
 use crate::cpu::matmul::{MatmulBackend, Precision};
 use crate::distributed::Backend;
 use crate::model::compute_device::ComputeDevice;
+use crate::model::training_pass::Recompute;
 use crate::plugins::{PluginKind, PluginLimits};
 
 /// `recast bundle …`.
@@ -240,6 +241,9 @@ pub(super) enum BenchCommand {
         /// Overrides the config's `[compute] device` (`cpu`, `cuda`, `cuda:N`).
         #[arg(long)]
         device: Option<ComputeDevice>,
+        /// Overrides the config's `[compute] recompute`.
+        #[arg(long, value_enum)]
+        recompute: Option<Recompute>,
         #[command(flatten)]
         threads: ThreadArgs,
     },

@@ -14,6 +14,7 @@ use crate::model::compute_device::ComputeDevice;
 use crate::model::ffn::Ffn;
 use crate::model::init::SplitMix64;
 use crate::model::loss::next_token_loss;
+use crate::model::training_pass::Recompute;
 use crate::model::transformer::Transformer;
 use crate::moe::layer::MoeLayer;
 use crate::moe::spec::RouterSpec;
@@ -179,7 +180,7 @@ fn pseudo_random_tokens(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
 
 /// Tokens per second of whole training steps (sampler, aux schedule, forward, backward,
 /// AdamW, router `on-step`) of the run `config` describes, and the share of plugin time.
-pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>, matmul: Option<MatmulBackend>, device: Option<ComputeDevice>) -> anyhow::Result<()> {
+pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>, matmul: Option<MatmulBackend>, device: Option<ComputeDevice>, recompute: Option<Recompute>) -> anyhow::Result<()> {
     use crate::plugins::PluginEngine;
     use crate::train::config::RunConfig;
     use crate::train::trainer::Trainer;
@@ -191,6 +192,7 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     parsed.compute.precision = precision.unwrap_or(parsed.compute.precision);
     parsed.compute.matmul = matmul.unwrap_or(parsed.compute.matmul);
     parsed.compute.device = device.unwrap_or(parsed.compute.device);
+    parsed.compute.recompute = recompute.unwrap_or(parsed.compute.recompute);
     let engine = std::sync::Arc::new(PluginEngine::new()?);
     let plugins = crate::run::plugins::load_run_plugins(&engine, &parsed)?.set;
     let run_dir = tempfile_dir()?;

@@ -302,11 +302,11 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Plugins { router, tokens, experts, top_k, repeats }) => bench::plugins(router.as_deref(), tokens, experts, top_k, repeats.max(1)),
         Command::Bench(BenchCommand::MoeLayer { tokens, hidden, experts, top_k, ffn, dtype, matmul, device, threads, repeats }) => {
             threads.apply();
-            bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn }, ComputeSettings { precision: dtype, matmul, device }, repeats)
+            bench_model::moe_layer(&bench_model::MoeLayerShape { tokens, hidden, experts, top_k, ffn }, ComputeSettings { precision: dtype, matmul, device, ..Default::default() }, repeats)
         }
-        Command::Bench(BenchCommand::TrainStep { config, steps, precision, matmul, device, threads }) => {
+        Command::Bench(BenchCommand::TrainStep { config, steps, precision, matmul, device, recompute, threads }) => {
             threads.apply();
-            bench_model::train_step(&config, steps, precision, matmul, device)
+            bench_model::train_step(&config, steps, precision, matmul, device, recompute)
         }
         Command::Bench(BenchCommand::Peak { size, threads, repeats }) => {
             threads.apply();

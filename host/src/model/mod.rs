@@ -28,4 +28,5 @@ pub mod params;
 pub mod rope;
 #[cfg(test)]
 pub(crate) mod test_tensors;
+pub mod training_pass;
 pub mod transformer;

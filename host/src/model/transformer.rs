@@ -15,7 +15,7 @@ use super::rope::RopeTables;
 use crate::cpu::matmul;
 use crate::moe::backend::MoeBackend;
 use crate::moe::dispatcher::TokenDispatcher;
-use crate::moe::layer::{MoeLayer, TokenRouter};
+use crate::moe::layer::{MoeLayer, MoeOutput, TokenRouter};
 use crate::moe::spec::{self, LayerStats};
 
 /// A layer's MLP.
@@ -134,6 +134,21 @@ impl Transformer {
     /// [`Transformer::forward_routed`] up to the LM head: the final hidden states, which
     /// training turns into a loss chunk by chunk (`model::loss::chunked_next_token_loss`).
     pub fn hidden_routed(&self, tokens: &[u32], batch: usize, mut route: Option<&mut TokenRouter<'_>>) -> Result<HiddenOutput, ModelError> {
+        let (mut h, pass) = self.embed_tokens(tokens, batch)?;
+        let mut routing = RoutingOutputs::default();
+        for l in 0..self.blocks.len() {
+            h = self.attention_residual(l, &h, &pass)?;
+            let (next, moe) = self.mlp_residual(l, &h, route.as_deref_mut())?;
+            routing.add(moe)?;
+            h = next;
+        }
+        let hidden = self.final_norm(&h)?;
+        Ok(HiddenOutput { hidden, aux_loss: routing.aux_loss, moe_stats: routing.moe_stats, gate_means: routing.gate_means })
+    }
+
+    /// Check `tokens` and embed them: the residual stream's start, and what every
+    /// layer of this pass shares.
+    pub(crate) fn embed_tokens(&self, tokens: &[u32], batch: usize) -> Result<(Tensor, PassContext), ModelError> {
         let vocab = self.config.vocab_size;
         if let Some((position, &id)) = tokens.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
             return Err(ModelError::TokenOutOfRange { id, position, vocab });
@@ -146,41 +161,45 @@ impl Transformer {
         let device = self.embed.device();
         let dtype = self.embed.dtype();
         let ids = Tensor::from_slice(tokens, tokens.len(), device)?;
-        let mut h = self.embed.index_select(&ids, 0)?;
-
+        let h = self.embed.index_select(&ids, 0)?;
         let rope = RopeTables::new(&self.config.rope, self.config.head_dim, seq, dtype, device)?;
         let masks = Masks::new(&self.config.attention_window, seq, dtype, device)?;
-        let mut aux_loss: Option<Tensor> = None;
-        let mut moe_stats = Vec::new();
-        let mut gate_means = Vec::new();
-        let eps = self.config.rms_norm_eps;
-        for (l, block) in self.blocks.iter().enumerate() {
-            let a = block.attention.forward(&rms_norm(&h, &block.input_norm, eps)?, batch, seq, &rope, masks.for_layer(l))?;
-            h = h.add(&a)?;
-            let x = rms_norm(&h, &block.post_attention_norm, eps)?;
-            let m = match &block.mlp {
-                Mlp::Dense(ffn) => ffn.forward(&x)?,
-                Mlp::Moe(moe) => {
-                    let backend = self.moe_backend.get_or_init(|| {
-                        let chosen = MoeBackend::select(device, dtype, &matmul::active());
-                        MoeBackend { dispatcher: self.dispatcher.clone().unwrap_or(chosen.dispatcher), ..chosen }
-                    });
-                    let out = moe.forward_on(backend, &x, route.as_deref_mut())?;
-                    if let Some(loss) = out.aux_loss {
-                        aux_loss = Some(match aux_loss {
-                            Some(acc) => acc.add(&loss.to_dtype(acc.dtype())?)?,
-                            None => loss,
-                        });
-                    }
-                    moe_stats.push(out.stats);
-                    gate_means.push(out.gate_mean);
-                    out.output
-                }
-            };
-            h = h.add(&m)?;
+        Ok((h, PassContext { batch, seq, rope, masks }))
+    }
+
+    /// Layer `l`'s first half: `h + attention(norm(h))`.
+    pub(crate) fn attention_residual(&self, l: usize, h: &Tensor, pass: &PassContext) -> Result<Tensor, ModelError> {
+        let block = &self.blocks[l];
+        let a = block.attention.forward(&rms_norm(h, &block.input_norm, self.config.rms_norm_eps)?, pass.batch, pass.seq, &pass.rope, pass.masks.for_layer(l))?;
+        Ok(h.add(&a)?)
+    }
+
+    /// Layer `l`'s second half: `h + mlp(norm(h))`, and what an MoE layer reports
+    /// beside its output.
+    pub(crate) fn mlp_residual(&self, l: usize, h: &Tensor, route: Option<&mut TokenRouter<'_>>) -> Result<(Tensor, Option<MoeOutput>), ModelError> {
+        let block = &self.blocks[l];
+        let x = rms_norm(h, &block.post_attention_norm, self.config.rms_norm_eps)?;
+        match &block.mlp {
+            Mlp::Dense(ffn) => Ok((h.add(&ffn.forward(&x)?)?, None)),
+            Mlp::Moe(moe) => {
+                let backend = self.moe_backend.get_or_init(|| {
+                    let chosen = MoeBackend::select(x.device(), x.dtype(), &matmul::active());
+                    MoeBackend { dispatcher: self.dispatcher.clone().unwrap_or(chosen.dispatcher), ..chosen }
+                });
+                let out = moe.forward_on(backend, &x, route)?;
+                Ok((h.add(&out.output)?, Some(out)))
+            }
         }
-        let hidden = rms_norm(&h, &self.norm, eps)?;
-        Ok(HiddenOutput { hidden, aux_loss, moe_stats, gate_means })
+    }
+
+    /// The LM head's input: the residual stream after the final norm.
+    pub(crate) fn final_norm(&self, h: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(rms_norm(h, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Whether layer `l`'s MLP is an MoE layer.
+    pub fn is_moe_block(&self, l: usize) -> bool {
+        matches!(self.blocks.get(l).map(|b| &b.mlp), Some(Mlp::Moe(_)))
     }
 
     /// The MoE layers, for setting routing specs, biases and coefficients.
@@ -202,6 +221,40 @@ impl Transformer {
     /// Element type of the weights.
     pub fn dtype(&self) -> DType {
         self.embed.dtype()
+    }
+}
+
+/// What every layer of one forward pass shares: the batch's shape, the rotary tables
+/// and the attention masks.
+pub(crate) struct PassContext {
+    batch: usize,
+    seq: usize,
+    rope: RopeTables,
+    masks: Masks,
+}
+
+/// The MoE layers' side outputs of a forward pass, gathered layer by layer.
+#[derive(Default)]
+pub(crate) struct RoutingOutputs {
+    pub aux_loss: Option<Tensor>,
+    pub moe_stats: Vec<LayerStats>,
+    pub gate_means: Vec<Vec<f32>>,
+}
+
+impl RoutingOutputs {
+    /// Add one layer's (nothing for a dense layer): its aux loss to the sum, its
+    /// statistics and gate means to the lists.
+    pub fn add(&mut self, moe: Option<MoeOutput>) -> candle_core::Result<()> {
+        let Some(out) = moe else { return Ok(()) };
+        if let Some(loss) = out.aux_loss {
+            self.aux_loss = Some(match self.aux_loss.take() {
+                Some(acc) => acc.add(&loss.to_dtype(acc.dtype())?)?,
+                None => loss,
+            });
+        }
+        self.moe_stats.push(out.stats);
+        self.gate_means.push(out.gate_mean);
+        Ok(())
     }
 }
 

@@ -65,6 +65,10 @@ pub struct ComputeSettings {
     /// Where the run computes (`"cpu"`, `"cuda"`, `"cuda:N"`).
     #[serde(default)]
     pub device: crate::model::compute_device::ComputeDevice,
+    /// Which activations training recomputes instead of keeping (`"none"`, `"moe"`,
+    /// `"full"`).
+    #[serde(default)]
+    pub recompute: crate::model::training_pass::Recompute,
 }
 
 /// Why the matmul path cannot run as asked.

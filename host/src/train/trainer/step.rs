@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use serde_json::json;
 
 use super::health::StepHealth;
@@ -14,7 +14,7 @@ use super::{StepReport, TrainError, Trainer, tensor_err};
 use crate::contract::{DomainStats, Mixture, SampleRequest, TokenLogits};
 use crate::data::batch::{Batch, training_batch};
 use crate::model::loss::chunked_next_token_loss;
-use crate::model::transformer::HiddenOutput;
+use crate::model::training_pass::TrainingPass;
 use crate::moe::spec::LayerStats;
 use crate::moe::stats::merge;
 use crate::plugins::PluginError;
@@ -215,29 +215,38 @@ impl Trainer {
         let share = self.job.layout.batch_share(t.batch_size);
         let (first, batch_size) = (micro * t.batch_size + share.start, share.len());
         let tokens = &batch.tokens[first * seq_len..(first + batch_size) * seq_len];
-        let out = self.forward_with_router(step, tokens, batch_size, acc)?;
+        let pass = self.forward_with_router(step, tokens, batch_size, acc)?;
         // The logits are made a chunk at a time and not kept (`[tokens, vocab]` would be
         // the largest activation of a real vocabulary).
-        let chunked = chunked_next_token_loss(&out.hidden, &self.model.head, tokens, batch_size).map_err(tensor_err(step))?;
-        let ce = chunked.loss;
-        let loss = match &out.aux_loss {
-            Some(aux) => {
-                let aux = aux.to_dtype(ce.dtype()).map_err(tensor_err(step))?;
-                acc.aux_total += aux.to_dtype(DType::F32).and_then(|a| a.to_scalar::<f32>()).map_err(tensor_err(step))? as f64 / grad_accum as f64;
-                ce.add(&aux).map_err(tensor_err(step))?
+        let chunked = chunked_next_token_loss(&pass.hidden, &self.model.head, tokens, batch_size).map_err(tensor_err(step))?;
+        if let Some(aux) = &pass.aux_loss {
+            let aux = aux.to_dtype(chunked.loss.dtype()).and_then(|a| a.to_dtype(DType::F32)).and_then(|a| a.to_scalar::<f32>()).map_err(tensor_err(step))?;
+            acc.aux_total += aux as f64 / grad_accum as f64;
+        }
+        let (moe_stats, scale) = (pass.moe_stats.clone(), 1.0 / grad_accum as f64);
+        let scaled = (&chunked.loss * scale).map_err(tensor_err(step))?;
+        // This micro-batch's gradients, summed where a parameter has two uses (tied
+        // embeddings), then added to the step's.
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let params = &self.params;
+        pass.backward(&self.model, &scaled, scale, |store| {
+            for (name, p) in params.iter() {
+                if let Some(g) = store.get(p) {
+                    let sum = match grads.remove(name) {
+                        Some(sum) => sum.add(g)?,
+                        None => g.clone(),
+                    };
+                    grads.insert(name.clone(), sum);
+                }
             }
-            None => ce.clone(),
-        };
-        let scaled = (loss / grad_accum as f64).map_err(tensor_err(step))?;
-        let store = scaled.backward().map_err(tensor_err(step))?;
-        for (name, p) in self.params.iter() {
-            if let Some(g) = store.get(p) {
-                let sum = match acc.grads.remove(name) {
-                    Some(sum) => sum.add(g).map_err(tensor_err(step))?,
-                    None => g.clone(),
-                };
-                acc.grads.insert(name.clone(), sum);
-            }
+            Ok(())
+        })?;
+        for (name, g) in grads {
+            let sum = match acc.grads.remove(&name) {
+                Some(sum) => sum.add(&g).map_err(tensor_err(step))?,
+                None => g,
+            };
+            acc.grads.insert(name, sum);
         }
         for (s, chunk) in chunked.nll.chunks(seq_len - 1).enumerate() {
             let d = batch.domains[first + s];
@@ -246,9 +255,9 @@ impl Trainer {
         }
         acc.total_loss += chunked.value / grad_accum as f64;
         if acc.stats.is_empty() {
-            acc.stats = out.moe_stats;
+            acc.stats = moe_stats;
         } else {
-            for (into, other) in acc.stats.iter_mut().zip(&out.moe_stats) {
+            for (into, other) in acc.stats.iter_mut().zip(&moe_stats) {
                 merge(into, other);
             }
         }
@@ -258,10 +267,11 @@ impl Trainer {
     /// The model's forward pass over one micro-batch; when a layer's spec asks for
     /// per-token routing, the router plugin's `route` chooses its experts (its time is
     /// added to `acc.route_time`).
-    fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated) -> Result<HiddenOutput, TrainError> {
+    fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated) -> Result<TrainingPass, TrainError> {
         let infos = self.layer_infos();
+        let recompute = self.config.compute.recompute;
         let Some(router) = self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) else {
-            return Ok(self.model.hidden_routed(tokens, batch_size, None)?);
+            return Ok(self.model.training_pass(tokens, batch_size, None, recompute)?);
         };
         router.live.instance().set_step(Some(step));
         let mut route_fault = None;
@@ -277,7 +287,7 @@ impl Trainer {
             route_time += start.elapsed();
             r
         };
-        let out = self.model.hidden_routed(tokens, batch_size, Some(&mut hook));
+        let out = self.model.training_pass(tokens, batch_size, Some(&mut hook), recompute);
         if let Some(source) = route_fault {
             return Err(TrainError::PluginFault { role: Role::ROUTER, source });
         }
