@@ -33,6 +33,17 @@ pub fn peak_rss_bytes() -> Option<u64> {
     (rc == 0).then(|| unsafe { usage.assume_init() }.ru_maxrss.max(0) as u64 * 1024)
 }
 
+/// Page faults this process has taken without reading from disk (`ru_minflt`): each
+/// is a page the kernel had to map (and zero) afresh, so their count per step shows
+/// whether steady-state steps reuse their buffers. `None` where it cannot be read.
+pub fn minor_faults() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: as in `peak_rss_bytes`.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    // SAFETY: it succeeded, so the struct is filled.
+    (rc == 0).then(|| unsafe { usage.assume_init() }.ru_minflt.max(0) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -210,6 +210,7 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     }
     let mut times = Vec::new();
     let mut plugin = Vec::new();
+    let faults_before = crate::memory::minor_faults();
     for _ in 0..steps.max(1) {
         let r = trainer.train_step()?;
         times.push(r.elapsed.as_secs_f64());
@@ -222,6 +223,10 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     println!("step: {:.1} ms (median of {}), plugin time {:.4} % of step time", median * 1e3, times.len(), plugin_share * 100.0);
     if let Some(peak) = crate::memory::peak_rss_bytes() {
         println!("peak RSS: {:.2} GiB", peak as f64 / (1u64 << 30) as f64);
+    }
+    if let (Some(before), Some(after)) = (faults_before, crate::memory::minor_faults()) {
+        let per_step = after.saturating_sub(before) as f64 / times.len() as f64;
+        println!("page faults per step: {per_step:.0} (pages the kernel mapped afresh; 0 when steps reuse their buffers)");
     }
     if trainer.config.compute.device == ComputeDevice::Cpu {
         let flop = step_flop(&trainer.model_config, trainer.params().num_parameters(), trainer.config.train.seq_len, tokens);

@@ -382,7 +382,7 @@ impl Trainer {
             "reload_ms": r.reload_time.as_secs_f64() * 1e3, "comm_ms": r.comm_time.as_secs_f64() * 1e3, "layout": self.job.describe(),
             "optimizer_state_elements": super::data_parallel::Job::moment_elements(&self.optimizer),
             "parameter_elements": self.params.iter().map(|(_, p)| p.elem_count()).sum::<usize>(),
-            "peak_rss_mib": crate::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64),
+            "peak_rss_mib": crate::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64), "minor_faults": crate::memory::minor_faults(),
             "unix_ms": unix_ms, "layers": layers,
         });
         let path = self.metrics.path().to_path_buf();

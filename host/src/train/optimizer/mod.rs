@@ -9,6 +9,8 @@ use rayon::prelude::*;
 use super::config::OptimizerSection;
 use crate::model::params::ParamStore;
 
+mod in_place;
+
 /// Accumulated gradients by parameter name.
 pub type Gradients = BTreeMap<String, Tensor>;
 
@@ -31,8 +33,9 @@ impl AdamW {
     pub fn new(settings: OptimizerSection, params: &ParamStore) -> Result<Self> {
         let mut moments = BTreeMap::new();
         for (name, p) in params.iter() {
-            let zeros = Tensor::zeros(p.dims(), DType::F32, p.device())?;
-            moments.insert(name.clone(), (zeros.clone(), zeros));
+            // Two buffers: the update writes each moment in place.
+            let zeros = || Tensor::zeros(p.dims(), DType::F32, p.device());
+            moments.insert(name.clone(), (zeros()?, zeros()?));
         }
         Ok(Self { settings, steps: 0, moments })
     }
@@ -49,8 +52,8 @@ impl AdamW {
     /// The sum of squares of one gradient, in f64: the gradient norm's share of one
     /// parameter (a job that splits the experts adds the shares in the same order).
     pub fn grad_squares(g: &Tensor) -> Result<f64> {
-        match f32_values(g)? {
-            Some(values) => Ok(values.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()),
+        match in_place::with_values(g, |values| Ok(values.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()))? {
+            Some(squares) => Ok(squares),
             None => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>(),
         }
     }
@@ -68,9 +71,7 @@ impl AdamW {
             let Some(g) = grads.get(name).filter(|_| trains(name)) else { continue };
             let (m, v) = self.moments.get_mut(name).ok_or_else(|| candle_core::Error::Msg(format!("no optimizer state for `{name}`")))?;
             let step = FusedStep { b1, b2, c1, c2, eps: s.eps, lr, decay: if decays(name) { s.weight_decay } else { 0.0 }, grad_scale };
-            if let Some((new_p, new_m, new_v)) = step.apply(p, g, m, v)? {
-                (*m, *v) = (new_m, new_v);
-                Var::from_tensor(p)?.set(&new_p)?;
+            if step.apply_in_place(p, g, m, v)? {
                 continue;
             }
             // Detached: a gradient that still carried a graph would chain the moments to
@@ -86,14 +87,6 @@ impl AdamW {
         }
         Ok(())
     }
-}
-
-/// The f32 values of a CPU tensor (copied out), or `None` for any other.
-fn f32_values(t: &Tensor) -> Result<Option<Vec<f32>>> {
-    if t.dtype() != DType::F32 || !t.device().is_cpu() {
-        return Ok(None);
-    }
-    Ok(Some(t.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// One AdamW update of one parameter as a single pass over parameter, gradient and both
@@ -114,28 +107,32 @@ struct FusedStep {
 const STEP_CHUNK: usize = 1 << 14;
 
 impl FusedStep {
-    /// `(p, m, v)` after the update, for f32 CPU tensors; `None` for any other (the
-    /// caller composes candle's ops).
-    fn apply(&self, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-        let (Some(pv), Some(gv), Some(mv), Some(vv)) = (f32_values(p)?, f32_values(g)?, f32_values(m)?, f32_values(v)?) else { return Ok(None) };
-        if gv.len() != pv.len() || mv.len() != pv.len() || vv.len() != pv.len() {
-            return Ok(None);
+    /// Updates `p`, `m` and `v` where they lie, for f32 CPU tensors of one size in four
+    /// buffers; `false` (nothing touched) for any other: the caller composes candle's ops.
+    fn apply_in_place(&self, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<bool> {
+        let buffers = [p, g, m, v].map(in_place::f32_buffer);
+        let distinct = buffers.iter().enumerate().all(|(i, b)| b.is_some() && !buffers[..i].contains(b));
+        if !distinct || [g, m, v].iter().any(|t| t.elem_count() != p.elem_count()) {
+            return Ok(false);
         }
-        let (mut pv, mut mv, mut vv) = (pv, mv, vv);
         let f = |x: f64| x as f32;
         let (b1, b2, one_b1, one_b2) = (f(self.b1), f(self.b2), f(1.0 - self.b1), f(1.0 - self.b2));
         let (c1, c2, eps, lr, keep, scale) = (f(self.c1), f(self.c2), f(self.eps), f(self.lr), f(1.0 - self.lr * self.decay), f(self.grad_scale));
-        pv.par_chunks_mut(STEP_CHUNK).zip(mv.par_chunks_mut(STEP_CHUNK).zip(vv.par_chunks_mut(STEP_CHUNK))).zip(gv.par_chunks(STEP_CHUNK)).for_each(|((p, (m, v)), g)| {
-            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-                let g = g * scale;
-                *m = *m * b1 + g * one_b1;
-                *v = *v * b2 + g * g * one_b2;
-                let update = (*m / c1) / ((*v / c2).sqrt() + eps);
-                *p = *p * keep - update * lr;
-            }
-        });
-        let shape = p.shape();
-        Ok(Some((Tensor::from_vec(pv, shape, p.device())?, Tensor::from_vec(mv, shape, p.device())?, Tensor::from_vec(vv, shape, p.device())?)))
+        let update = |pv: &mut [f32], mv: &mut [f32], vv: &mut [f32], gv: &[f32]| {
+            pv.par_chunks_mut(STEP_CHUNK).zip(mv.par_chunks_mut(STEP_CHUNK).zip(vv.par_chunks_mut(STEP_CHUNK))).zip(gv.par_chunks(STEP_CHUNK)).for_each(|((p, (m, v)), g)| {
+                for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                    let g = g * scale;
+                    *m = *m * b1 + g * one_b1;
+                    *v = *v * b2 + g * g * one_b2;
+                    let update = (*m / c1) / ((*v / c2).sqrt() + eps);
+                    *p = *p * keep - update * lr;
+                }
+            });
+        };
+        let done = in_place::with_values_mut(m, |mv| {
+            in_place::with_values_mut(v, |vv| in_place::with_values_mut(p, |pv| in_place::with_values(g, |gv| Ok(update(pv, mv, vv, gv)))).map(|done| done.flatten())).map(|done| done.flatten())
+        })?;
+        Ok(done.flatten().is_some())
     }
 }
 
