@@ -19,7 +19,10 @@ pub struct ExperimentSpec {
     /// Setup and caveats, for the results page.
     #[serde(default)]
     pub description: String,
-    /// Every arm runs once per seed; the seed is added to every step's own seed.
+    /// Every arm runs once per seed; the seed is added to every step's own seed. Three
+    /// unless the file says otherwise: the fewest that give a paired verdict a noise
+    /// estimate worth the name.
+    #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// The training step whose held-out loss and routing the arms are compared on.
     pub evaluate: String,
@@ -33,6 +36,11 @@ pub struct ExperimentSpec {
     /// What must hold for the claim to be reproduced.
     #[serde(default)]
     pub criteria: Vec<Criterion>,
+}
+
+/// The seeds of an experiment file that names none.
+fn default_seeds() -> Vec<u64> {
+    vec![0, 1, 2]
 }
 
 /// One arm: a name and overrides of the base steps.
@@ -167,5 +175,11 @@ mod tests {
         assert_eq!(spec.steps[0]["train"]["data"]["domains"][1]["builtin"].as_str(), Some("prose"));
         let err = spec.use_shards("math", Path::new("/data/math")).unwrap_err();
         assert!(err.contains("code, prose"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_seeds_runs_three() {
+        let text = "claim = \"c\"\nevaluate = \"a\"\n[[arms]]\nname = \"x\"\n[[steps]]\nname = \"a\"\n";
+        assert_eq!(ExperimentSpec::parse(text, Path::new("e.toml")).unwrap().seeds, [0, 1, 2]);
     }
 }
