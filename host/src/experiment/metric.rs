@@ -14,7 +14,7 @@ pub type StepResults = BTreeMap<String, RunResult>;
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricRef {
     /// `final_loss`, `initial_loss`, `early_loss`, `drop_rate`, `max1_over_max2`,
-    /// `maxvio`, `recovery`, `gate_own` or `gate_peak`.
+    /// `maxvio`, `min_load`, `recovery`, `gate_own` or `gate_peak`.
     pub name: String,
     /// For the losses: one domain instead of the mean over domains.
     pub domain: Option<String>,
@@ -23,7 +23,7 @@ pub struct MetricRef {
 }
 
 /// The metric names a criterion may use.
-pub const NAMES: [&str; 9] = ["final_loss", "initial_loss", "early_loss", "drop_rate", "max1_over_max2", "maxvio", "recovery", "gate_own", "gate_peak"];
+pub const NAMES: [&str; 10] = ["final_loss", "initial_loss", "early_loss", "drop_rate", "max1_over_max2", "maxvio", "min_load", "recovery", "gate_own", "gate_peak"];
 
 /// What some metrics need beyond one run: the loss `recovery` counts tokens up to,
 /// and the expert each domain should favour for `gate_own` / `gate_peak`.
@@ -60,7 +60,7 @@ impl MetricRef {
             "final_loss" => "held-out loss at the step's last evaluation",
             "initial_loss" => "held-out loss before the step's first update",
             "early_loss" => "held-out loss at the step's first evaluation after step 0",
-            "drop_rate" | "max1_over_max2" | "maxvio" => "mean over the last 10 % of the step's training steps and its MoE layers",
+            "drop_rate" | "max1_over_max2" | "maxvio" | "min_load" => "mean over the last 10 % of the step's training steps and its MoE layers",
             "recovery" => "tokens until the held-out loss is back at the reference, after its highest point",
             "gate_own" | "gate_peak" => "mean gates on each domain's held-out text at the last evaluation",
             _ => "",
@@ -92,6 +92,7 @@ impl MetricRef {
             "drop_rate" => run.drop_rate,
             "max1_over_max2" => run.max1_over_max2,
             "maxvio" => run.maxvio,
+            "min_load" => run.min_load,
             "recovery" => {
                 let reference = context.reference?;
                 let target = reference.value(runs, default_step, &MetricContext { reference: None, own_expert: context.own_expert })?;

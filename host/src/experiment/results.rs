@@ -28,6 +28,9 @@ pub struct RunResult {
     pub max1_over_max2: Option<f64>,
     /// Over the last tenth of the steps: mean over layers of max load / mean load − 1.
     pub maxvio: Option<f64>,
+    /// Over the last tenth of the steps: mean over layers of min load / mean load (0 while
+    /// an expert is starved, 1 when all are equal).
+    pub min_load: Option<f64>,
     /// Held-out loss per domain at the evaluation before the first step.
     pub initial_loss: BTreeMap<String, f64>,
     /// At the last evaluation: per domain, per MoE layer, the mean gate weight of every
@@ -46,6 +49,7 @@ pub struct RoutingPoint {
     pub drop_rate: Option<f64>,
     pub max1_over_max2: Option<f64>,
     pub maxvio: Option<f64>,
+    pub min_load: Option<f64>,
 }
 
 /// Drop rate, Max1/Max2 and MaxVio of one step's record, means over its MoE layers.
@@ -65,7 +69,12 @@ fn routing_of(record: &Value, tokens: f64) -> RoutingPoint {
         let mean = load.iter().sum::<f64>() / load.len().max(1) as f64;
         (mean > 0.0).then(|| load.iter().cloned().fold(0.0, f64::max) / mean - 1.0)
     });
-    RoutingPoint { tokens, drop_rate: drop, max1_over_max2: sharpness, maxvio }
+    let min_load = mean(&|l| {
+        let load: Vec<f64> = l["expert_load"].as_array()?.iter().filter_map(Value::as_f64).collect();
+        let mean = load.iter().sum::<f64>() / load.len().max(1) as f64;
+        (mean > 0.0).then(|| load.iter().cloned().fold(f64::INFINITY, f64::min) / mean)
+    });
+    RoutingPoint { tokens, drop_rate: drop, max1_over_max2: sharpness, maxvio, min_load }
 }
 
 impl RunResult {
@@ -117,6 +126,7 @@ impl RunResult {
         out.drop_rate = tail_mean(|r| r.drop_rate);
         out.max1_over_max2 = tail_mean(|r| r.max1_over_max2);
         out.maxvio = tail_mean(|r| r.maxvio);
+        out.min_load = tail_mean(|r| r.min_load);
         Ok(out)
     }
 

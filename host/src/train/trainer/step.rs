@@ -11,6 +11,7 @@ use serde_json::json;
 use super::health::StepHealth;
 use super::slots::Role;
 use super::{StepReport, TrainError, Trainer, tensor_err};
+use crate::contract::LogLevel;
 use crate::contract::{DomainStats, Mixture, SampleRequest, TokenLogits};
 use crate::data::batch::{Batch, training_batch};
 use crate::model::loss::chunked_next_token_loss;
@@ -374,6 +375,7 @@ impl Trainer {
                 v
             })
             .collect();
+        let plugin_metrics = self.drain_plugin_output(r.step)?;
         let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         let record = json!({
             "step": r.step, "loss": r.loss, "domain_loss": domains, "lr": r.lr, "grad_norm": r.grad_norm,
@@ -385,7 +387,42 @@ impl Trainer {
             "peak_rss_mib": crate::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64), "minor_faults": crate::memory::minor_faults(),
             "unix_ms": unix_ms, "layers": layers,
         });
+        let mut record = record;
+        if !plugin_metrics.is_empty() {
+            record["plugin_metrics"] = serde_json::Value::Object(plugin_metrics);
+        }
         let path = self.metrics.path().to_path_buf();
         self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })
+    }
+}
+
+impl Trainer {
+    /// What the plugins said during the step: their log lines at info and above go to
+    /// the journal (a plugin journals its own decisions that way), the metrics they
+    /// recorded come back by role, for the step's metrics line.
+    fn drain_plugin_output(&mut self, step: u64) -> Result<serde_json::Map<String, serde_json::Value>, TrainError> {
+        let mut metrics = serde_json::Map::new();
+        let mut lines = Vec::new();
+        for role in self.plugins.roles() {
+            let Some(slot) = self.plugins.get(role) else { continue };
+            let instance = slot.instance();
+            let recorded: serde_json::Map<String, serde_json::Value> = instance.drain_metrics().into_iter().map(|(name, value)| (name, json!(value))).collect();
+            if !recorded.is_empty() {
+                metrics.insert(role.as_str().to_string(), serde_json::Value::Object(recorded));
+            }
+            for log in instance.drain_logs() {
+                let level = match log.level {
+                    LogLevel::Info => "info",
+                    LogLevel::Warn => "warn",
+                    LogLevel::Error => "error",
+                    LogLevel::Debug | LogLevel::Trace => continue,
+                };
+                lines.push(json!({ "step": step, "event": "plugin-log", "role": role.as_str(), "level": level, "message": log.message }));
+            }
+        }
+        for line in &lines {
+            self.journal(line)?;
+        }
+        Ok(metrics)
     }
 }
