@@ -62,3 +62,5 @@ for name in "${names[@]}"; do
     echo "$name: ${seconds} s"
 done
 echo "all ${#names[@]}: $(( $(date +%s) - total_start )) s on $(nproc) cores"
+# The side-by-side verdict table of docs/results.md (built-in, real text, larger model).
+python3 scripts/verdict-table.py --results docs/results.md
