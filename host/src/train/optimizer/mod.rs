@@ -129,10 +129,17 @@ impl FusedStep {
                 }
             });
         };
-        let done = in_place::with_values_mut(m, |mv| {
-            in_place::with_values_mut(v, |vv| in_place::with_values_mut(p, |pv| in_place::with_values(g, |gv| Ok(update(pv, mv, vv, gv)))).map(|done| done.flatten())).map(|done| done.flatten())
-        })?;
-        Ok(done.flatten().is_some())
+        // m, v and p locked for writing one inside the other (four distinct buffers,
+        // checked above), g for reading.
+        let with_g = |pv: &mut [f32], mv: &mut [f32], vv: &mut [f32]| {
+            in_place::with_values(g, |gv| {
+                update(pv, mv, vv, gv);
+                Ok(())
+            })
+        };
+        let with_p = |mv: &mut [f32], vv: &mut [f32]| in_place::with_values_mut(p, |pv| with_g(pv, mv, vv)).map(Option::flatten);
+        let with_v = |mv: &mut [f32]| in_place::with_values_mut(v, |vv| with_p(mv, vv)).map(Option::flatten);
+        Ok(in_place::with_values_mut(m, with_v)?.flatten().is_some())
     }
 }
 
