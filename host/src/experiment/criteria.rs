@@ -91,6 +91,20 @@ impl Outcome {
 /// The test of one claimed effect: per seed `d = effect`, positive when the claim is
 /// true; holds when `mean(d) > 2 · sd(d) / √n`, does not hold when `mean(d) < −2 · se`.
 pub fn paired_test(effects: &[f64]) -> (Outcome, f64, f64) {
+    paired_test_with_ties(effects, false)
+}
+
+/// [`paired_test`] for a claim that a tie satisfies (a bound: `≥`, `≤`, within): when
+/// every seed meets it exactly or better with no spread at all (a value pinned at the
+/// bound, such as a gate that peaks on its own expert for every domain), it holds.
+pub fn paired_test_with_ties(effects: &[f64], ties_hold: bool) -> (Outcome, f64, f64) {
+    if ties_hold && effects.len() >= 2 && effects.iter().all(|&d| d >= 0.0) && effects.windows(2).all(|w| w[0] == w[1]) {
+        return (Outcome::Holds, effects[0], 0.0);
+    }
+    paired_test_strict(effects)
+}
+
+fn paired_test_strict(effects: &[f64]) -> (Outcome, f64, f64) {
     let n = effects.len();
     if n == 0 || effects.iter().any(|d| d.is_nan()) {
         return (Outcome::Inconclusive, f64::NAN, f64::NAN);
@@ -216,7 +230,11 @@ impl Criterion {
             }
             among.clone()
         };
-        let results: Vec<(String, (Outcome, f64, f64))> = tests.iter().map(|(label, d)| (label.clone(), paired_test(d))).collect();
+        let bound = self.at_most.is_some() || self.at_least.is_some() || self.within.is_some();
+        let results: Vec<(String, (Outcome, f64, f64))> = tests
+            .iter()
+            .map(|(label, d)| (label.clone(), paired_test_with_ties(d, bound && self.lowest.is_none() && self.highest.is_none() && self.below.is_none() && self.increasing.is_none())))
+            .collect();
         let outcome = Outcome::all(results.iter().map(|(_, r)| r.0));
         let n = per_seed.values().map(Vec::len).min().unwrap_or(0);
         let effects: Vec<String> =
@@ -296,6 +314,9 @@ mod tests {
         assert_eq!(outcome(&pair(-0.05, 0.01), "below = [\"a\", \"b\"]"), Outcome::DoesNotHold);
         let one: BTreeMap<String, Vec<StepResults>> = [("a".to_string(), arm(&[1.0])), ("b".to_string(), arm(&[2.0]))].into();
         assert_eq!(outcome(&one, "below = [\"a\", \"b\"]"), Outcome::Inconclusive);
+        assert_eq!(paired_test_with_ties(&[0.0, 0.0, 0.0], true).0, Outcome::Holds, "a bound met exactly by every seed");
+        assert_eq!(paired_test_with_ties(&[0.0, 0.0, 0.0], false).0, Outcome::Inconclusive, "a strict comparison of equal arms");
+        assert_eq!(paired_test_with_ties(&[0.0, -0.01, 0.0], true).0, Outcome::Inconclusive);
         let (o, mean, se) = paired_test(&[0.04, 0.05, 0.06]);
         assert_eq!(o, Outcome::Holds);
         assert!((mean - 0.05).abs() < 1e-12 && (se - 0.01 / 3f64.sqrt()).abs() < 1e-12);
