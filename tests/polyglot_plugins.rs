@@ -74,14 +74,14 @@ fn train(dir: &Path, config: &Path, name: &str) -> PathBuf {
     out
 }
 
-/// The step records of a run's metrics, without wall-clock fields.
+/// The step records of a run's metrics, without wall-clock and machine-dependent fields (page faults, timings).
 fn trace(run_dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     text.lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|r| r.get("loss").is_some())
         .map(|mut r| {
-            for key in ["tokens_per_s", "step_ms", "plugin_ms", "route_ms", "reload_ms", "unix_ms", "peak_rss_mib"] {
+            for key in ["tokens_per_s", "step_ms", "plugin_ms", "route_ms", "reload_ms", "unix_ms", "peak_rss_mib", "minor_faults", "comm_ms"] {
                 r.as_object_mut().unwrap().remove(key);
             }
             r
