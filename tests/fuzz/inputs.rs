@@ -301,6 +301,7 @@ pub fn train_state() -> Value {
             load_balance_loss: 1.0,
             z_loss: 0.5,
         }],
+        shadows: vec![],
     };
     serde_json::to_value(&state).expect("state json")
 }

@@ -21,6 +21,7 @@ mod plugin_inspect;
 mod plugin_list;
 mod plugin_new;
 mod recipe;
+mod replay;
 mod report;
 mod templates;
 mod train;
@@ -189,6 +190,21 @@ enum Command {
         #[command(flatten)]
         threads: ThreadArgs,
     },
+    /// Re-run a traced step's forward pass (`[trace] routing`) with its recorded routing
+    /// on the weights it ran on, and report every token whose experts differ from what
+    /// the live router chooses now; writes nothing to the run folder.
+    Replay {
+        /// The run folder.
+        run_dir: PathBuf,
+        /// The traced step (as numbered in metrics.jsonl).
+        #[arg(long)]
+        step: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        threads: ThreadArgs,
+    },
     /// Plots (loss per domain, expert load per layer; PNG and SVG) and a Markdown
     /// summary of a run, written to RUN_DIR/report/.
     Report {
@@ -240,9 +256,18 @@ enum Command {
         /// Largest output shard (e.g. 5GB).
         #[arg(long, value_parser = convert::parse_size, default_value = "5GB")]
         max_shard_size: u64,
-        /// Seed handed to the scheme.
+        /// Seed handed to the scheme (and to built-in calibration domains).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Calibration text for routers initialised from centroids (router_init
+        /// hidden_centroid, embed_centroid, group_centroid): `builtin:NAME`, a text file or
+        /// a folder `recast data prepare` wrote. Repeat once per expert (per expert group
+        /// for group_centroid), in expert order.
+        #[arg(long = "calibration", value_name = "TEXT")]
+        calibration: Vec<String>,
+        /// Tokens of each calibration text used (the first ones).
+        #[arg(long, default_value_t = crate::run::upcycle::CALIBRATION_TOKENS)]
+        calibration_tokens: usize,
     },
     /// Read a checkpoint and write it again with Recast's writer (element type, sharding).
     Convert {
@@ -350,14 +375,27 @@ fn run(command: Command) -> anyhow::Result<()> {
             threads.apply();
             train::eval(&run_dir, tokens)
         }
+        Command::Replay { run_dir, step, json, threads } => {
+            threads.apply();
+            replay::run(&run_dir, step, json)
+        }
         Command::Report { run_dir, log } => report::run(&run_dir, log),
         Command::Compare { runs, out, log } => report::compare(&runs, &out, log),
         Command::Data(DataCommand::Prepare { out, domains, tokenizer, jsonl_field, valid_fraction, include, seed }) => {
             data_prepare::run(&out, &domains, &data_prepare::PrepareArgs { tokenizer: &tokenizer, jsonl_field: &jsonl_field, valid_fraction, include: &include, seed })
         }
-        Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed } => {
-            upcycle::run(crate::run::upcycle::UpcycleJob { sources, scheme, params, out, format, dtype: dtype.map(DTypeArg::dtype), max_shard_bytes: max_shard_size, seed })
-        }
+        Command::Upcycle { sources, scheme, params, out, format, dtype, max_shard_size, seed, calibration, calibration_tokens } => upcycle::run(crate::run::upcycle::UpcycleJob {
+            sources,
+            scheme,
+            params,
+            out,
+            format,
+            dtype: dtype.map(DTypeArg::dtype),
+            max_shard_bytes: max_shard_size,
+            seed,
+            calibration,
+            calibration_tokens,
+        }),
         Command::Convert { model, out, dtype, max_shard_size } => convert::run(&model, &out, dtype.dtype(), max_shard_size),
     }
 }

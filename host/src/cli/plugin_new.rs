@@ -60,9 +60,7 @@ pub(super) fn run(kind: PluginKind, name: &str, lang: Lang, dir: &Path, sdk: Opt
 
 /// A Python or JavaScript plugin folder: manifest, module, README.
 fn scripted(kind: PluginKind, name: &str, lang: Lang, dir: &Path) -> anyhow::Result<()> {
-    let Some(source) = templates::script(kind, lang == Lang::Python) else {
-        bail!("init-scheme plugins are written in Rust: their plans use the Rust SDK's builders (recast plugin new --kind init-scheme {name})");
-    };
+    let source = templates::script(kind, lang == Lang::Python);
     let root = dir.join(name);
     if root.exists() {
         bail!("{} already exists", root.display());

@@ -8,9 +8,8 @@ pub(super) fn lib_rs(kind: PluginKind) -> &'static str {
     kind.templates().rust
 }
 
-/// The module of a new Python (`python`) or JavaScript plugin of `kind`; `None` for
-/// kinds that are written in Rust only (init schemes).
-pub(super) fn script(kind: PluginKind, python: bool) -> Option<&'static str> {
+/// The module of a new Python (`python`) or JavaScript plugin of `kind`.
+pub(super) fn script(kind: PluginKind, python: bool) -> &'static str {
     let templates = kind.templates();
     if python { templates.python } else { templates.javascript }
 }

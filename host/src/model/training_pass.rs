@@ -11,9 +11,10 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::error::ModelError;
-use super::transformer::{PassContext, RoutingOutputs, Transformer};
+use super::transformer::{PassContext, RoutingCapture, RoutingOutputs, Transformer};
 use crate::contract::{RouteAssignment, TokenLogits};
 use crate::moe::layer::{MoeOutput, TokenRouter};
+use crate::moe::routing_record::RoutingRecord;
 use crate::moe::spec::LayerStats;
 
 /// Which activations training recomputes in the backward pass instead of keeping: the
@@ -75,6 +76,10 @@ pub struct TrainingPass {
     pub moe_stats: Vec<LayerStats>,
     /// Per MoE layer, the mean router probability of every expert.
     pub gate_means: Vec<Vec<f32>>,
+    /// Per MoE layer, its routing, when the pass was asked to record it.
+    pub routing: Vec<RoutingRecord>,
+    /// Per MoE layer, its raw router logits `[T, E]`, when recorded.
+    pub logits: Vec<Vec<f32>>,
     /// Whether the forward pass had a per-token router, and what it chose per layer:
     /// a recomputed MoE layer replays it instead of asking the plugin again.
     routed: bool,
@@ -86,6 +91,13 @@ impl Transformer {
     /// what `recompute` says; `route` answers per-token routing as in
     /// [`Transformer::hidden_routed`].
     pub fn training_pass(&self, tokens: &[u32], batch: usize, route: Option<&mut TokenRouter<'_>>, recompute: Recompute) -> Result<TrainingPass, ModelError> {
+        self.training_pass_recorded(tokens, batch, route, recompute, false)
+    }
+
+    /// [`Transformer::training_pass`] that, with `record`, also reports every MoE
+    /// layer's routing and raw router logits ([`TrainingPass::routing`]).
+    pub fn training_pass_recorded(&self, tokens: &[u32], batch: usize, route: Option<&mut TokenRouter<'_>>, recompute: Recompute, record: bool) -> Result<TrainingPass, ModelError> {
+        let capture = RoutingCapture { record, replay: &[] };
         let (embedded, context) = self.embed_tokens(tokens, batch)?;
         let routed = route.is_some();
         let mut routes = Vec::new();
@@ -109,7 +121,7 @@ impl Transformer {
                 };
                 for (piece, keep) in pieces {
                     let hook = recorder.as_mut().map(|f| f as &mut TokenRouter<'_>);
-                    let (output, moe) = self.run_piece(piece, input.as_tensor(), &context, hook)?;
+                    let (output, moe) = self.run_piece(piece, input.as_tensor(), &context, hook, capture)?;
                     let aux_loss = moe.as_ref().and_then(|m| m.aux_loss.clone());
                     routing.add(moe.map(detach_aux))?;
                     let next = Var::from_tensor(&output)?;
@@ -119,17 +131,30 @@ impl Transformer {
             }
         }
         let hidden = self.final_norm(input.as_tensor())?;
-        Ok(TrainingPass { context, embedded, segments, top: input, hidden, aux_loss: routing.aux_loss, moe_stats: routing.moe_stats, gate_means: routing.gate_means, routed, routes })
+        Ok(TrainingPass {
+            context,
+            embedded,
+            segments,
+            top: input,
+            hidden,
+            aux_loss: routing.aux_loss,
+            moe_stats: routing.moe_stats,
+            gate_means: routing.gate_means,
+            routing: routing.records,
+            logits: routing.logits,
+            routed,
+            routes,
+        })
     }
 
     /// Run one piece on `input`.
-    fn run_piece(&self, piece: Piece, input: &Tensor, context: &PassContext, route: Option<&mut TokenRouter<'_>>) -> Result<(Tensor, Option<MoeOutput>), ModelError> {
+    fn run_piece(&self, piece: Piece, input: &Tensor, context: &PassContext, route: Option<&mut TokenRouter<'_>>, capture: RoutingCapture<'_>) -> Result<(Tensor, Option<MoeOutput>), ModelError> {
         match piece {
             Piece::Attention(l) => Ok((self.attention_residual(l, input, context)?, None)),
-            Piece::Mlp(l) => self.mlp_residual(l, input, route),
+            Piece::Mlp(l) => self.mlp_residual(l, input, route, capture),
             Piece::Block(l) => {
                 let h = self.attention_residual(l, input, context)?;
-                self.mlp_residual(l, &h, route)
+                self.mlp_residual(l, &h, route, capture)
             }
         }
     }
@@ -157,7 +182,7 @@ impl TrainingPass {
                 Some(kept) => kept,
                 None => {
                     let hook = routed.then_some(&mut replay as &mut TokenRouter<'_>);
-                    let (output, moe) = model.run_piece(segment.piece, segment.input.as_tensor(), &context, hook)?;
+                    let (output, moe) = model.run_piece(segment.piece, segment.input.as_tensor(), &context, hook, RoutingCapture::default())?;
                     PieceOutput { output, aux_loss: moe.and_then(|m| m.aux_loss) }
                 }
             };

@@ -15,7 +15,8 @@ use super::rope::RopeTables;
 use crate::cpu::matmul;
 use crate::moe::backend::MoeBackend;
 use crate::moe::dispatcher::TokenDispatcher;
-use crate::moe::layer::{MoeLayer, MoeOutput, TokenRouter};
+use crate::moe::layer::{MoeLayer, MoeOutput, RouteControl, TokenRouter};
+use crate::moe::routing_record::RoutingRecord;
 use crate::moe::spec::{self, LayerStats};
 
 /// A layer's MLP.
@@ -70,6 +71,22 @@ pub struct HiddenOutput {
     pub aux_loss: Option<Tensor>,
     pub moe_stats: Vec<LayerStats>,
     pub gate_means: Vec<Vec<f32>>,
+    /// What [`RoutingCapture::record`] asked for: per MoE layer, its routing.
+    pub routing: Vec<RoutingRecord>,
+    /// Per MoE layer, its raw router logits (when recorded).
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// What a pass asks of its MoE layers' routing besides per-token routing: a record of
+/// what they chose (a routing trace, shadow routers), or a recorded routing to run
+/// instead (a replay).
+#[derive(Clone, Copy, Default)]
+pub struct RoutingCapture<'a> {
+    /// Record every MoE layer's routing and raw logits.
+    pub record: bool,
+    /// Recorded routings to run instead of the router's, by layer; a layer without one
+    /// routes itself.
+    pub replay: &'a [RoutingRecord],
 }
 
 impl Transformer {
@@ -133,17 +150,22 @@ impl Transformer {
 
     /// [`Transformer::forward_routed`] up to the LM head: the final hidden states, which
     /// training turns into a loss chunk by chunk (`model::loss::chunked_next_token_loss`).
-    pub fn hidden_routed(&self, tokens: &[u32], batch: usize, mut route: Option<&mut TokenRouter<'_>>) -> Result<HiddenOutput, ModelError> {
+    pub fn hidden_routed(&self, tokens: &[u32], batch: usize, route: Option<&mut TokenRouter<'_>>) -> Result<HiddenOutput, ModelError> {
+        self.hidden_captured(tokens, batch, route, RoutingCapture::default())
+    }
+
+    /// [`Transformer::hidden_routed`] that records or replays routing as `capture` says.
+    pub fn hidden_captured(&self, tokens: &[u32], batch: usize, mut route: Option<&mut TokenRouter<'_>>, capture: RoutingCapture<'_>) -> Result<HiddenOutput, ModelError> {
         let (mut h, pass) = self.embed_tokens(tokens, batch)?;
         let mut routing = RoutingOutputs::default();
         for l in 0..self.blocks.len() {
             h = self.attention_residual(l, &h, &pass)?;
-            let (next, moe) = self.mlp_residual(l, &h, route.as_deref_mut())?;
+            let (next, moe) = self.mlp_residual(l, &h, route.as_deref_mut(), capture)?;
             routing.add(moe)?;
             h = next;
         }
         let hidden = self.final_norm(&h)?;
-        Ok(HiddenOutput { hidden, aux_loss: routing.aux_loss, moe_stats: routing.moe_stats, gate_means: routing.gate_means })
+        Ok(HiddenOutput { hidden, aux_loss: routing.aux_loss, moe_stats: routing.moe_stats, gate_means: routing.gate_means, routing: routing.records, logits: routing.logits })
     }
 
     /// Check `tokens` and embed them: the residual stream's start, and what every
@@ -176,7 +198,7 @@ impl Transformer {
 
     /// Layer `l`'s second half: `h + mlp(norm(h))`, and what an MoE layer reports
     /// beside its output.
-    pub(crate) fn mlp_residual(&self, l: usize, h: &Tensor, route: Option<&mut TokenRouter<'_>>) -> Result<(Tensor, Option<MoeOutput>), ModelError> {
+    pub(crate) fn mlp_residual(&self, l: usize, h: &Tensor, route: Option<&mut TokenRouter<'_>>, capture: RoutingCapture<'_>) -> Result<(Tensor, Option<MoeOutput>), ModelError> {
         let block = &self.blocks[l];
         let x = rms_norm(h, &block.post_attention_norm, self.config.rms_norm_eps)?;
         match &block.mlp {
@@ -186,7 +208,8 @@ impl Transformer {
                     let chosen = MoeBackend::select(x.device(), x.dtype(), &matmul::active());
                     MoeBackend { dispatcher: self.dispatcher.clone().unwrap_or(chosen.dispatcher), ..chosen }
                 });
-                let out = moe.forward_on(backend, &x, route)?;
+                let control = RouteControl { route, record: capture.record, replay: capture.replay.iter().find(|r| r.layer == l) };
+                let out = moe.forward_controlled(backend, &x, control)?;
                 Ok((h.add(&out.output)?, Some(out)))
             }
         }
@@ -239,6 +262,8 @@ pub(crate) struct RoutingOutputs {
     pub aux_loss: Option<Tensor>,
     pub moe_stats: Vec<LayerStats>,
     pub gate_means: Vec<Vec<f32>>,
+    pub records: Vec<RoutingRecord>,
+    pub logits: Vec<Vec<f32>>,
 }
 
 impl RoutingOutputs {
@@ -254,6 +279,8 @@ impl RoutingOutputs {
         }
         self.moe_stats.push(out.stats);
         self.gate_means.push(out.gate_mean);
+        self.records.extend(out.routing);
+        self.logits.extend(out.logits);
         Ok(())
     }
 }

@@ -8,8 +8,9 @@ use candle_core::{D, DType, Result, Tensor};
 
 use super::backend::MoeBackend;
 use super::experts::RoutedLayer;
-use super::gates::{expert_choice_gates, router_dtype, router_scores, token_choice_gates};
+use super::gates::{RouterScores, expert_choice_gates, router_dtype, router_scores, token_choice_gates};
 use super::losses;
+use super::routing_record::RoutingRecord;
 use super::selection::{self, Selection, token_choice_capacity, top_k};
 use super::spec::{AuxCoefficients, DropPolicy, LayerStats, RouterSpec, RoutingMode, SelectionBias};
 use super::stats::layer_stats;
@@ -49,6 +50,25 @@ pub struct MoeOutput {
     /// Mean router probability of every expert over the tokens: which experts the
     /// gate favours on this input (evaluation reports it per domain).
     pub gate_mean: Vec<f32>,
+    /// The routing the layer's own router chose, when [`RouteControl::record`] asked
+    /// (with a replay: what it would have chosen).
+    pub routing: Option<RoutingRecord>,
+    /// The raw router logits `[T, E]` as f32, when [`RouteControl::record`] asked: what
+    /// shadow routers route from.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// What a forward pass asks of a layer's routing beyond its spec.
+#[derive(Default)]
+pub struct RouteControl<'r, 'a> {
+    /// Per-token routing by the plugin, for specs that ask for it.
+    pub route: Option<&'r mut TokenRouter<'a>>,
+    /// Report the chosen routing and the raw logits ([`MoeOutput::routing`],
+    /// [`MoeOutput::logits`]).
+    pub record: bool,
+    /// Run the experts with this recorded routing instead of the router's (the router
+    /// still runs, and `record` reports what it chose).
+    pub replay: Option<&'r RoutingRecord>,
 }
 
 /// The per-token `route` escape hatch: router logits in, assignments out (already
@@ -71,12 +91,21 @@ impl MoeLayer {
 
     /// [`Self::forward_routed`] on a given backend.
     pub fn forward_on(&self, backend: &MoeBackend, x: &Tensor, route: Option<&mut TokenRouter<'_>>) -> Result<MoeOutput> {
+        self.forward_controlled(backend, x, RouteControl { route, ..RouteControl::default() })
+    }
+
+    /// [`Self::forward_on`] that may also record its routing or replay a recorded one.
+    pub fn forward_controlled(&self, backend: &MoeBackend, x: &Tensor, control: RouteControl<'_, '_>) -> Result<MoeOutput> {
+        let RouteControl { route, record, replay } = control;
         let tokens = x.dim(0)?;
         let experts = self.experts.len();
         let z = linear_f32(x, &self.router, None)?.to_dtype(router_dtype(x.dtype()))?;
-        // A plugin that routes per token needs the host-side selection below.
+        // A plugin that routes per token, a record or a replay needs the host-side
+        // selection below.
         let plugin_routes = route.is_some() && self.spec.per_token_route;
         if !plugin_routes
+            && !record
+            && replay.is_none()
             && backend.dispatcher.keeps_rows_local()
             && let Some(routed) = backend.experts.route_and_run(&self.routed_layer(), x, &z)?
         {
@@ -86,49 +115,32 @@ impl MoeLayer {
                 None => routed.output,
             };
             let (aux_loss, stats, gate_mean) = self.losses_and_stats(&routed.probs, &z, &selection, tokens, routed.k)?;
-            return Ok(MoeOutput { output, aux_loss, stats, gate_mean });
+            return Ok(MoeOutput { output, aux_loss, stats, gate_mean, routing: None, logits: None });
         }
-        let scores = router_scores(&z, &self.spec)?;
-        let mut selection_scores = scores.scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        if self.spec.selection_bias != SelectionBias::None {
-            for row in selection_scores.chunks_exact_mut(experts) {
-                for (s, b) in row.iter_mut().zip(&self.selection_bias) {
-                    *s += b;
-                }
-            }
-        }
-
-        let (selection, gates, k) = match (self.spec.mode, route.filter(|_| self.spec.per_token_route)) {
-            (RoutingMode::TokenChoice, Some(route)) => {
-                let values = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let logits = TokenLogits { tokens: tokens as u32, experts: experts as u32, values };
-                let a = route(self.layer, &logits).map_err(|e| candle_core::Error::Msg(format!("layer {}: per-token route: {e}", self.layer)))?;
-                let k = a.top_k as usize;
-                let gates = Tensor::from_vec(a.weights.clone(), a.weights.len(), x.device())?;
-                let capacity = self.spec.capacity.map(|c| (token_choice_capacity(c.factor, tokens, k, experts), c.drop_policy));
-                (selection::token_choice(&a.experts, &a.weights, experts, k, capacity), gates, k)
-            }
-            (RoutingMode::TokenChoice, None) => {
-                let k = self.spec.top_k as usize;
-                let mut chosen = Vec::with_capacity(tokens * k);
-                for row in selection_scores.chunks_exact(experts) {
-                    top_k(row, k, &mut chosen);
-                }
-                let gates = token_choice_gates(&scores, &chosen, &self.spec)?;
-                let capacity = self.spec.capacity.map(|c| (token_choice_capacity(c.factor, tokens, k, experts), c.drop_policy));
-                let gate_values = match capacity {
-                    Some((_, DropPolicy::Probs)) => gates.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                    _ => Vec::new(),
-                };
-                (selection::token_choice(&chosen, &gate_values, experts, k, capacity), gates, k)
-            }
-            (RoutingMode::ExpertChoice, _) => {
-                let factor = self.spec.capacity.map(|c| c.factor).ok_or_else(|| candle_core::Error::Msg(format!("layer {}: expert-choice routing needs a capacity factor", self.layer)))?;
-                let capacity = ((tokens as f64) * factor as f64 / experts as f64).floor() as usize;
-                (selection::expert_choice(&selection_scores, experts, capacity), expert_choice_gates(&scores, &self.spec)?, 0)
-            }
+        let RoutedTokens { scores, selection, gates, k } = route_tokens(self.layer, &z, &self.spec, &self.selection_bias, route)?;
+        let routing = match record {
+            true => Some(RoutingRecord::new(self.layer, tokens, &selection, &gates.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
+            false => None,
         };
-
+        let logits = match record {
+            true => Some(z.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            false => None,
+        };
+        let (selection, gates) = match replay {
+            Some(recorded) => {
+                recorded.check().map_err(|e| candle_core::Error::Msg(format!("replay: {e}")))?;
+                if recorded.tokens != tokens || recorded.experts() != experts {
+                    return Err(candle_core::Error::Msg(format!(
+                        "layer {}: the recorded routing is for {} tokens and {} experts, the layer has {tokens} and {experts}",
+                        self.layer,
+                        recorded.tokens,
+                        recorded.experts()
+                    )));
+                }
+                (recorded.selection(), Tensor::from_slice(&recorded.gates, recorded.gates.len(), x.device())?.to_dtype(gates.dtype())?)
+            }
+            None => (selection, gates),
+        };
         let dispatch = backend.dispatcher.dispatch(x, &selection)?;
         let expert_rows = dispatch.run_experts(backend.experts.as_ref(), &self.experts)?;
         let mut output = dispatch.combine(&expert_rows, &gates)?;
@@ -136,7 +148,7 @@ impl MoeLayer {
             output = output.add(&shared)?;
         }
         let (aux_loss, stats, gate_mean) = self.losses_and_stats(&scores.probs, &z, &selection, tokens, k)?;
-        Ok(MoeOutput { output, aux_loss, stats, gate_mean })
+        Ok(MoeOutput { output, aux_loss, stats, gate_mean, routing, logits })
     }
 
     /// The layer as a fused routing backend sees it.
@@ -182,4 +194,64 @@ impl MoeLayer {
         gate_mean.iter_mut().for_each(|m| *m /= tokens.max(1) as f32);
         Ok((aux_loss, stats, gate_mean))
     }
+}
+
+/// What routing one micro-batch decided, before any expert runs.
+pub struct RoutedTokens {
+    /// The router scores (for the losses and statistics).
+    pub scores: RouterScores,
+    /// Which tokens each expert keeps.
+    pub selection: Selection,
+    /// Combine weights, indexed by the selection's slots.
+    pub gates: Tensor,
+    /// Experts per token (0 under expert choice).
+    pub k: usize,
+}
+
+/// Route the tokens whose raw router logits are `z` (`[T, E]`) as `spec` says, with
+/// `bias` added to the selection scores when the spec uses a selection bias, and `route`
+/// choosing per token when the spec asks for it: the routing a layer executes, and the
+/// routing a shadow router's spec would execute on the same logits.
+pub fn route_tokens(layer: usize, z: &Tensor, spec: &RouterSpec, bias: &[f32], route: Option<&mut TokenRouter<'_>>) -> Result<RoutedTokens> {
+    let (tokens, experts) = z.dims2()?;
+    let scores = router_scores(z, spec)?;
+    let mut selection_scores = scores.scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if spec.selection_bias != SelectionBias::None {
+        for row in selection_scores.chunks_exact_mut(experts) {
+            for (s, b) in row.iter_mut().zip(bias) {
+                *s += b;
+            }
+        }
+    }
+    let (selection, gates, k) = match (spec.mode, route.filter(|_| spec.per_token_route)) {
+        (RoutingMode::TokenChoice, Some(route)) => {
+            let values = z.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let logits = TokenLogits { tokens: tokens as u32, experts: experts as u32, values };
+            let a = route(layer, &logits).map_err(|e| candle_core::Error::Msg(format!("layer {layer}: per-token route: {e}")))?;
+            let k = a.top_k as usize;
+            let gates = Tensor::from_vec(a.weights.clone(), a.weights.len(), z.device())?;
+            let capacity = spec.capacity.map(|c| (token_choice_capacity(c.factor, tokens, k, experts), c.drop_policy));
+            (selection::token_choice(&a.experts, &a.weights, experts, k, capacity), gates, k)
+        }
+        (RoutingMode::TokenChoice, None) => {
+            let k = spec.top_k as usize;
+            let mut chosen = Vec::with_capacity(tokens * k);
+            for row in selection_scores.chunks_exact(experts) {
+                top_k(row, k, &mut chosen);
+            }
+            let gates = token_choice_gates(&scores, &chosen, spec)?;
+            let capacity = spec.capacity.map(|c| (token_choice_capacity(c.factor, tokens, k, experts), c.drop_policy));
+            let gate_values = match capacity {
+                Some((_, DropPolicy::Probs)) => gates.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                _ => Vec::new(),
+            };
+            (selection::token_choice(&chosen, &gate_values, experts, k, capacity), gates, k)
+        }
+        (RoutingMode::ExpertChoice, _) => {
+            let factor = spec.capacity.map(|c| c.factor).ok_or_else(|| candle_core::Error::Msg(format!("layer {layer}: expert-choice routing needs a capacity factor")))?;
+            let capacity = ((tokens as f64) * factor as f64 / experts as f64).floor() as usize;
+            (selection::expert_choice(&selection_scores, experts, capacity), expert_choice_gates(&scores, spec)?, 0)
+        }
+    };
+    Ok(RoutedTokens { scores, selection, gates, k })
 }

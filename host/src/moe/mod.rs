@@ -47,6 +47,7 @@ pub mod gates;
 pub mod layer;
 pub mod losses;
 pub mod router;
+pub mod routing_record;
 pub mod selection;
 pub mod spec;
 pub mod stats;

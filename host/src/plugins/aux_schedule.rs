@@ -23,11 +23,8 @@ impl Kind for AuxScheduleKind {
     const NAME: &'static str = "aux-schedule";
     const RUN_ROLE: Option<&'static str> = Some("aux_schedule");
     const WIT: WitKind = WitKind::AuxSchedule;
-    const TEMPLATES: ScaffoldTemplates = ScaffoldTemplates {
-        rust: include_str!("templates/aux-schedule.rs.tmpl"),
-        python: Some(include_str!("templates/aux-schedule.py.tmpl")),
-        javascript: Some(include_str!("templates/aux-schedule.js.tmpl")),
-    };
+    const TEMPLATES: ScaffoldTemplates =
+        ScaffoldTemplates { rust: include_str!("templates/aux-schedule.rs.tmpl"), python: include_str!("templates/aux-schedule.py.tmpl"), javascript: include_str!("templates/aux-schedule.js.tmpl") };
     lifecycle_calls!(aux_schedule::Guest);
 
     fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {

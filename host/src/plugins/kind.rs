@@ -39,16 +39,16 @@ pub enum PluginKind {
     Sampler,
 }
 
-/// Source templates `recast plugin new` writes for a kind, one per language; `None`
-/// where the kind cannot be written in that language.
+/// Source templates `recast plugin new` writes for a kind, one per language: every kind
+/// can be written in Rust, Python and JavaScript.
 #[derive(Clone, Copy, Debug)]
 pub struct ScaffoldTemplates {
     /// The `src/lib.rs` of a Rust plugin.
     pub rust: &'static str,
     /// The `app.py` of a Python plugin (componentize-py).
-    pub python: Option<&'static str>,
+    pub python: &'static str,
     /// The `index.js` of a JavaScript plugin (componentize-js).
-    pub javascript: Option<&'static str>,
+    pub javascript: &'static str,
 }
 
 /// Everything the host knows about one plugin kind. Adding a kind means a WIT
@@ -255,6 +255,6 @@ mod tests {
             assert_eq!(PluginKind::from_wit(kind.facts().wit), Some(kind));
             assert!(kind.templates().rust.contains("recast_sdk"), "{kind}");
         }
-        assert!(PluginKind::InitScheme.templates().python.is_none());
+        assert!(PluginKind::ALL.iter().all(|k| k.templates().python.contains("recast_sdk") && k.templates().javascript.contains("recast-sdk.js")));
     }
 }

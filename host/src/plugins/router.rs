@@ -33,7 +33,7 @@ impl Kind for RouterKind {
     const RUN_ROLE: Option<&'static str> = Some("router");
     const WIT: WitKind = WitKind::Router;
     const TEMPLATES: ScaffoldTemplates =
-        ScaffoldTemplates { rust: include_str!("templates/router.rs.tmpl"), python: Some(include_str!("templates/router.py.tmpl")), javascript: Some(include_str!("templates/router.js.tmpl")) };
+        ScaffoldTemplates { rust: include_str!("templates/router.rs.tmpl"), python: include_str!("templates/router.py.tmpl"), javascript: include_str!("templates/router.js.tmpl") };
     lifecycle_calls!(router::Guest);
 
     fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {

@@ -19,7 +19,7 @@ impl Kind for SamplerKind {
     const RUN_ROLE: Option<&'static str> = Some("sampler");
     const WIT: WitKind = WitKind::Sampler;
     const TEMPLATES: ScaffoldTemplates =
-        ScaffoldTemplates { rust: include_str!("templates/sampler.rs.tmpl"), python: Some(include_str!("templates/sampler.py.tmpl")), javascript: Some(include_str!("templates/sampler.js.tmpl")) };
+        ScaffoldTemplates { rust: include_str!("templates/sampler.rs.tmpl"), python: include_str!("templates/sampler.py.tmpl"), javascript: include_str!("templates/sampler.js.tmpl") };
     lifecycle_calls!(sampler::Guest);
 
     fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {

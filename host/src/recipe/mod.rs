@@ -98,6 +98,14 @@ pub struct UpcycleStep {
     /// Seed handed to the scheme.
     #[serde(default)]
     pub seed: u64,
+    /// Calibration text per expert or expert group for routers initialised from
+    /// centroids (`recast upcycle --calibration`): `builtin:NAME`, or a text file or
+    /// prepared domain folder relative to the recipe file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calibration: Vec<String>,
+    /// Tokens of each calibration text used (default 8192).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_tokens: Option<usize>,
 }
 
 fn recast_format() -> Format {

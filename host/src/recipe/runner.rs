@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use super::{Recipe, Step};
-use crate::run::upcycle::{UpcycleJob, UpcycleObserver, run_upcycle};
+use crate::run::upcycle::{CALIBRATION_TOKENS, UpcycleJob, UpcycleObserver, run_upcycle};
 use crate::run::{Run, RunObserver, RunOptions};
 use crate::train::config::RunConfig;
 
@@ -94,7 +94,21 @@ pub fn run_steps(steps: &[Step], file: &Path, dir_of: &dyn Fn(&Step, &str) -> Pa
                 } else {
                     let sources = u.sources.iter().map(|s| resolve(s, &products, &step.name)).collect::<anyhow::Result<Vec<_>>>()?;
                     let params = toml::to_string(&u.params)?;
-                    let job = UpcycleJob { sources, scheme: u.scheme.clone(), params: Some(params), out: dir.clone(), format: u.format, dtype: None, max_shard_bytes: 5_000_000_000, seed: u.seed };
+                    let folder = absolute.parent().unwrap_or(Path::new("."));
+                    let calibration = u.calibration.iter().map(|c| if c.starts_with("builtin:") { c.clone() } else { folder.join(c).display().to_string() }).collect();
+                    let calibration_tokens = u.calibration_tokens.unwrap_or(CALIBRATION_TOKENS);
+                    let job = UpcycleJob {
+                        sources,
+                        scheme: u.scheme.clone(),
+                        params: Some(params),
+                        out: dir.clone(),
+                        format: u.format,
+                        dtype: None,
+                        max_shard_bytes: 5_000_000_000,
+                        seed: u.seed,
+                        calibration,
+                        calibration_tokens,
+                    };
                     run_upcycle(&job, observer).with_context(|| format!("recipe step `{}`", step.name))?;
                 }
                 products.insert(step.name.clone(), dir.clone());

@@ -147,21 +147,7 @@ pub fn write(run_dir: &Path, options: ChartOptions) -> Result<Report, ReportErro
     files.extend([loss_png.clone(), loss_svg]);
 
     // Expert load per layer over time, as each expert's share relative to an even share.
-    let mut loads: BTreeMap<u64, Vec<Vec<f64>>> = BTreeMap::new();
-    for r in &steps {
-        for layer in r.get("layers").and_then(Value::as_array).into_iter().flatten() {
-            let l = layer.get("layer").and_then(Value::as_u64).unwrap_or(0);
-            let load: Vec<f64> = layer.get("expert_load").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
-            let total: f64 = load.iter().sum();
-            let experts = load.len().max(1) as f64;
-            let grid = loads.entry(l).or_insert_with(|| vec![Vec::new(); load.len()]);
-            for (e, c) in load.iter().enumerate() {
-                if let Some(row) = grid.get_mut(e) {
-                    row.push(if total > 0.0 { c / total * experts / 2.0 } else { 0.0 });
-                }
-            }
-        }
-    }
+    let loads = load_shares(&steps, |r| r.get("layers"));
     let first = num(steps[0], "step");
     let last = num(steps[steps.len() - 1], "step");
     let expert_load_png = if loads.is_empty() {
@@ -179,11 +165,61 @@ pub fn write(run_dir: &Path, options: ChartOptions) -> Result<Report, ReportErro
         Some(png)
     };
 
+    // Live against shadow routers' loads, layer by layer, when the run had shadows.
+    let shadows: std::collections::BTreeSet<String> = steps.iter().filter_map(|r| r.get("shadow_routers")?.as_object()).flat_map(|m| m.keys().cloned()).collect();
+    if !shadows.is_empty() {
+        let live = load_shares(&steps, |r| r.get("layers"));
+        let per_shadow: Vec<(String, LoadShares)> = shadows.iter().map(|role| (role.clone(), load_shares(&steps, |r| r.get("shadow_routers")?.get(role)?.get("layers")))).collect();
+        let mut groups = Vec::new();
+        for (l, grid) in live {
+            groups.push((format!("layer {l} live"), grid));
+            for (role, grids) in &per_shadow {
+                if let Some(grid) = grids.get(&l) {
+                    groups.push((format!("layer {l} {role}"), grid.clone()));
+                }
+            }
+        }
+        let heatmaps = Heatmaps {
+            title: "Expert load share: live router against shadow routers".into(),
+            x_label: "step".into(),
+            scale: "colour: the expert's share of routed tokens ÷ an even share, white 0 to dark blue 2 or more".into(),
+            groups,
+            x_range: (first, last),
+        };
+        let [png, svg] = heatmaps.save(&out.join("shadow_load"))?;
+        files.extend([png, svg]);
+    }
+
     let summary_md = out.join("summary.md");
     let text = summary(run_dir, &steps, &evals, &stages, expert_load_png.is_some());
     crate::atomic_file::write(&summary_md, text.as_bytes()).map_err(|source| ReportError::Io { path: summary_md.clone(), source })?;
     files.push(summary_md.clone());
     Ok(Report { loss_png, expert_load_png, summary_md, files })
+}
+
+/// Per layer, per expert, the load shares over the steps.
+type LoadShares = BTreeMap<u64, Vec<Vec<f64>>>;
+
+/// Per layer, per expert, its load share over the steps (÷ an even share, halved so
+/// that 2× even is the darkest colour), from the per-layer records `layers_of` finds in
+/// each step record.
+fn load_shares<'a>(steps: &[&'a Value], layers_of: impl Fn(&'a Value) -> Option<&'a Value>) -> LoadShares {
+    let mut loads = LoadShares::new();
+    for r in steps {
+        for layer in layers_of(r).and_then(Value::as_array).into_iter().flatten() {
+            let l = layer.get("layer").and_then(Value::as_u64).unwrap_or(0);
+            let load: Vec<f64> = layer.get("expert_load").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+            let total: f64 = load.iter().sum();
+            let experts = load.len().max(1) as f64;
+            let grid = loads.entry(l).or_insert_with(|| vec![Vec::new(); load.len()]);
+            for (e, c) in load.iter().enumerate() {
+                if let Some(row) = grid.get_mut(e) {
+                    row.push(if total > 0.0 { c / total * experts / 2.0 } else { 0.0 });
+                }
+            }
+        }
+    }
+    loads
 }
 
 /// `(step, name)` of every stage start in `RUN_DIR/journal.jsonl`.

@@ -51,6 +51,9 @@ pub enum RunError {
     /// The folder's newest checkpoint could not be loaded for evaluation.
     #[error("cannot load {}", run_dir.display())]
     Load { run_dir: PathBuf, source: TrainError },
+    /// A traced step cannot be replayed.
+    #[error("{}: {reason}", run_dir.display())]
+    Replay { run_dir: PathBuf, reason: String },
     /// The run's checkpoints could not be listed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),

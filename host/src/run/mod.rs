@@ -165,6 +165,30 @@ impl Run {
         Ok(Run { trainer, watched: None })
     }
 
+    /// Replay traced step `step` of the run in `run_dir` (`recast replay`): reopen the
+    /// run as it was before that step without writing anything (from the newest
+    /// checkpoint at or before it, the steps after that run again in memory), run the
+    /// step's forward pass with the recorded routing, and report every token the live
+    /// router would send elsewhere.
+    pub fn replay(run_dir: impl AsRef<Path>, step: u64, options: &RunOptions) -> Result<crate::train::trainer::ReplayReport, RunError> {
+        let run_dir = run_dir.as_ref();
+        let path = crate::train::routing_trace::path(run_dir, step, None);
+        if !path.is_file() {
+            let traced = crate::train::routing_trace::steps(run_dir);
+            let have = match traced.is_empty() {
+                true => "the run has no routing trace; trace one with `[trace] routing = { every = N }` in its config".to_string(),
+                false => format!("traced steps: {}", traced.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")),
+            };
+            return Err(RunError::Replay { run_dir: run_dir.to_path_buf(), reason: format!("no trace of step {step} ({}); {have}", path.display()) });
+        }
+        let trace = crate::train::routing_trace::read(&path).map_err(|e| RunError::Replay { run_dir: run_dir.to_path_buf(), reason: e.to_string() })?;
+        let engine = options.engine()?;
+        let config = read_run_config(run_dir, &options.sets)?;
+        let plugins = load_plugins(&engine, &config)?;
+        let mut trainer = Trainer::reopen_at(config, run_dir, step.saturating_sub(1), &plugins.set, engine).map_err(|source| RunError::Load { run_dir: run_dir.to_path_buf(), source })?;
+        trainer.replay_step(&trace).map_err(|source| RunError::Load { run_dir: run_dir.to_path_buf(), source })
+    }
+
     /// Start the run `config` describes in `dir`, or continue it from its newest
     /// checkpoint if `dir` already holds one: a config made in code (a recipe's step)
     /// reruns to where it left off.

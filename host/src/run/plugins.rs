@@ -51,6 +51,20 @@ pub fn load_run_plugins(engine: &PluginEngine, config: &RunConfig) -> anyhow::Re
         out.loaded.push((role, kind, source.describe(), component.clone()));
         out.set.insert(run_role, component, params);
     }
+    for (i, r) in config.plugins.shadow_router.iter().enumerate() {
+        let Some(&role) = crate::train::trainer::SHADOW_ROLES.get(i) else { bail!("[[plugins.shadow_router]]: at most {} shadow routers", crate::train::trainer::SHADOW_ROLES.len()) };
+        let params = toml::to_string(&r.params).with_context(|| format!("[[plugins.shadow_router]] {i}: params"))?;
+        let source = Source::of(r, PluginKind::Router).with_context(|| format!("[[plugins.shadow_router]] {i}"))?;
+        let mut fetch = source.fetcher(PluginKind::Router, trusted.clone(), config.bundle_limits);
+        let fetched = fetch().map_err(anyhow::Error::msg).with_context(|| format!("[[plugins.shadow_router]] {i}"))?;
+        let component = engine.load_bytes(&fetched.label, &fetched.bytes).with_context(|| format!("[[plugins.shadow_router]] {i}: cannot load {}", fetched.label))?;
+        if component.kind() != PluginKind::Router {
+            bail!("[[plugins.shadow_router]] {i}: {} is a {} plugin, not a router", fetched.label, component.kind());
+        }
+        out.watched.push(WatchedPlugin { role, kind: PluginKind::Router, paths: source.watch_paths(), recursive: true, fetch, running: component.digest() });
+        out.loaded.push((role, PluginKind::Router, source.describe(), component.clone()));
+        out.set.insert_shadow(component, params);
+    }
     if config.require_pinned {
         let path = config.lock_file.clone().unwrap_or_default();
         let lock = LockFile::read(&path)?;

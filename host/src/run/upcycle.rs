@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use super::plugin_source::scheme_bytes;
+use crate::data::tokenizer::Tokenizer;
 use crate::plugins::{InitSchemePlugin, PluginEngine, PluginKind, PluginLimits};
+use crate::upcycle::calibration::{CalibrationSet, CalibrationText, load_sets};
 use crate::upcycle::{Format, Provenance, UpcycleOptions, UpcycleReport, upcycle};
 
 /// One upcycling: sources, scheme and where the result goes.
@@ -26,9 +28,18 @@ pub struct UpcycleJob {
     pub dtype: Option<candle_core::DType>,
     /// Largest output shard, in bytes.
     pub max_shard_bytes: u64,
-    /// Seed handed to the scheme.
+    /// Seed handed to the scheme (and to built-in calibration domains).
     pub seed: u64,
+    /// Calibration text per expert or expert group, in order (`builtin:NAME`, a text
+    /// file or a prepared domain folder), for routers initialised from centroids.
+    pub calibration: Vec<String>,
+    /// Tokens of each calibration text used (the first ones).
+    pub calibration_tokens: usize,
 }
+
+/// Default for [`UpcycleJob::calibration_tokens`]: enough for a stable mean, a few
+/// forward passes of the source.
+pub const CALIBRATION_TOKENS: usize = 8192;
 
 /// Events of an upcycling, for a progress display; every method does nothing by
 /// default.
@@ -61,6 +72,7 @@ pub fn run_upcycle(job: &UpcycleJob, observer: &mut dyn UpcycleObserver) -> anyh
         Some(p) => p.clone(),
         None => String::new(),
     };
+    let calibration = calibration_sets(job)?;
     let file = scheme_bytes(&job.scheme, PluginKind::InitScheme).with_context(|| format!("--scheme {}", job.scheme))?;
     let engine = PluginEngine::new()?;
     let component = engine.load_bytes(&file.label, &file.bytes)?;
@@ -69,7 +81,7 @@ pub fn run_upcycle(job: &UpcycleJob, observer: &mut dyn UpcycleObserver) -> anyh
     }
     let mut plugin = InitSchemePlugin::new(&engine, &component, &params, job.seed, PluginLimits::default())?;
     let provenance = Provenance { scheme: plugin.instance().meta().name.clone(), scheme_digest: component.digest().to_hex(), params };
-    let options = UpcycleOptions { format: job.format, dtype: job.dtype, max_shard_bytes: job.max_shard_bytes };
+    let options = UpcycleOptions { format: job.format, dtype: job.dtype, max_shard_bytes: job.max_shard_bytes, calibration };
     observer.on_upcycle_start(&provenance.scheme);
     let report = upcycle(&job.sources, &mut plugin, &provenance, &job.out, &options, |done, total| observer.on_upcycle_progress(done, total))
         .with_context(|| format!("cannot upcycle into {}", job.out.display()))?;
@@ -78,4 +90,20 @@ pub fn run_upcycle(job: &UpcycleJob, observer: &mut dyn UpcycleObserver) -> anyh
     tracing::info!("copied {} from {}", if copied.is_empty() { "no tokenizer files".to_string() } else { copied.join(", ") }, job.sources[0].display());
     observer.on_upcycle_done(&report);
     Ok(report)
+}
+
+/// The job's calibration texts as tokens of the first source's tokenizer: its
+/// `tokenizer.json` when it has one, else the byte tokenizer (as `recast train` picks).
+fn calibration_sets(job: &UpcycleJob) -> anyhow::Result<Vec<CalibrationSet>> {
+    if job.calibration.is_empty() {
+        return Ok(Vec::new());
+    }
+    if job.calibration_tokens == 0 {
+        bail!("--calibration-tokens must be at least 1");
+    }
+    let texts = job.calibration.iter().map(|spec| CalibrationText::parse(spec)).collect::<Result<Vec<_>, _>>()?;
+    let file = job.sources[0].join("tokenizer.json");
+    let spec = if file.is_file() { file.display().to_string() } else { "byte".to_string() };
+    let tokenizer = Tokenizer::from_spec(&spec).with_context(|| format!("the tokenizer of {} for the calibration text", job.sources[0].display()))?;
+    Ok(load_sets(&texts, &tokenizer, job.calibration_tokens, job.seed)?)
 }

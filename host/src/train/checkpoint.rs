@@ -38,6 +38,13 @@ pub struct PluginSnapshot {
     pub state: String,
 }
 
+/// A shadow router's identity, plugin state and routing state at the checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShadowSnapshot {
+    pub plugin: PluginSnapshot,
+    pub layers: Vec<LayerRouting>,
+}
+
 /// One MoE layer's routing state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerRouting {
@@ -72,6 +79,9 @@ pub struct TrainState {
     pub domains: Vec<DomainProgress>,
     /// Per-layer statistics of the last step (the aux-schedule's next input).
     pub last_stats: Vec<LayerStats>,
+    /// The shadow routers (`[[plugins.shadow_router]]`), in config order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadows: Vec<ShadowSnapshot>,
 }
 
 /// A checkpoint error, naming the file.
@@ -168,6 +178,11 @@ pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
 /// The folder of the checkpoint of `step` in `run_dir`.
 pub fn step_dir(run_dir: &Path, step: u64) -> PathBuf {
     checkpoints_dir(run_dir).join(step_name(step))
+}
+
+/// The step of a checkpoint folder, from its name (`step-NNNNNNNN`).
+pub fn step_of(dir: &Path) -> Option<u64> {
+    dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
 }
 
 fn step_name(step: u64) -> String {
@@ -415,7 +430,7 @@ mod tests {
 
     fn state(step: u64) -> TrainState {
         let model_config = crate::distributed::comm_plan::mixtral_8x7b();
-        TrainState { step, config_toml: String::new(), model_config, tokenizer_sha256: None, plugins: vec![], layers: vec![], domains: vec![], last_stats: vec![] }
+        TrainState { step, config_toml: String::new(), model_config, tokenizer_sha256: None, plugins: vec![], layers: vec![], domains: vec![], last_stats: vec![], shadows: vec![] }
     }
 
     /// The manifest names every shard with its digest; a shard changed after the fact is

@@ -64,7 +64,12 @@ impl MetricsLog {
         Ok(())
     }
 
-    /// Where the log is.
+    /// Whether records reach a file (a log from [`MetricsLog::discard`] writes none).
+    pub fn writes(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The file the records go to.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod metrics;
 pub mod optimizer;
 pub mod role;
+pub mod routing_trace;
 pub mod schedule;
 pub mod tensorboard;
 pub mod trainer;

@@ -1,11 +1,13 @@
 //! Executes a validated init plan on real weights, streaming: source tensors are read
 //! from memory maps when an op needs them and dropped after their last use; each target
-//! tensor is written to its shard as soon as no later op touches it.
+//! tensor is written to its shard as soon as no later op touches it. Routers initialised
+//! from calibration text take their rows from [`Centroids`] computed beforehand.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 
+use super::centroids::Centroids;
 use super::writer::ShardWriter;
 use crate::contract::{Distribution, InitOp, InitPlan, NormalParams, ReinitOp, RouterInit, RouterInitOp, ScaleOp, TensorRef};
 use crate::model::checkpoint::CheckpointReader;
@@ -70,10 +72,19 @@ pub fn flush_order(plan: &InitPlan, planned: &BTreeMap<String, Vec<u64>>) -> Vec
     names.into_iter().cloned().collect()
 }
 
-/// Run `plan`; `stored_name` maps a target tensor to its name in the output files.
-pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut ShardWriter, stored_name: impl Fn(&str) -> String, mut progress: impl FnMut(usize)) -> Result<(), ExecuteError> {
+/// Run `plan`; `centroids` holds what its centroid-initialised routers need (see
+/// [`super::centroids::compute`]); `stored_name` maps a target tensor to its name in the
+/// output files.
+pub fn execute(
+    plan: &InitPlan,
+    sources: &[CheckpointReader],
+    centroids: &Centroids,
+    writer: &mut ShardWriter,
+    stored_name: impl Fn(&str) -> String,
+    mut progress: impl FnMut(usize),
+) -> Result<(), ExecuteError> {
     let last = last_uses(plan);
-    let mut live = Live { tensors: HashMap::new(), sources, op: 0 };
+    let mut live = Live { tensors: HashMap::new(), sources, centroids, op: 0 };
     for (i, op) in plan.ops.iter().enumerate() {
         live.op = i;
         live.apply(op)?;
@@ -98,10 +109,11 @@ pub fn execute(plan: &InitPlan, sources: &[CheckpointReader], writer: &mut Shard
 }
 
 /// The tensors alive while a plan runs (source tensors read so far, target tensors not
-/// yet written), and the op being executed, for errors.
+/// yet written), the calibration centroids, and the op being executed, for errors.
 struct Live<'a> {
     tensors: HashMap<String, Tensor>,
     sources: &'a [CheckpointReader],
+    centroids: &'a Centroids,
     op: usize,
 }
 
@@ -219,10 +231,28 @@ impl Live<'_> {
                 let rows = self.draw(&Distribution::Normal(NormalParams { mean: 0.0, std: 0.02 }), (e / g) * d, r.seed)?;
                 (0..e).flat_map(|x| rows[(x / g) * d..(x / g + 1) * d].to_vec()).collect()
             }
-            RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_) => {
-                return Err(self.err("router initialisation from calibration centroids is not computed by this executor (refused before execution by `upcycle`)".into()));
+            RouterInit::EmbedCentroid => self.centroid_rows(self.centroids.embed(), "embed", (e, d), 1)?,
+            RouterInit::HiddenCentroid => self.centroid_rows(self.centroids.hidden(r.layer).unwrap_or_default(), "hidden", (e, d), 1)?,
+            RouterInit::GroupCentroid(p) => {
+                // Every expert of group g starts at centroid g, then all rows get noise.
+                let mut rows = self.centroid_rows(self.centroids.hidden(r.layer).unwrap_or_default(), "hidden", (e, d), e / (p.groups as usize).max(1))?;
+                let noise = self.draw(&Distribution::Normal(NormalParams { mean: 0.0, std: p.noise_std }), e * d, r.seed)?;
+                rows.iter_mut().zip(noise).for_each(|(x, n)| *x += n);
+                rows
             }
         })
+    }
+
+    /// The `[experts, hidden]` rows, expert `x` taking centroid `x / per_centroid`.
+    fn centroid_rows(&self, centroids: &[Vec<f32>], what: &str, (experts, hidden): (usize, usize), per_centroid: usize) -> Result<Vec<f32>, ExecuteError> {
+        let wanted = experts.div_ceil(per_centroid.max(1));
+        if centroids.len() != wanted {
+            return Err(self.err(format!("{} {what} centroids were computed for this router, which needs {wanted}", centroids.len())));
+        }
+        if let Some(c) = centroids.iter().find(|c| c.len() != hidden) {
+            return Err(self.err(format!("the {what} centroids are {} wide (the first source's hidden size), the router {hidden}", c.len())));
+        }
+        Ok((0..experts).flat_map(|x| centroids[x / per_centroid.max(1)].iter().copied()).collect())
     }
 }
 
@@ -281,7 +311,7 @@ mod tests {
         let shape = ModelShape { layers: 1, hidden: 3, intermediate: 2, heads: 1, kv_heads: 1, head_dim: 2, vocab: 2, tied_embeddings: true };
         let plan = InitPlan { target: TargetModel { shape, moe_layers: vec![] }, ops: vec![fill, scale] };
         let mut writer = ShardWriter::create(dir.path(), &[("w".to_string(), vec![2, 3])], DType::F32, 1 << 30).expect("writer");
-        let err = execute(&plan, &[], &mut writer, |n| n.to_string(), |_| {}).expect_err("an infinite tensor was written");
+        let err = execute(&plan, &[], &Centroids::default(), &mut writer, |n| n.to_string(), |_| {}).expect_err("an infinite tensor was written");
         assert!(err.to_string().contains("plan op 1: `w` holds NaN or infinite values"), "{err}");
     }
 }

@@ -3,9 +3,13 @@
 //! streaming, into a checkpoint that `recast forward` and `recast train` load as is.
 //!
 //! The steps: [`source`] describes the sources to the plugin; [`target`] derives the
-//! target's config and checks the plan writes exactly its tensors; [`executor`] runs the
-//! ops; [`writer`] places each finished tensor in its shard.
+//! target's config and checks the plan writes exactly its tensors; [`centroids`]
+//! computes, from the [`calibration`] text, the rows of routers initialised from
+//! centroids; [`executor`] runs the ops; [`writer`] places each finished tensor in its
+//! shard.
 
+pub mod calibration;
+pub mod centroids;
 pub mod executor;
 pub mod source;
 pub mod target;
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 use candle_core::DType;
 use serde_json::{Value, json};
 
-use crate::contract::{InitOp, InitPlanner, RouterInit};
+use crate::contract::InitPlanner;
 use crate::model::checkpoint::CheckpointReader;
 use crate::model::checkpoint::names::to_hf;
 use crate::model::config::ModelConfig;
@@ -25,13 +29,16 @@ use crate::model::hf_config;
 
 pub use crate::model::checkpoint::Format;
 
-/// How to write the result.
+/// How to write the result, and the calibration text routers may be initialised from.
 #[derive(Clone, Debug)]
 pub struct UpcycleOptions {
     pub format: Format,
     /// Element type of the output; `None`: that of the first source's embedding.
     pub dtype: Option<DType>,
     pub max_shard_bytes: u64,
+    /// One token set per expert (or expert group) for routers initialised from
+    /// centroids, in expert order; empty when the plan needs none.
+    pub calibration: Vec<calibration::CalibrationSet>,
 }
 
 /// What was written.
@@ -53,6 +60,8 @@ pub enum UpcycleError {
     Planner(Box<dyn std::error::Error + Send + Sync>),
     #[error("the plan of {scheme} cannot be used: {reason}")]
     Plan { scheme: String, reason: String },
+    #[error(transparent)]
+    Centroids(#[from] centroids::CentroidError),
     #[error(transparent)]
     Execute(#[from] executor::ExecuteError),
     #[error("{path}: {source}")]
@@ -87,7 +96,7 @@ pub fn upcycle(
         let hashing = scope.spawn(|| readers.iter().map(source::fingerprint).collect::<Vec<_>>());
         let report = run(&readers, plugin, provenance, out, options, progress)?;
         let hashes = hashing.join().unwrap_or_default();
-        write_provenance(out, sources, &hashes, provenance, &report)?;
+        write_provenance(out, sources, &hashes, provenance, &options.calibration, &report)?;
         Ok(report)
     })
 }
@@ -114,8 +123,11 @@ fn run(
         }
         Format::Recast => hf_config::recast_json(&config, serde_json::Map::new()).map_err(plan_err)?,
     };
-    if let Some(i) = plan.ops.iter().position(|op| matches!(op, InitOp::InitRouter(r) if matches!(r.method, RouterInit::HiddenCentroid | RouterInit::EmbedCentroid | RouterInit::GroupCentroid(_)))) {
-        return Err(plan_err(format!("op {i} initialises a router from calibration centroids, which `recast upcycle` does not compute yet; use normal, uniform-centred, zeros or virtual-group")));
+    // Before anything is written: a plan that asks for centroids without its calibration
+    // text fails here.
+    let centroids = centroids::compute(&plan, &readers[0], &options.calibration)?;
+    if centroids.is_empty() && !options.calibration.is_empty() {
+        tracing::warn!("{} calibration texts were given, but no router of the plan of {} is initialised from centroids; they were not used", options.calibration.len(), provenance.scheme);
     }
     let dtype = options.dtype.unwrap_or_else(|| readers[0].tensors().get("model.embed_tokens.weight").map_or(DType::F32, |l| l.dtype));
     let stored = |name: &str| match options.format {
@@ -136,7 +148,7 @@ fn run(
     let total = plan.ops.len();
     let written = (|| -> Result<_, UpcycleError> {
         let mut writer = writer::ShardWriter::create(&tmp, &layout, dtype, options.max_shard_bytes)?;
-        executor::execute(&plan, readers, &mut writer, stored, |done| progress(done, total))?;
+        executor::execute(&plan, readers, &centroids, &mut writer, stored, |done| progress(done, total))?;
         let bytes = writer.total_bytes;
         let weight_map = writer.weight_map.clone();
         Ok((bytes, weight_map, writer.finish()?))
@@ -177,9 +189,17 @@ fn write_json(path: &Path, value: &Value) -> Result<(), UpcycleError> {
     crate::atomic_file::write(path, text.as_bytes()).map_err(|source| UpcycleError::Io { path: path.to_path_buf(), source })
 }
 
-/// `OUT/upcycle.json`: the scheme (name, sha256, params) and each source (path, sha256
-/// of its config and weight files), so a model says how it was made.
-fn write_provenance(out: &Path, sources: &[PathBuf], hashes: &[Result<String, std::io::Error>], provenance: &Provenance, report: &UpcycleReport) -> Result<(), UpcycleError> {
+/// `OUT/upcycle.json`: the scheme (name, sha256, params), each source (path, sha256
+/// of its config and weight files) and each calibration text (as given, tokens used),
+/// so a model says how it was made.
+fn write_provenance(
+    out: &Path,
+    sources: &[PathBuf],
+    hashes: &[Result<String, std::io::Error>],
+    provenance: &Provenance,
+    calibration: &[calibration::CalibrationSet],
+    report: &UpcycleReport,
+) -> Result<(), UpcycleError> {
     let sources: Vec<Value> = sources
         .iter()
         .zip(hashes.iter().map(Some).chain(std::iter::repeat(None)))
@@ -192,9 +212,10 @@ fn write_provenance(out: &Path, sources: &[PathBuf], hashes: &[Result<String, st
             json!({ "path": p.display().to_string(), "sha256": sha })
         })
         .collect();
+    let calibration: Vec<Value> = calibration.iter().map(|c| json!({ "text": c.label, "tokens": c.tokens.len() })).collect();
     let record = json!({
         "scheme": provenance.scheme, "scheme_sha256": provenance.scheme_digest, "params": provenance.params,
-        "sources": sources, "architecture": report.config.architecture.hf_class(), "tensors": report.tensors, "bytes": report.bytes, "ops": report.ops,
+        "sources": sources, "calibration": calibration, "architecture": report.config.architecture.hf_class(), "tensors": report.tensors, "bytes": report.bytes, "ops": report.ops,
     });
     write_json(&out.join("upcycle.json"), &record)
 }

@@ -65,7 +65,11 @@ pub fn require_dense_ffn(src: &SourceModel, layer: u32) -> Result<(), String> {
 }
 
 /// Router initialisation from the `router_init` / `router_std` parameters the schemes
-/// share: `"normal"`, `"uniform_centred"` or `"zeros"`.
+/// share: `"normal"`, `"uniform_centred"` or `"zeros"` (drawn by the host), or
+/// `"hidden_centroid"` / `"embed_centroid"` (METHODS.md §3.8, mergekit-moe's `hidden`
+/// and `cheap_embed`): row `e` is the unit-norm mean MoE-input hidden state or token
+/// embedding of the calibration text given for expert `e` (`recast upcycle
+/// --calibration`), which only the host can compute.
 pub fn router_init(method: &str, std: f32) -> Result<RouterInit, String> {
     if !(std.is_finite() && std >= 0.0) {
         return Err(format!("router_std must be finite and >= 0, not {std}"));
@@ -74,7 +78,9 @@ pub fn router_init(method: &str, std: f32) -> Result<RouterInit, String> {
         "normal" => Ok(RouterInit::Normal(std)),
         "uniform_centred" => Ok(RouterInit::UniformCentred(std)),
         "zeros" => Ok(RouterInit::Zeros),
-        other => Err(format!("router_init must be \"normal\", \"uniform_centred\" or \"zeros\", not {other:?}")),
+        "hidden_centroid" => Ok(RouterInit::HiddenCentroid),
+        "embed_centroid" => Ok(RouterInit::EmbedCentroid),
+        other => Err(format!("router_init must be \"normal\", \"uniform_centred\", \"zeros\", \"hidden_centroid\" or \"embed_centroid\", not {other:?}")),
     }
 }
 

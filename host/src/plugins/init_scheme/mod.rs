@@ -19,7 +19,7 @@ use wasmtime::Store;
 use wasmtime::component::{Instance, InstancePre};
 
 /// The init-scheme kind: upcycling schemes, run by `recast upcycle` (not during
-/// training), written in Rust only (their plans use the Rust SDK's builders).
+/// training), written in Rust, Python or JavaScript (each SDK has the plan builders).
 pub struct InitSchemeKind;
 
 impl Kind for InitSchemeKind {
@@ -27,7 +27,11 @@ impl Kind for InitSchemeKind {
     const NAME: &'static str = "init-scheme";
     const RUN_ROLE: Option<&'static str> = None;
     const WIT: WitKind = WitKind::InitScheme;
-    const TEMPLATES: ScaffoldTemplates = ScaffoldTemplates { rust: include_str!("../templates/init-scheme.rs.tmpl"), python: None, javascript: None };
+    const TEMPLATES: ScaffoldTemplates = ScaffoldTemplates {
+        rust: include_str!("../templates/init-scheme.rs.tmpl"),
+        python: include_str!("../templates/init-scheme.py.tmpl"),
+        javascript: include_str!("../templates/init-scheme.js.tmpl"),
+    };
     lifecycle_calls!(init_scheme::Guest);
 
     fn load(pre: &InstancePre<PluginState>, store: &mut Store<PluginState>, instance: &Instance) -> wasmtime::Result<Self::Guest> {

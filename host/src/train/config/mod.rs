@@ -13,6 +13,7 @@ use crate::train::role::Role;
 mod lines;
 pub mod overrides;
 mod ranges;
+pub mod trace;
 
 pub use ranges::Invalid;
 
@@ -75,6 +76,9 @@ pub struct RunConfig {
     /// that does not multiply to the launcher's world (one process without one) is refused.
     #[serde(default)]
     pub distributed: crate::distributed::DistributedConfig,
+    /// What the run records for later inspection (`[trace] routing = {...}`).
+    #[serde(default)]
+    pub trace: trace::TraceSection,
 }
 
 fn yes() -> bool {
@@ -303,7 +307,15 @@ pub struct PluginsSection {
     pub aux_schedule: Option<PluginRef>,
     /// Domain mixture (default: uniform over domains).
     pub sampler: Option<PluginRef>,
+    /// Router plugins that route beside the live one on the same logits, never steering
+    /// the forward pass or the gradient (`[[plugins.shadow_router]]`): their agreement,
+    /// load, MaxVio and drops go to the metrics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow_router: Vec<PluginRef>,
 }
+
+/// The most shadow routers a run may have.
+pub const MAX_SHADOW_ROUTERS: usize = 8;
 
 impl PluginsSection {
     /// The plugin the config names for `role`, if any.
@@ -470,7 +482,8 @@ impl RunConfig {
                 resolve(p);
             }
         }
-        for plugin in [&mut config.plugins.router, &mut config.plugins.aux_schedule, &mut config.plugins.sampler].into_iter().flatten() {
+        let section = &mut config.plugins;
+        for plugin in [&mut section.router, &mut section.aux_schedule, &mut section.sampler].into_iter().flatten().chain(section.shadow_router.iter_mut()) {
             for p in [plugin.file.as_mut(), plugin.bundle.as_mut()].into_iter().flatten() {
                 resolve(p);
             }

@@ -151,16 +151,18 @@ impl RunConfig {
     }
 
     fn check_plugins(&self) -> Result<(), Invalid> {
-        for role in Role::all() {
-            let name = role.as_str();
-            if let Some(p) = self.plugins.get(role) {
-                if [p.builtin.is_some(), p.file.is_some(), p.bundle.is_some()].iter().filter(|&&x| x).count() != 1 {
-                    return Err(Invalid::new(format!("plugins.{name}"), "needs exactly one of `builtin`, `file` and `bundle`"));
-                }
-                if p.plugin.is_some() && p.bundle.is_none() {
-                    return Err(Invalid::new(format!("plugins.{name}.plugin"), "picks a plugin from a `bundle`; there is none"));
-                }
+        let shadows = self.plugins.shadow_router.iter().enumerate().map(|(i, p)| (format!("shadow_router[{i}]"), p));
+        for (name, p) in Role::all().filter_map(|role| self.plugins.get(role).map(|p| (role.as_str().to_string(), p))).chain(shadows) {
+            if [p.builtin.is_some(), p.file.is_some(), p.bundle.is_some()].iter().filter(|&&x| x).count() != 1 {
+                return Err(Invalid::new(format!("plugins.{name}"), "needs exactly one of `builtin`, `file` and `bundle`"));
             }
+            if p.plugin.is_some() && p.bundle.is_none() {
+                return Err(Invalid::new(format!("plugins.{name}.plugin"), "picks a plugin from a `bundle`; there is none"));
+            }
+        }
+        count("plugins.shadow_router (entries)", self.plugins.shadow_router.len(), 0, super::MAX_SHADOW_ROUTERS)?;
+        if let Some(routing) = &self.trace.routing {
+            ensure(routing.every >= 1, "trace.routing.every", routing.every, ">= 1")?;
         }
         let b = &self.bundle_limits;
         ensure(b.max_entry_mib >= 1, "bundle_limits.max_entry_mib", b.max_entry_mib, ">= 1")?;

@@ -31,11 +31,15 @@ mod faults;
 mod health;
 mod plugin_state;
 mod reload;
+mod replay;
+mod shadows;
 mod slots;
 mod stages;
 mod step;
 mod zero;
 
+pub use replay::{LayerReplay, ReplayReport, TokenDifference};
+pub use shadows::SHADOW_ROLES;
 use slots::{LivePlugins, PluginHost};
 pub use slots::{PluginSet, Role};
 
@@ -81,6 +85,12 @@ pub enum TrainError {
     Device(#[from] crate::model::compute_device::DeviceError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A shadow router could not start (once running, a failing shadow is switched off).
+    #[error("[[plugins.shadow_router]] {role}: {source}")]
+    ShadowFault { role: &'static str, source: PluginError },
+    /// The routing trace could not be written or read.
+    #[error(transparent)]
+    Trace(#[from] crate::train::routing_trace::TraceError),
     /// A loss or the gradient norm was not finite; the step was not applied.
     #[error(
         "step {step}: the {what} is {value} (not finite); most likely cause: {suspect}\nthe step was not applied and the run stopped; {}",
@@ -112,6 +122,21 @@ impl Logs {
             metrics = metrics.with_tensorboard(&tb).map_err(|source| TrainError::Io { path: tb, source })?;
         }
         Ok(Logs { metrics, journal: open("journal.jsonl")? })
+    }
+}
+
+/// Whether a trainer writes its run folder.
+#[derive(Clone, Copy)]
+enum Writes {
+    /// As the job says: rank 0 (the only rank without a launcher) writes.
+    Job,
+    /// Nothing: a run reopened to be looked at (`recast replay`).
+    Nothing,
+}
+
+impl Writes {
+    fn resolve(self, job: &data_parallel::Job) -> bool {
+        matches!(self, Writes::Job) && job.writes()
     }
 }
 
@@ -158,6 +183,8 @@ pub struct Trainer {
     watcher: Option<crate::plugins::reload::ReloadWatcher>,
     /// The job's processes (one without a launcher) and this one's place among them.
     job: data_parallel::Job,
+    /// Router plugins that route beside the live one without steering training.
+    shadows: Vec<shadows::ShadowRouter>,
 }
 
 /// Refuse, before building anything, a model whose training state (f32 weights,
@@ -190,8 +217,14 @@ fn tensor_err(step: u64) -> impl FnOnce(candle_core::Error) -> TrainError {
 
 impl Trainer {
     /// Start a new run in `run_dir`.
-    pub fn start(mut config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
+    pub fn start(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
+        Self::start_opened(config, run_dir, plugins, engine, Writes::Job)
+    }
+
+    /// [`Trainer::start`], writing the run folder as `writes` says.
+    fn start_opened(mut config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>, writes: Writes) -> Result<Self, TrainError> {
         let job = data_parallel::Job::join(&config)?;
+        let writes = writes.resolve(&job);
         let tokenizer = Tokenizer::from_spec(&config.tokenizer)?;
         same_tokenizer(config.tokenizer_sha256.as_deref(), &tokenizer, "the config's tokenizer_sha256")?;
         config.tokenizer_sha256 = Some(tokenizer.identity().to_string());
@@ -216,7 +249,7 @@ impl Trainer {
         if model_config.vocab_size < tokenizer.vocab_size() {
             return Err(TrainError::Resume(format!("the model's vocabulary ({}) is smaller than the tokenizer's ({})", model_config.vocab_size, tokenizer.vocab_size())));
         }
-        if job.writes() {
+        if writes {
             std::fs::create_dir_all(run_dir).map_err(|source| TrainError::Io { path: run_dir.into(), source })?;
             let config_text = toml::to_string(&config).map_err(|e| TrainError::Resume(format!("cannot record the config: {e}")))?;
             let config_path = run_dir.join("config.toml");
@@ -224,7 +257,7 @@ impl Trainer {
         }
         let params = base.trainable_on(&config.compute.device.open()?)?;
         let optimizer = AdamW::new(config.optimizer.clone(), &params).map_err(tensor_err(0))?;
-        let logs = Logs::open(run_dir, 0, job.writes())?;
+        let logs = Logs::open(run_dir, 0, writes)?;
         let mut trainer = Self::assemble(config, run_dir, model_config, params, optimizer, plugins, engine, &tokenizer, logs, job)?;
         trainer.initial_specs()?;
         Ok(trainer)
@@ -234,9 +267,32 @@ impl Trainer {
     /// same code the checkpoint recorded (same sha256) unless `allow_plugin_change`,
     /// which loads the recorded states into the new code (journaled).
     pub fn resume(config: RunConfig, run_dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>, allow_plugin_change: bool) -> Result<Self, TrainError> {
-        let job = data_parallel::Job::join(&config)?;
         let dirs = checkpoint::list(run_dir)?;
         let dir = dirs.last().ok_or_else(|| TrainError::Resume(format!("{}: no checkpoint to resume from", run_dir.display())))?;
+        Self::resume_opened(config, run_dir, dir, plugins, engine, allow_plugin_change, Writes::Job)
+    }
+
+    /// The run in `run_dir` as it was after `step` steps, to look at without writing
+    /// anything there: from the newest checkpoint at or before `step` (or from the
+    /// start), with the steps after it run again in memory. Training is deterministic,
+    /// so this is the state the run had.
+    pub fn reopen_at(config: RunConfig, run_dir: &Path, step: u64, plugins: &PluginSet, engine: Arc<PluginEngine>) -> Result<Self, TrainError> {
+        let dirs = checkpoint::list(run_dir)?;
+        let at_or_before = dirs.iter().filter_map(|d| checkpoint::step_of(d).map(|s| (s, d))).filter(|(s, _)| *s <= step).max_by_key(|(s, _)| *s);
+        let mut trainer = match at_or_before {
+            Some((_, dir)) => Self::resume_opened(config, run_dir, dir, plugins, engine, false, Writes::Nothing)?,
+            None => Self::start_opened(config, run_dir, plugins, engine, Writes::Nothing)?,
+        };
+        while trainer.step < step {
+            trainer.train_step()?;
+        }
+        Ok(trainer)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn resume_opened(config: RunConfig, run_dir: &Path, dir: &Path, plugins: &PluginSet, engine: Arc<PluginEngine>, allow_plugin_change: bool, writes: Writes) -> Result<Self, TrainError> {
+        let job = data_parallel::Job::join(&config)?;
+        let writes = writes.resolve(&job);
         let loaded = checkpoint::load(dir)?;
         let tokenizer = Tokenizer::from_spec(&config.tokenizer)?;
         same_tokenizer(config.tokenizer_sha256.as_deref(), &tokenizer, "the run's config.toml")?;
@@ -254,11 +310,12 @@ impl Trainer {
         optimizer.steps = loaded.state.step;
         optimizer.moments =
             loaded.moments.into_iter().map(|(name, (m, v))| Ok((name, (m.to_device(&device)?, v.to_device(&device)?)))).collect::<candle_core::Result<_>>().map_err(tensor_err(loaded.state.step))?;
-        let logs = Logs::open(run_dir, loaded.state.step, job.writes())?;
+        let logs = Logs::open(run_dir, loaded.state.step, writes)?;
         let state = loaded.state;
         let mut trainer = Self::assemble(config, run_dir, state.model_config.clone(), params, optimizer, plugins, engine, &tokenizer, logs, job)?;
         trainer.step = state.step;
         trainer.restore(&state, dir, allow_plugin_change)?;
+        trainer.restore_shadows(&state)?;
         Ok(trainer)
     }
 
@@ -325,7 +382,32 @@ impl Trainer {
             stage: None,
             watcher: None,
             job,
+            shadows: Vec::new(),
         })
+        .and_then(Self::start_shadows)
+    }
+
+    /// Build the shadow routers the plugin set names, each with its specs for this model.
+    fn start_shadows(mut self) -> Result<Self, TrainError> {
+        let infos = self.layer_infos();
+        for (i, (component, params)) in self.base_plugins.shadows().iter().enumerate() {
+            let role = shadows::SHADOW_ROLES.get(i).copied().ok_or_else(|| TrainError::Resume(format!("at most {} shadow routers", shadows::SHADOW_ROLES.len())))?;
+            let shadow = shadows::ShadowRouter::new(role, &self.host, component, params, &infos).map_err(|source| TrainError::ShadowFault { role, source })?;
+            self.shadows.push(shadow);
+        }
+        Ok(self)
+    }
+
+    /// Write the routing trace of the step just done.
+    fn write_trace(&mut self, micro_batches: Vec<crate::train::routing_trace::MicroBatchTrace>) -> Result<(), TrainError> {
+        // A rank that writes no metrics (a reopened run, or a non-writing rank whose
+        // logs are discarded) still traces its own routing in a job, never when reopened.
+        if !self.metrics.writes() && self.job.is_single() {
+            return Ok(());
+        }
+        let rank = (!self.job.is_single()).then_some(self.job.layout.rank);
+        let path = crate::train::routing_trace::path(&self.run_dir, self.step, rank);
+        crate::train::routing_trace::write(&path, &crate::train::routing_trace::StepTrace { step: self.step, micro_batches }).map_err(TrainError::Trace)
     }
 
     fn layer_infos(&self) -> Vec<LayerInfo> {
@@ -376,6 +458,7 @@ impl Trainer {
             layers: self.model.moe_layers().map(|l| LayerRouting { layer: l.layer, spec: l.spec, selection_bias: l.selection_bias.clone() }).collect(),
             domains: self.progress.clone(),
             last_stats: self.last_stats.clone(),
+            shadows: self.shadow_snapshots()?,
         };
         // Every rank writes what it owns (all of it in one process; its experts and its
         // ZeRO-1 moments in a job), rank 0 the state and the manifest.

@@ -31,6 +31,9 @@ impl Trainer {
                 params.insert(role.as_str(), slot.params().to_string());
             }
         }
+        for shadow in &self.shadows {
+            params.insert(shadow.role, shadow.slot.params.clone());
+        }
         let lock = if self.config.require_pinned { self.config.lock_file.clone() } else { None };
         let watcher = ReloadWatcher::start(self.host.engine.clone(), plugins, params, self.host.seed, self.host.limits.clone(), lock)
             .map_err(|e| TrainError::Resume(format!("cannot watch the plugin files for hot reload: {e} (set `hot_reload = false` to run without)")))?;
@@ -86,6 +89,9 @@ impl Trainer {
     }
 
     fn swap_in(&mut self, candidate: Candidate) -> Result<(), TrainError> {
+        if let Some(index) = self.shadows.iter().position(|s| s.role == candidate.role) {
+            return self.swap_in_shadow(index, candidate);
+        }
         let Some(role) = Role::all().find(|r| r.as_str() == candidate.role) else { return Ok(()) };
         let Some(slot) = self.plugins.get(role) else { return Ok(()) };
         let old = slot.component();
@@ -127,9 +133,47 @@ impl Trainer {
         self.journal(&record)
     }
 
+    /// Swap a new version into shadow router `index`, carrying its state over and asking
+    /// it for new specs (a shadow keeps its selection biases). A shadow that was switched
+    /// off after a fault is switched on again by a version that loads.
+    fn swap_in_shadow(&mut self, index: usize, candidate: Candidate) -> Result<(), TrainError> {
+        let infos = self.layer_infos();
+        let shadow = &mut self.shadows[index];
+        let old = shadow.slot.live.instance().component().clone();
+        if old.digest() == candidate.component.digest() && shadow.off.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let params = shadow.slot.params.clone();
+        let refuse =
+            |reason: String| Rejection { role: candidate.role, label: candidate.component.label().to_string(), digest: Some(candidate.component.digest()), reason, noticed_at: candidate.noticed_at };
+        // A shadow that faulted may have no state to give: it starts afresh.
+        let state = shadow.slot.live.instance().save_state().unwrap_or_default();
+        let mut fresh = match super::shadows::ShadowRouter::new(shadow.role, &self.host, &candidate.component, &params, &infos) {
+            Ok(fresh) => fresh,
+            Err(e) => return self.journal_rejection(&refuse(format!("it does not configure or give a valid spec for every layer: {e}"))),
+        };
+        if !state.is_empty()
+            && let Err(e) = fresh.slot.live.instance().load_state(&state)
+        {
+            return self.journal_rejection(&refuse(format!("the running version's state does not load into it: {e}")));
+        }
+        fresh.bias = std::mem::take(&mut self.shadows[index].bias);
+        let role = fresh.role;
+        self.shadows[index] = fresh;
+        let record = json!({
+            "step": self.step, "event": "plugin-swap", "role": role,
+            "old_sha256": old.digest().to_hex(), "new_sha256": candidate.component.digest().to_hex(), "file": candidate.component.label(),
+            "state_bytes": state.len(), "noticed_unix_ms": unix_ms(candidate.noticed_at),
+            "vetting_ms": ms(candidate.vetting), "swap_ms": ms(started.elapsed()), "notice_to_swap_ms": ms(candidate.noticed.elapsed()),
+        });
+        self.journal(&record)
+    }
+
     fn journal_rejection(&mut self, r: &Rejection) -> Result<(), TrainError> {
         let role = Role::all().find(|x| x.as_str() == r.role);
-        let running: Option<PluginComponent> = role.and_then(|role| self.plugins.get(role)).map(|s| s.component());
+        let shadow = self.shadows.iter_mut().find(|s| s.role == r.role).map(|s| s.slot.live.instance().component().clone());
+        let running: Option<PluginComponent> = role.and_then(|role| self.plugins.get(role)).map(|s| s.component()).or(shadow);
         let old = running.as_ref().map(|c| c.digest().to_hex());
         let digest = r.digest.map(|d| d.to_string()).unwrap_or_else(|| "unreadable".into());
         tracing::warn!(target: "reload", "step {}: rejected the new {} plugin {} ({digest}): {}; the running version {} goes on", self.step, r.role, r.label, r.reason, running.as_ref().map(|c| c.digest().to_string()).unwrap_or_default());

@@ -162,6 +162,8 @@ impl LivePlugins {
 #[derive(Clone, Default)]
 pub struct PluginSet {
     by_role: std::collections::BTreeMap<Role, (PluginComponent, String)>,
+    /// The shadow routers, in config order.
+    shadows: Vec<(PluginComponent, String)>,
 }
 
 impl PluginSet {
@@ -173,5 +175,15 @@ impl PluginSet {
     /// The component and params of `role`, if the run has one.
     pub fn get(&self, role: Role) -> Option<&(PluginComponent, String)> {
         self.by_role.get(&role)
+    }
+
+    /// Add a shadow router running `component` configured with `params`.
+    pub fn insert_shadow(&mut self, component: PluginComponent, params: String) {
+        self.shadows.push((component, params));
+    }
+
+    /// The shadow routers, in config order.
+    pub fn shadows(&self) -> &[(PluginComponent, String)] {
+        &self.shadows
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 use serde_json::json;
 
 use super::health::StepHealth;
+use super::shadows::ShadowTally;
 use super::slots::Role;
 use super::{StepReport, TrainError, Trainer, tensor_err};
 use crate::contract::LogLevel;
@@ -22,6 +23,7 @@ use crate::plugins::PluginError;
 use crate::plugins::router::validate_bias_sums;
 use crate::train::config::{ParamGroup, Stage};
 use crate::train::optimizer::Gradients;
+use crate::train::routing_trace::MicroBatchTrace;
 use crate::train::schedule::learning_rate;
 
 /// A step computed up to the optimizer update.
@@ -38,6 +40,9 @@ struct StepWork {
     route_time: Duration,
     /// Time in collectives (0 in a one-process job).
     comm_time: Duration,
+    trace: Vec<MicroBatchTrace>,
+    shadow: Vec<Vec<Option<ShadowTally>>>,
+    shadow_time: Duration,
 }
 
 /// What the micro-batches of one step add up: gradients, losses, statistics and the
@@ -49,6 +54,12 @@ struct Accumulated {
     total_loss: f64,
     aux_total: f64,
     route_time: Duration,
+    /// The step's routing trace, when the step is traced.
+    trace: Vec<MicroBatchTrace>,
+    /// Per shadow router, per MoE layer: what it would have done.
+    shadow: Vec<Vec<Option<ShadowTally>>>,
+    /// Time the shadow routers took.
+    shadow_time: Duration,
 }
 
 fn fault(role: Role) -> impl FnOnce(PluginError) -> TrainError {
@@ -129,7 +140,17 @@ impl Trainer {
         let steering_time = clock.elapsed();
 
         let batch = training_batch(&self.domains, &mixture, self.config.seed, step, sequences, t.seq_len);
-        let mut acc = Accumulated { grads: BTreeMap::new(), domain_loss: vec![(0f64, 0usize); self.domains.len()], stats: Vec::new(), total_loss: 0.0, aux_total: 0.0, route_time: Duration::ZERO };
+        let mut acc = Accumulated {
+            grads: BTreeMap::new(),
+            domain_loss: vec![(0f64, 0usize); self.domains.len()],
+            stats: Vec::new(),
+            total_loss: 0.0,
+            aux_total: 0.0,
+            route_time: Duration::ZERO,
+            trace: Vec::new(),
+            shadow: vec![Vec::new(); self.shadows.len()],
+            shadow_time: Duration::ZERO,
+        };
         for micro in 0..t.grad_accum {
             self.micro_batch(step, &batch, micro, &mut acc)?;
         }
@@ -147,6 +168,9 @@ impl Trainer {
             plugin_time: steering_time + acc.route_time,
             route_time: acc.route_time,
             comm_time: comm_time + gather_time,
+            trace: acc.trace,
+            shadow: acc.shadow,
+            shadow_time: acc.shadow_time,
         })
     }
 
@@ -216,7 +240,16 @@ impl Trainer {
         let share = self.job.layout.batch_share(t.batch_size);
         let (first, batch_size) = (micro * t.batch_size + share.start, share.len());
         let tokens = &batch.tokens[first * seq_len..(first + batch_size) * seq_len];
-        let pass = self.forward_with_router(step, tokens, batch_size, acc)?;
+        let traced = self.config.trace.routing.as_ref().filter(|t| t.traces_step(step + 1)).cloned();
+        let record = traced.is_some() || self.shadows.iter().any(|s| s.off.is_none());
+        let pass = self.forward_with_router(step, tokens, batch_size, acc, record)?;
+        if let Some(trace) = traced {
+            let layers = pass.routing.iter().filter(|r| trace.traces_layer(r.layer)).cloned().collect();
+            acc.trace.push(MicroBatchTrace { sequences: batch_size, tokens: tokens.to_vec(), layers });
+        }
+        if record {
+            self.shadows_observe(step, &pass.logits, &pass.routing, &mut acc.shadow, &mut acc.shadow_time)?;
+        }
         // The logits are made a chunk at a time and not kept (`[tokens, vocab]` would be
         // the largest activation of a real vocabulary).
         let chunked = chunked_next_token_loss(&pass.hidden, &self.model.head, tokens, batch_size).map_err(tensor_err(step))?;
@@ -268,11 +301,11 @@ impl Trainer {
     /// The model's forward pass over one micro-batch; when a layer's spec asks for
     /// per-token routing, the router plugin's `route` chooses its experts (its time is
     /// added to `acc.route_time`).
-    fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated) -> Result<TrainingPass, TrainError> {
+    fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated, record: bool) -> Result<TrainingPass, TrainError> {
         let infos = self.layer_infos();
         let recompute = self.config.compute.recompute;
         let Some(router) = self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) else {
-            return Ok(self.model.training_pass(tokens, batch_size, None, recompute)?);
+            return Ok(self.model.training_pass_recorded(tokens, batch_size, None, recompute, record)?);
         };
         router.live.instance().set_step(Some(step));
         let mut route_fault = None;
@@ -288,7 +321,7 @@ impl Trainer {
             route_time += start.elapsed();
             r
         };
-        let out = self.model.training_pass(tokens, batch_size, Some(&mut hook), recompute);
+        let out = self.model.training_pass_recorded(tokens, batch_size, Some(&mut hook), recompute, record);
         if let Some(source) = route_fault {
             return Err(TrainError::PluginFault { role: Role::ROUTER, source });
         }
@@ -347,7 +380,7 @@ impl Trainer {
 
     /// Count the step as done: domain progress, the step counter, the metrics line.
     fn finish_step(&mut self, work: StepWork, started: Instant, reload_time: Duration) -> Result<StepReport, TrainError> {
-        let StepWork { tokens, seq_len, batch_domains, domain_loss, stats, total_loss, lr, grad_norm, plugin_time, route_time, comm_time } = work;
+        let StepWork { tokens, seq_len, batch_domains, domain_loss, stats, total_loss, lr, grad_norm, plugin_time, route_time, comm_time, trace, shadow, shadow_time } = work;
         for (d, (sum, n)) in domain_loss.iter().enumerate() {
             let p = &mut self.progress[d];
             p.tokens_seen += (batch_domains.iter().filter(|&&x| x == d).count() * seq_len) as u64;
@@ -355,12 +388,18 @@ impl Trainer {
         }
         self.last_stats = stats;
         self.step += 1;
+        if !trace.is_empty() {
+            self.write_trace(trace)?;
+        }
+        let shadow_clock = Instant::now();
+        let shadow = self.shadows_on_step(self.step - 1, shadow)?;
+        let shadow_time = shadow_time + shadow_clock.elapsed();
         let report = StepReport { step: self.step, loss: total_loss as f32, lr, grad_norm, tokens, elapsed: started.elapsed(), plugin_time, route_time, reload_time, comm_time };
-        self.log_step(&report, &domain_loss)?;
+        self.log_step(&report, &domain_loss, shadow, shadow_time)?;
         Ok(report)
     }
 
-    fn log_step(&mut self, r: &StepReport, domain_loss: &[(f64, usize)]) -> Result<(), TrainError> {
+    fn log_step(&mut self, r: &StepReport, domain_loss: &[(f64, usize)], shadow: serde_json::Map<String, serde_json::Value>, shadow_time: Duration) -> Result<(), TrainError> {
         let domains: serde_json::Map<String, serde_json::Value> =
             self.progress.iter().zip(domain_loss).filter(|(_, (_, n))| *n > 0).map(|(p, (s, n))| (p.name.clone(), json!(*s / *n as f64))).collect();
         let layers: Vec<serde_json::Value> = self
@@ -390,6 +429,10 @@ impl Trainer {
         let mut record = record;
         if !plugin_metrics.is_empty() {
             record["plugin_metrics"] = serde_json::Value::Object(plugin_metrics);
+        }
+        if !shadow.is_empty() {
+            record["shadow_routers"] = serde_json::Value::Object(shadow);
+            record["shadow_ms"] = json!(shadow_time.as_secs_f64() * 1e3);
         }
         let path = self.metrics.path().to_path_buf();
         self.metrics.write(&record).map_err(|source| TrainError::Io { path, source })

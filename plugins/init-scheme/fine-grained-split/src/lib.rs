@@ -2,12 +2,13 @@
 //! is partitioned into `granularity` disjoint neuron slices (LLaMA-MoE's split; `copies`
 //! of them for Megatron's granular upcycling), optionally beside a shared expert that is
 //! the whole dense FFN (Innovator's general expert). Routers start as virtual groups
-//! (every copy's slices score alike), and `down_proj`s are scaled so that, when routing
-//! picks one copy's whole group with renormalised top-k, the layer computes exactly the
-//! dense FFN.
+//! (every copy's slices score alike) or, for Innovator's routing warm-up, as group
+//! centroids of calibration text (one text per group), and `down_proj`s are scaled so
+//! that, when routing picks one copy's whole group with renormalised top-k, the layer
+//! computes exactly the dense FFN.
 
 use recast_sdk::Rng;
-use recast_sdk::init_scheme::build::{PROJECTIONS, copy, dense_ffn, expert_ffn, gather, init_router, neuron_axis, require_dense_ffn, scale_all, shared_ffn, shared_gate};
+use recast_sdk::init_scheme::build::{PROJECTIONS, copy, dense_ffn, expert_ffn, gather, init_router, neuron_axis, require_dense_ffn, router_init, scale_all, shared_ffn, shared_gate};
 use recast_sdk::init_scheme::*;
 use serde::Deserialize;
 
@@ -21,18 +22,31 @@ struct Params {
     partition: String,
     shared_expert: bool,
     shared_weight: f32,
+    router_init: String,
     router_std: f32,
     every: u32,
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Params { granularity: 8, copies: 1, top_k: None, partition: "random".into(), shared_expert: false, shared_weight: 0.5, router_std: 0.02, every: 1 }
+        Params { granularity: 8, copies: 1, top_k: None, partition: "random".into(), shared_expert: false, shared_weight: 0.5, router_init: "virtual_group".into(), router_std: 0.02, every: 1 }
     }
+}
+
+/// How each layer's router starts: per group (known once the sources say how many
+/// groups there are) or by one of the per-expert methods the schemes share.
+enum RouterStart {
+    /// R random rows, each repeated for the G slices of its group.
+    VirtualGroup,
+    /// Row of group r = unit-norm mean MoE-input hidden state of calibration text r,
+    /// plus N(0, router_std²) noise (Innovator's warm-up start, METHODS.md §3.4 step 4).
+    GroupCentroid,
+    PerExpert(RouterInit),
 }
 
 struct FineGrainedSplit {
     p: Params,
+    router: RouterStart,
     rng: Rng,
 }
 
@@ -57,7 +71,12 @@ impl Plugin for FineGrainedSplit {
         if !(p.router_std.is_finite() && p.router_std >= 0.0) {
             return Err(format!("router_std must be finite and >= 0, not {}", p.router_std));
         }
-        Ok(FineGrainedSplit { p, rng: Rng::new(ctx.seed) })
+        let router = match p.router_init.as_str() {
+            "virtual_group" => RouterStart::VirtualGroup,
+            "group_centroid" => RouterStart::GroupCentroid,
+            other => RouterStart::PerExpert(router_init(other, p.router_std).map_err(|e| format!("{e}; or \"virtual_group\", \"group_centroid\""))?),
+        };
+        Ok(FineGrainedSplit { p, router, rng: Rng::new(ctx.seed) })
     }
 }
 
@@ -122,7 +141,12 @@ impl InitScheme for FineGrainedSplit {
                 ops.push(InitOp::Fill(FillOp { dst: shared_gate(layer), shape: vec![1, src.shape.hidden as u64], distribution: Distribution::Zeros, seed: 0 }));
                 ops.push(scale_all(shared_ffn(layer, 0, "down_proj"), 2.0 * p.shared_weight));
             }
-            ops.push(init_router(layer, experts, src.shape.hidden, RouterInit::VirtualGroup(g), self.rng.fork(1 << 32 | layer as u64).next_u64()));
+            let method = match &self.router {
+                RouterStart::VirtualGroup => RouterInit::VirtualGroup(g),
+                RouterStart::GroupCentroid => RouterInit::GroupCentroid(GroupCentroidParams { groups: specialists.len() as u32, noise_std: p.router_std }),
+                RouterStart::PerExpert(method) => *method,
+            };
+            ops.push(init_router(layer, experts, src.shape.hidden, method, self.rng.fork(1 << 32 | layer as u64).next_u64()));
             moe_layers.push(MoeLayerShape {
                 layer,
                 experts,
