@@ -2,8 +2,9 @@
 //! boundary with its state (the aux-free bias) carried over; broken replacements (a
 //! trap in `configure`, the wrong world, the wrong major version, not a component, an
 //! unpinned digest) are rejected while training goes on; the fault policies
-//! `keep-last-good` and `stop`; and resuming with changed plugin code needs
-//! `--allow-plugin-change`.
+//! `keep-last-good` and `stop`; resuming with changed plugin code needs
+//! `--allow-plugin-change`; and a shadow router is swapped in, rejected and checkpointed
+//! the same way without the live router changing.
 
 mod support;
 
@@ -367,4 +368,39 @@ fn a_fifo_in_the_plugins_place_is_rejected_without_blocking_and_the_run_still_en
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{}", t.stderr());
+}
+
+#[test]
+fn a_shadow_router_is_hot_reloaded_and_checkpointed_without_touching_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = versions();
+    std::fs::write(dir.path().join("router.wasm"), &v1).unwrap();
+    let shadow = dir.path().join("shadow.wasm");
+    std::fs::write(&shadow, &v1).unwrap();
+    let cfg = config(dir.path(), "\n[[plugins.shadow_router]]\nfile = \"shadow.wasm\"\nparams = { gamma = 0.05, top_k = 1 }\n");
+    let mut t = Training::start(dir.path(), &[cfg.to_str().unwrap(), "--out", dir.path().join("run").to_str().unwrap()]);
+    t.wait_for_steps(3);
+
+    replace(&shadow, &v2);
+    t.wait("the shadow's swap", |t| !t.journal("plugin-swap").is_empty());
+    let swap = t.journal("plugin-swap").remove(0);
+    assert_eq!((&swap["role"], &swap["old_sha256"], &swap["new_sha256"]), (&Value::from("shadow_router.0"), &Value::from(sha256(&v1)), &Value::from(sha256(&v2))), "{swap}");
+    assert!(swap["state_bytes"].as_u64().unwrap() > 0, "{swap}");
+    let swap_step = swap["step"].as_u64().unwrap();
+
+    // A broken version is rejected; the shadow goes on and so does training.
+    std::fs::write(&shadow, std::fs::read(plugin("configure-trap-router")).unwrap()).unwrap();
+    t.wait("the rejection", |t| !t.journal("plugin-rejected").is_empty());
+    let rejected = t.journal("plugin-rejected").remove(0);
+    assert_eq!((&rejected["role"], &rejected["old_sha256"]), (&Value::from("shadow_router.0"), &Value::from(sha256(&v2))), "{rejected}");
+    t.wait_for_steps(2);
+    t.wait("a checkpoint after the swap", |t| t.run_dir().join("checkpoints").read_dir().map(|d| d.count()).unwrap_or(0) > 0 && newest_state(&t.run_dir())["step"].as_u64().unwrap() > swap_step);
+    let state = newest_state(&t.run_dir());
+    assert_eq!(state["plugins"][0]["digest"], sha256(&v1), "the live router changed");
+    assert_eq!(state["shadows"][0]["plugin"]["digest"], sha256(&v2));
+    let last = lines(&t.run_dir().join("metrics.jsonl")).into_iter().filter(|r| r.get("loss").is_some()).last().unwrap();
+    let layers = last["shadow_routers"]["shadow_router.0"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{last}");
+    // top-1 against the live top-2: half the live slots.
+    assert!(layers.iter().all(|l| l["agreement"].as_f64().unwrap() <= 0.5 + 1e-12), "{last}");
 }
