@@ -103,6 +103,17 @@ fn a_resumed_run_traces_the_same_bytes_and_replay_reproduces_the_step() {
     want.sort();
     assert_eq!(got, want, "replay did not report exactly the two moved tokens");
     assert_eq!(walk(&whole).len(), files_before.len(), "replay wrote into the run folder");
+
+    // A damaged trace, a step that was not traced, a layer that is not an MoE layer.
+    let damaged = routing_trace::path(&whole, 8, None);
+    std::fs::write(&damaged, b"not safetensors").unwrap();
+    let o = run(&["replay", whole.to_str().unwrap(), "--step", "8"]);
+    assert!(!o.status.success() && text(&o).contains(&damaged.display().to_string()) && text(&o).contains("not a routing trace"), "{}", text(&o));
+    let o = run(&["replay", whole.to_str().unwrap(), "--step", "99"]);
+    assert!(!o.status.success() && text(&o).contains("no trace of step 99") && text(&o).contains("traced steps: 1, 2"), "{}", text(&o));
+    let bad = traced_config(dir.path(), "bad", "", &|b| b, "\n[trace]\nrouting = { layers = [5] }\n");
+    let o = train(&[bad.to_str().unwrap(), "--out", dir.path().join("bad-run").to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("layer 5 is not an MoE layer"), "{}", text(&o));
 }
 
 /// Every file under `dir` with its size.

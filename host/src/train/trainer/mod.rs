@@ -387,9 +387,16 @@ impl Trainer {
         .and_then(Self::start_shadows)
     }
 
-    /// Build the shadow routers the plugin set names, each with its specs for this model.
+    /// Build the shadow routers the plugin set names, each with its specs for this model,
+    /// and check that the routing trace names MoE layers only.
     fn start_shadows(mut self) -> Result<Self, TrainError> {
         let infos = self.layer_infos();
+        if let Some(trace) = &self.config.trace.routing
+            && let Some(layer) = trace.layers.iter().find(|&&l| !self.model.is_moe_block(l))
+        {
+            let moe: Vec<String> = infos.iter().map(|i| i.layer.to_string()).collect();
+            return Err(TrainError::Resume(format!("[trace] routing.layers: layer {layer} is not an MoE layer of this model (its MoE layers: {})", moe.join(", "))));
+        }
         for (i, (component, params)) in self.base_plugins.shadows().iter().enumerate() {
             let role = shadows::SHADOW_ROLES.get(i).copied().ok_or_else(|| TrainError::Resume(format!("at most {} shadow routers", shadows::SHADOW_ROLES.len())))?;
             let shadow = shadows::ShadowRouter::new(role, &self.host, component, params, &infos).map_err(|source| TrainError::ShadowFault { role, source })?;
