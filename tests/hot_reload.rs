@@ -398,7 +398,7 @@ fn a_shadow_router_is_hot_reloaded_and_checkpointed_without_touching_training() 
     let state = newest_state(&t.run_dir());
     assert_eq!(state["plugins"][0]["digest"], sha256(&v1), "the live router changed");
     assert_eq!(state["shadows"][0]["plugin"]["digest"], sha256(&v2));
-    let last = lines(&t.run_dir().join("metrics.jsonl")).into_iter().filter(|r| r.get("loss").is_some()).last().unwrap();
+    let last = lines(&t.run_dir().join("metrics.jsonl")).into_iter().rev().find(|r| r.get("loss").is_some()).unwrap();
     let layers = last["shadow_routers"]["shadow_router.0"]["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2, "{last}");
     // top-1 against the live top-2: half the live slots.

@@ -138,6 +138,8 @@ fn python_sparse_upcycle_plans_and_writes_exactly_what_the_rust_one_does() {
         ("experts = 3\ntop_k = 3\nevery = 2\nrouter_init = \"uniform_centred\"\nrouter_std = 0.3", 7),
         ("experts = 5\ntop_k = 1\nevery = 3\nrouter_init = \"zeros\"", 18_446_744_073_709_551_615),
         ("{\"experts\": 2, \"top_k\": 1, \"router_std\": 0.125}", 12_345),
+        ("experts = 2\nrouter_init = \"hidden_centroid\"", 2),
+        ("experts = 2\nevery = 2\nrouter_init = \"embed_centroid\"", 2),
     ];
     for (params, seed) in cases {
         let plans = schemes.plans(params, seed, &[source(None)]);

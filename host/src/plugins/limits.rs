@@ -23,6 +23,15 @@ impl PluginLimits {
     pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
     /// Default memory cap per instance.
     pub const DEFAULT_MEMORY: usize = 128 << 20;
+
+    /// Limits for an init scheme's one `plan` call in `recast upcycle`: made once,
+    /// before any weight is read, and a large model's plan is thousands of ops (a
+    /// JavaScript plan costs about 370K fuel per op, Llama-3-8B into 8 experts is about
+    /// 1,000 ops). Twenty times the default fuel, a minute and 512 MiB: still bounded, so
+    /// a plugin that loops is stopped.
+    pub fn planning() -> Self {
+        PluginLimits { fuel_per_call: Some(20 * Self::DEFAULT_FUEL), deadline: Duration::from_secs(60), memory_bytes: 512 << 20 }
+    }
 }
 
 impl Default for PluginLimits {

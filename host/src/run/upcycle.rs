@@ -79,7 +79,7 @@ pub fn run_upcycle(job: &UpcycleJob, observer: &mut dyn UpcycleObserver) -> anyh
     if component.kind() != PluginKind::InitScheme {
         bail!("--scheme {}: {} is a {} plugin, not an init-scheme", job.scheme, file.label, component.kind());
     }
-    let mut plugin = InitSchemePlugin::new(&engine, &component, &params, job.seed, PluginLimits::default())?;
+    let mut plugin = InitSchemePlugin::new(&engine, &component, &params, job.seed, PluginLimits::planning())?;
     let provenance = Provenance { scheme: plugin.instance().meta().name.clone(), scheme_digest: component.digest().to_hex(), params };
     let options = UpcycleOptions { format: job.format, dtype: job.dtype, max_shard_bytes: job.max_shard_bytes, calibration };
     observer.on_upcycle_start(&provenance.scheme);
