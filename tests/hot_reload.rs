@@ -403,4 +403,6 @@ fn a_shadow_router_is_hot_reloaded_and_checkpointed_without_touching_training() 
     assert_eq!(layers.len(), 2, "{last}");
     // top-1 against the live top-2: half the live slots.
     assert!(layers.iter().all(|l| l["agreement"].as_f64().unwrap() <= 0.5 + 1e-12), "{last}");
+    // The shadow's own metrics come with its routing (aux-free-bias records its largest bias).
+    assert!(last["shadow_routers"]["shadow_router.0"]["plugin_metrics"]["bias_abs_max"].as_f64().is_some(), "{last}");
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::TrainError;
 use super::slots::{PluginHost, Slot};
-use crate::contract::{LayerInfo, RouterSpec, TokenLogits};
+use crate::contract::{LayerInfo, LogLevel, RouterSpec, TokenLogits};
 use crate::moe::layer::{TokenRouter, route_tokens};
 use crate::moe::losses;
 use crate::moe::routing_record::RoutingRecord;
@@ -172,17 +172,33 @@ impl super::Trainer {
     pub(super) fn shadows_on_step(&mut self, step: u64, tallies: Vec<Vec<Option<ShadowTally>>>) -> Result<serde_json::Map<String, Value>, TrainError> {
         let infos = self.layer_infos();
         let mut out = serde_json::Map::new();
-        let mut failures = Vec::new();
+        let (mut failures, mut logs) = (Vec::new(), Vec::new());
         for (shadow, tally) in self.shadows.iter_mut().zip(tallies) {
             let tally: Vec<ShadowTally> = tally.into_iter().flatten().collect();
             if shadow.off.is_some() || tally.len() != infos.len() {
                 continue;
             }
-            out.insert(shadow.role.to_string(), describe(shadow.slot.live.instance().component().label(), &tally));
+            let mut record = describe(shadow.slot.live.instance().component().label(), &tally);
             if let Err(reason) = shadow.on_step(step, &tally, &infos) {
                 failures.push((shadow.role, reason.clone()));
                 shadow.off = Some(reason);
             }
+            // What the shadow said this step: its metrics beside its routing, its log
+            // lines at info and above in the journal (never left to pile up).
+            let instance = shadow.slot.live.instance();
+            let metrics: serde_json::Map<String, Value> = instance.drain_metrics().into_iter().map(|(name, value)| (name, json!(value))).collect();
+            if !metrics.is_empty() {
+                record["plugin_metrics"] = Value::Object(metrics);
+            }
+            for log in instance.drain_logs() {
+                if matches!(log.level, LogLevel::Info | LogLevel::Warn | LogLevel::Error) {
+                    logs.push(json!({ "step": step + 1, "event": "plugin-log", "role": shadow.role, "level": format!("{:?}", log.level).to_lowercase(), "message": log.message }));
+                }
+            }
+            out.insert(shadow.role.to_string(), record);
+        }
+        for line in &logs {
+            self.journal(line)?;
         }
         for (role, reason) in failures {
             self.shadow_off(step + 1, role, &reason)?;
