@@ -4,9 +4,7 @@
 //! and any token whose experts differ from the record is reported. With the recorded
 //! routing the loss is the step's training loss, whatever the router does now.
 
-use super::slots::Role;
 use super::{TrainError, Trainer, tensor_err};
-use crate::contract::TokenLogits;
 use crate::model::loss::chunked_next_token_loss;
 use crate::model::transformer::RoutingCapture;
 use crate::train::routing_trace::StepTrace;
@@ -66,27 +64,7 @@ impl Trainer {
                 return Err(TrainError::Resume(format!("the trace routes layer {}, which is not an MoE layer of this model", r.layer)));
             }
             let capture = RoutingCapture { record: true, replay: &mb.layers };
-            let per_token = self.model.moe_layers().any(|l| l.spec.per_token_route);
-            let out = match self.plugins.router.as_mut().filter(|_| per_token) {
-                Some(router) => {
-                    router.live.instance().set_step(Some(step));
-                    let mut fault = None;
-                    let mut hook = |layer: usize, logits: &TokenLogits| -> Result<_, String> {
-                        let info = infos.iter().find(|i| i.layer as usize == layer).ok_or_else(|| format!("no MoE layer {layer}"))?;
-                        router.live.route(info, logits).map_err(|e| {
-                            let message = e.to_string();
-                            fault = Some(e);
-                            message
-                        })
-                    };
-                    let out = self.model.hidden_captured(&mb.tokens, mb.sequences, Some(&mut hook), capture);
-                    if let Some(source) = fault {
-                        return Err(TrainError::PluginFault { role: Role::ROUTER, source });
-                    }
-                    out?
-                }
-                None => self.model.hidden_captured(&mb.tokens, mb.sequences, None, capture)?,
-            };
+            let (out, _) = self.with_token_router(step, |model, route| model.hidden_captured(&mb.tokens, mb.sequences, route, capture))?;
             let loss = chunked_next_token_loss(&out.hidden, &self.model.head, &mb.tokens, mb.sequences).map_err(tensor_err(trace.step))?;
             report.loss += loss.value / trace.micro_batches.len() as f64;
             let seq = mb.tokens.len() / mb.sequences.max(1);

@@ -302,10 +302,23 @@ impl Trainer {
     /// per-token routing, the router plugin's `route` chooses its experts (its time is
     /// added to `acc.route_time`).
     fn forward_with_router(&mut self, step: u64, tokens: &[u32], batch_size: usize, acc: &mut Accumulated, record: bool) -> Result<TrainingPass, TrainError> {
-        let infos = self.layer_infos();
         let recompute = self.config.compute.recompute;
+        let (pass, route_time) = self.with_token_router(step, |model, route| model.training_pass_recorded(tokens, batch_size, route, recompute, record))?;
+        acc.route_time += route_time;
+        Ok(pass)
+    }
+
+    /// Run `pass` on the model with the router plugin's `route` as the per-token hook
+    /// when a layer's spec asks for per-token routing (none otherwise); a fault in
+    /// `route` is the router's fault. Also returns the time spent in `route`.
+    pub(super) fn with_token_router<T>(
+        &mut self,
+        step: u64,
+        pass: impl FnOnce(&crate::model::transformer::Transformer, Option<&mut crate::moe::layer::TokenRouter<'_>>) -> Result<T, crate::model::error::ModelError>,
+    ) -> Result<(T, Duration), TrainError> {
+        let infos = self.layer_infos();
         let Some(router) = self.plugins.router.as_mut().filter(|_| self.model.moe_layers().any(|l| l.spec.per_token_route)) else {
-            return Ok(self.model.training_pass_recorded(tokens, batch_size, None, recompute, record)?);
+            return Ok((pass(&self.model, None)?, Duration::ZERO));
         };
         router.live.instance().set_step(Some(step));
         let mut route_fault = None;
@@ -321,12 +334,11 @@ impl Trainer {
             route_time += start.elapsed();
             r
         };
-        let out = self.model.training_pass_recorded(tokens, batch_size, Some(&mut hook), recompute, record);
+        let out = pass(&self.model, Some(&mut hook));
         if let Some(source) = route_fault {
             return Err(TrainError::PluginFault { role: Role::ROUTER, source });
         }
-        acc.route_time += route_time;
-        Ok(out?)
+        Ok((out?, route_time))
     }
 
     /// The optimizer update from the accumulated gradients, after the health check;
