@@ -283,8 +283,16 @@ impl Trainer {
             Some((_, dir)) => Self::resume_opened(config, run_dir, dir, plugins, engine, false, Writes::Nothing)?,
             None => Self::start_opened(config, run_dir, plugins, engine, Writes::Nothing)?,
         };
+        // Evaluations where the run made them: a sampler may steer by validation loss.
+        let (eval_every, total) = (trainer.config.train.eval_every, trainer.config.train.steps);
+        if trainer.step == 0 && eval_every > 0 && step > 0 {
+            trainer.evaluate()?;
+        }
         while trainer.step < step {
-            trainer.train_step()?;
+            let done = trainer.train_step()?.step;
+            if eval_every > 0 && done % eval_every == 0 && done < total && done < step {
+                trainer.evaluate()?;
+            }
         }
         Ok(trainer)
     }
