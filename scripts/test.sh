@@ -63,7 +63,7 @@ fi
 # time: the host's tests then build the host exactly as `cargo install --path host`
 # does (tests/install.rs installs it without recompiling), which a workspace-wide build,
 # unifying features with the SDK's dependencies, would not.
-cargo test --release -p recast-host "${features[@]}" "$@"
+cargo test --release --no-fail-fast -p recast-host "${features[@]}" "$@"
 if [[ $# -eq 0 ]]; then
     cargo test --release -p recast-sdk
 fi

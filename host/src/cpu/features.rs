@@ -40,25 +40,55 @@ impl CpuFeatures {
     pub fn avx512_bw(&self) -> bool {
         self.avx512f && self.avx512bw
     }
+
+    /// These features less those a [`FEATURES_VAR`] value switches off, so that a
+    /// benchmark or a test on this CPU runs the kernels a CPU without them would
+    /// (an AMD EPYC without AVX-512, say): `avx2` drops AVX-512, `portable` drops every
+    /// vector variant. `None` or any other value leaves the features as they are.
+    pub fn limited_by(self, setting: Option<&str>) -> Self {
+        match setting.map(str::trim) {
+            Some("portable") => CpuFeatures::default(),
+            Some("avx2") => CpuFeatures { avx512f: false, avx512bw: false, ..self },
+            _ => self,
+        }
+    }
 }
 
-/// This CPU's features, detected on the first call.
+/// The environment variable that limits the features the kernels use (see
+/// [`CpuFeatures::limited_by`]); pair `avx2` with `MKL_ENABLE_INSTRUCTIONS=AVX2` to
+/// limit MKL's GEMMs the same way.
+pub const FEATURES_VAR: &str = "RECAST_CPU_FEATURES";
+
+/// This CPU's features, detected on the first call and limited by [`FEATURES_VAR`].
 pub fn features() -> &'static CpuFeatures {
     static FEATURES: OnceLock<CpuFeatures> = OnceLock::new();
-    FEATURES.get_or_init(CpuFeatures::detect)
+    FEATURES.get_or_init(|| CpuFeatures::detect().limited_by(std::env::var(FEATURES_VAR).ok().as_deref()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{CpuFeatures, features};
+    use super::{CpuFeatures, FEATURES_VAR, features};
 
     /// The cached answer is the CPU's, and a feature the kernels pair with another
     /// (FMA with AVX2, BW with AVX-512 F) is only used together with it.
     #[test]
     fn cached_features_are_the_detected_ones() {
         let f = *features();
-        assert_eq!(f, CpuFeatures::detect());
+        assert_eq!(f, CpuFeatures::detect().limited_by(std::env::var(FEATURES_VAR).ok().as_deref()));
         assert!(!f.avx2_fma() || f.avx2);
         assert!(!f.avx512_bw() || f.avx512f);
+    }
+
+    /// `avx2` switches off AVX-512 only, `portable` everything, and nothing else
+    /// (unset, unknown) changes what was detected.
+    #[test]
+    fn a_setting_only_switches_features_off() {
+        let all = CpuFeatures { avx2: true, fma: true, avx512f: true, avx512bw: true };
+        assert_eq!(all.limited_by(Some("avx2")), CpuFeatures { avx512f: false, avx512bw: false, ..all });
+        assert_eq!(all.limited_by(Some("portable")), CpuFeatures::default());
+        assert_eq!(all.limited_by(None), all);
+        assert_eq!(all.limited_by(Some("avx1024")), all);
+        let plain = CpuFeatures::default();
+        assert_eq!(plain.limited_by(Some("avx2")), plain);
     }
 }

@@ -137,15 +137,18 @@ mod tests {
         let plain = super::next_token_loss(&crate::cpu::matmul::linear(hidden.as_tensor(), head.as_tensor()).expect("logits"), &tokens, batch).expect("loss");
         let chunked = super::chunked_next_token_loss(hidden.as_tensor(), head.as_tensor(), &tokens, batch).expect("chunked");
         let (a, b) = (plain.to_scalar::<f32>().expect("a") as f64, chunked.loss.to_scalar::<f32>().expect("b") as f64);
-        assert!((a - b).abs() < 1e-5 * a.abs(), "{a} vs {b}");
-        assert!((chunked.value - a).abs() < 1e-5 * a.abs());
+        // f32 sums over 300,000 logits, ordered differently by each CPU's GEMM and
+        // reduction kernels, agree to about sqrt(n)·ε ≈ 3e-5 of their size: 1e-4 holds
+        // on every CPU, and a wrong chunk (a row or a gradient lost) is off by far more.
+        assert!((a - b).abs() < 1e-4 * a.abs(), "{a} vs {b}");
+        assert!((chunked.value - a).abs() < 1e-4 * a.abs());
         assert_eq!(chunked.nll.len(), batch * (seq - 1));
         let (gp, gc) = (plain.backward().expect("bp"), chunked.loss.backward().expect("bc"));
         for var in [&hidden, &head] {
             let (x, y) = (gp.get(var.as_tensor()).expect("plain grad"), gc.get(var.as_tensor()).expect("chunked grad"));
             let scale = x.abs().expect("abs").max_all().expect("max").to_scalar::<f32>().expect("s");
             let diff = (x - y).expect("diff").abs().expect("abs").max_all().expect("max").to_scalar::<f32>().expect("s");
-            assert!(diff <= 1e-5 * scale.max(1e-12), "gradient differs by {diff} (scale {scale})");
+            assert!(diff <= 1e-4 * scale.max(1e-12), "gradient differs by {diff} (scale {scale})");
         }
     }
 
