@@ -4,7 +4,7 @@
 /// of megabytes every step, which the system allocator hands back to the kernel and
 /// faults in again (page faults and TLB shootdowns were a tenth of an MoE layer's time).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: recast::memory::Counted<mimalloc::MiMalloc> = recast::memory::Counted { inner: mimalloc::MiMalloc };
 
 /// mimalloc's `mi_option_purge_delay` (its option enum is not exported as constants).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -22,6 +22,68 @@ pub fn ensure_fits(what: &str, bytes: u128) -> Result<(), String> {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// A global allocator that counts the bytes live in `inner`: resident memory also holds
+/// what the allocator keeps for reuse, so only this count says how much a step needs.
+pub struct Counted<A> {
+    /// The allocator that does the work.
+    pub inner: A,
+}
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK_LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl<A> Counted<A> {
+    fn grew(size: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = LIVE.fetch_add(size, Relaxed) + size;
+        PEAK_LIVE.fetch_max(live, Relaxed);
+    }
+}
+
+// SAFETY: every call goes to `inner` unchanged; the counters are only bookkeeping.
+unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Counted<A> {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { self.inner.alloc(layout) };
+        if !p.is_null() {
+            Self::grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { self.inner.alloc_zeroed(layout) };
+        if !p.is_null() {
+            Self::grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.inner.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { self.inner.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            Self::grew(new_size);
+        }
+        p
+    }
+}
+
+/// Bytes the process's allocations hold now, and the most they have held, when the
+/// binary's allocator is [`Counted`] (`recast` is); zero otherwise.
+pub fn live_bytes() -> (usize, usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (LIVE.load(Relaxed), PEAK_LIVE.load(Relaxed))
+}
+
 /// The most resident memory this process has held so far, in bytes (the kernel's
 /// high-water mark): what a run reports as `peak_rss_mib`, to compare memory with other
 /// trainers on the same machine. `None` where it cannot be read.
@@ -31,6 +93,17 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
     // SAFETY: it succeeded, so the struct is filled (and it was zeroed before).
     (rc == 0).then(|| unsafe { usage.assume_init() }.ru_maxrss.max(0) as u64 * 1024)
+}
+
+/// The memory this process holds resident now (`/proc/self/statm`), in bytes: logged at
+/// the phases of a training step (`-v`) to show which phase raises the peak. `None`
+/// where it cannot be read.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages.checked_mul(u64::try_from(page).ok()?)
 }
 
 /// Page faults this process has taken without reading from disk (`ru_minflt`): each

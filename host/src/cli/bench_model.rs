@@ -224,6 +224,11 @@ pub(super) fn train_step(config: &Path, steps: u64, precision: Option<Precision>
     if let Some(peak) = crate::memory::peak_rss_bytes() {
         println!("peak RSS: {:.2} GiB", peak as f64 / (1u64 << 30) as f64);
     }
+    if let (_, live) = crate::memory::live_bytes()
+        && live > 0
+    {
+        println!("peak allocated: {:.2} GiB (the most held in allocations at once; RSS adds the allocator's free pages, code and libraries)", live as f64 / (1u64 << 30) as f64);
+    }
     if let (Some(before), Some(after)) = (faults_before, crate::memory::minor_faults()) {
         let per_step = after.saturating_sub(before) as f64 / times.len() as f64;
         println!("page faults per step: {per_step:.0} (pages the kernel mapped afresh; 0 when steps reuse their buffers)");

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::matmul::{Accumulate, BlasLibrary, GemmInput, GemmShape, MatmulError, Operand, PackedB, as_uninit, gemm_serial, gemm_strided, split_rows, store_bf16, to_bf16_bits};
 use super::op_io::{f32_slice, with_f32};
+use super::released_weights::{self, WeightParts};
 use super::swiglu;
 
 /// The op's name in errors.
@@ -29,9 +30,15 @@ const OP: &str = "fused experts";
 /// `FFN_e(rows_e)` in mixed precision for every expert's block of `routed` (`counts[e]`
 /// rows each, in order): `gate_up` holds each expert's gate and up weights one above
 /// the other (`[E·2f, d]`), `down` the down weights (`[E·d, f]`); f32 tensors on the
-/// CPU, multiplied as bf16 with f32 accumulation.
-pub fn fused_experts(library: Arc<BlasLibrary>, routed: &Tensor, counts: &[usize], gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
-    routed.contiguous()?.apply_op3(gate_up, down, FusedExperts::new(counts, library))
+/// CPU, multiplied as bf16 with f32 accumulation. The weights come as their parts, as
+/// in [`super::grouped_experts::grouped_experts`]: the op keeps its bf16 copies for the
+/// backward, so the f32 concatenations are released once the forward has run.
+pub fn fused_experts(library: Arc<BlasLibrary>, routed: &Tensor, counts: &[usize], gate_up: WeightParts, down: WeightParts) -> Result<Tensor> {
+    let (gate_up_cat, down_cat) = (gate_up.concatenated()?, down.concatenated()?);
+    let y = routed.contiguous()?.apply_op3(&gate_up_cat, &down_cat, FusedExperts::new(counts, library, gate_up, down))?;
+    released_weights::release(&gate_up_cat)?;
+    released_weights::release(&down_cat)?;
+    Ok(y)
 }
 
 /// Rows per chunk: a chunk's `[rows, 2f]` f32 products (2.9 MB at f = 1408) stay
@@ -110,12 +117,15 @@ struct FusedExperts {
     counts: Vec<usize>,
     library: Arc<BlasLibrary>,
     saved: Mutex<Option<Saved>>,
+    /// What the `[gate | up]` and down operands were concatenated from (they are
+    /// released after the forward).
+    parts: [WeightParts; 2],
 }
 
 impl FusedExperts {
     /// The op for `counts[e]` consecutive rows per expert.
-    fn new(counts: &[usize], library: Arc<BlasLibrary>) -> Self {
-        Self { counts: counts.to_vec(), library, saved: Mutex::new(None) }
+    fn new(counts: &[usize], library: Arc<BlasLibrary>, gate_up: WeightParts, down: WeightParts) -> Self {
+        Self { counts: counts.to_vec(), library, saved: Mutex::new(None), parts: [gate_up, down] }
     }
 
     /// Every expert's rows cut into chunks of at most [`CHUNK_ROWS`], evenly.
@@ -294,29 +304,25 @@ impl CustomOp3 for FusedExperts {
         let dims = self.dims(x.dims(), w_gu.dims(), w_down.dims())?;
         let Dims { rows, d, f } = dims;
         let experts = self.counts.len();
-        let (dx, dw_gu, dw_down) = with_f32(OP, "the rows", x, |x| {
-            with_f32(OP, "the gate-up weights", w_gu, |w_gu| {
-                with_f32(OP, "the down weights", w_down, |w_down| {
-                    with_f32(OP, "the gradient", dy, |dy| {
-                        let kept = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
-                        let saved = match kept {
-                            Some(saved) => saved,
-                            None => self.run_forward(dims, x, w_gu, w_down)?.1,
-                        };
-                        let (mut dx, mut dw_gu, mut dw_down) = (Vec::with_capacity(rows * d), Vec::with_capacity(experts * 2 * f * d), Vec::with_capacity(experts * d * f));
-                        let outs = (&mut dx.spare_capacity_mut()[..rows * d], &mut dw_gu.spare_capacity_mut()[..experts * 2 * f * d], &mut dw_down.spare_capacity_mut()[..experts * d * f]);
-                        self.backward(dims, &saved, &to_bf16_bits(dy), outs.0, outs.1, outs.2)?;
-                        // SAFETY: `backward` overwrote every row of dx and every expert's
-                        // weight gradients (zeros for experts without rows).
-                        unsafe {
-                            dx.set_len(rows * d);
-                            dw_gu.set_len(experts * 2 * f * d);
-                            dw_down.set_len(experts * d * f);
-                        }
-                        Ok((dx, dw_gu, dw_down))
-                    })
-                })
-            })
+        let kept = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let saved = match kept {
+            Some(saved) => saved,
+            // The forward's copies were used already: made again, from the weights'
+            // parts (the concatenations were released).
+            None => with_f32(OP, "the rows", x, |x| self.parts[0].with_values(OP, |w_gu| self.parts[1].with_values(OP, |w_down| self.run_forward(dims, x, w_gu, w_down))))?.1,
+        };
+        let (dx, dw_gu, dw_down) = with_f32(OP, "the gradient", dy, |dy| {
+            let (mut dx, mut dw_gu, mut dw_down) = (Vec::with_capacity(rows * d), Vec::with_capacity(experts * 2 * f * d), Vec::with_capacity(experts * d * f));
+            let outs = (&mut dx.spare_capacity_mut()[..rows * d], &mut dw_gu.spare_capacity_mut()[..experts * 2 * f * d], &mut dw_down.spare_capacity_mut()[..experts * d * f]);
+            self.backward(dims, &saved, &to_bf16_bits(dy), outs.0, outs.1, outs.2)?;
+            // SAFETY: `backward` overwrote every row of dx and every expert's weight
+            // gradients (zeros for experts without rows).
+            unsafe {
+                dx.set_len(rows * d);
+                dw_gu.set_len(experts * 2 * f * d);
+                dw_down.set_len(experts * d * f);
+            }
+            Ok((dx, dw_gu, dw_down))
         })?;
         let dev = x.device();
         Ok((Some(Tensor::from_vec(dx, (rows, d), dev)?), Some(Tensor::from_vec(dw_gu, w_gu.shape(), dev)?), Some(Tensor::from_vec(dw_down, w_down.shape(), dev)?)))

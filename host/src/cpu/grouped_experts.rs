@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::matmul::{BlasLibrary, Precision, fully_written, grouped_linear};
 use super::op_io::{f32_slice, with_f32};
+use super::released_weights::WeightParts;
 use super::swiglu;
 
 /// The op's name in errors.
@@ -24,12 +25,17 @@ const CHUNK: usize = 1 << 14;
 /// each, in order), with every expert of width `f`: `gate_up` holds each expert's gate
 /// and up weights one above the other (`[E·2f, d]`), `down` the down weights
 /// (`[E·d, f]`); f32 tensors on the CPU.
-pub fn grouped_experts(library: Arc<BlasLibrary>, routed: &Tensor, counts: &[usize], gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
-    let (e, d) = (counts.len(), gate_up.dim(1)?);
-    let width = gate_up.dim(0)? / (2 * e).max(1);
-    let gate_up = grouped_linear(routed, &gate_up.reshape((e, 2 * width, d))?, counts, Precision::F32, library.clone())?;
+///
+/// The weights come as their parts (`[g₀, u₀, g₁, u₁, …]` and `[down₀, down₁, …]`):
+/// each concatenation is released after its product and rebuilt in the backward
+/// ([`crate::cpu::released_weights`]), so the graph keeps no copy of the weights.
+pub fn grouped_experts(library: Arc<BlasLibrary>, routed: &Tensor, counts: &[usize], gate_up: WeightParts, down: WeightParts) -> Result<Tensor> {
+    let (gate_up_cat, down_cat) = (gate_up.concatenated()?, down.concatenated()?);
+    let (e, d) = (counts.len(), gate_up_cat.dim(1)?);
+    let width = gate_up_cat.dim(0)? / (2 * e).max(1);
+    let gate_up = grouped_linear(routed, &gate_up_cat.reshape((e, 2 * width, d))?, counts, Precision::F32, library.clone(), Some(gate_up))?;
     let hidden = gate_up.apply_op1(PackedSwiGlu)?;
-    grouped_linear(&hidden, &down.reshape((e, d, width))?, counts, Precision::F32, library)
+    grouped_linear(&hidden, &down_cat.reshape((e, d, width))?, counts, Precision::F32, library, Some(down))
 }
 
 /// `[g | u]` rows → `silu(g) ⊙ u`.

@@ -6,7 +6,8 @@
 //! [`grouped_experts`] and [`fused_experts`] are the MoE layer's (gather and combine of
 //! routed rows, all experts over their grouped rows in f32 and in mixed precision).
 //! [`features`] says once which vector units the CPU has; [`exp`] and `op_io` are what
-//! the kernels share.
+//! the kernels share; [`released_weights`] lets the experts' ops drop their
+//! concatenated weights between forward and backward.
 //!
 //! Nothing here knows about routing or the model's layout: `model/` and `moe/` decide
 //! when an op applies and call it.
@@ -18,6 +19,7 @@ pub mod fused_experts;
 pub mod grouped_experts;
 pub mod matmul;
 pub(crate) mod op_io;
+pub mod released_weights;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;

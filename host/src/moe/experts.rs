@@ -23,6 +23,7 @@ use crate::cpu::fused_experts::fused_experts;
 use crate::cpu::grouped_experts::grouped_experts;
 use crate::cpu::matmul::BlasLibrary;
 use crate::cpu::op_io::is_f32_cpu;
+use crate::cpu::released_weights::WeightParts;
 use crate::model::ffn::Ffn;
 
 /// How a layer's routed experts compute; one per layer's backend, shared by its calls.
@@ -115,7 +116,7 @@ impl ExpertCompute for CpuGrouped {
 
     fn forward(&self, rows: &Tensor, counts: &[usize], experts: &[Ffn]) -> Result<Tensor> {
         match concatenated_weights(rows, counts, experts)? {
-            Some((gate_up, down)) => grouped_experts(self.library.clone(), rows, counts, &gate_up, &down),
+            Some((gate_up, down)) => grouped_experts(self.library.clone(), rows, counts, gate_up, down),
             None => one_by_one(rows, counts, experts),
         }
     }
@@ -137,16 +138,17 @@ impl ExpertCompute for CpuFusedBf16 {
 
     fn forward(&self, rows: &Tensor, counts: &[usize], experts: &[Ffn]) -> Result<Tensor> {
         match concatenated_weights(rows, counts, experts)? {
-            Some((gate_up, down)) => fused_experts(self.library.clone(), rows, counts, &gate_up, &down),
+            Some((gate_up, down)) => fused_experts(self.library.clone(), rows, counts, gate_up, down),
             None => one_by_one(rows, counts, experts),
         }
     }
 }
 
-/// The experts' `[gate | up]` weights (`[E·2f, d]`) and down weights (`[E·d, f]`), each
-/// expert's one above the other, when the CPU ops can take them: experts of one width,
-/// every tensor f32 on the CPU, one count per expert covering the rows; `None` otherwise.
-fn concatenated_weights(rows: &Tensor, counts: &[usize], experts: &[Ffn]) -> Result<Option<(Tensor, Tensor)>> {
+/// The parts of the experts' `[gate | up]` weights (`[E·2f, d]`) and down weights
+/// (`[E·d, f]`), each expert's one above the other, when the CPU ops can take them:
+/// experts of one width, every tensor f32 on the CPU, one count per expert covering the
+/// rows; `None` otherwise.
+fn concatenated_weights(rows: &Tensor, counts: &[usize], experts: &[Ffn]) -> Result<Option<(WeightParts, WeightParts)>> {
     let Some(first) = experts.first() else { return Ok(None) };
     let width = first.width();
     let uniform = experts.iter().all(|e| e.width() == width && is_f32_cpu(&e.gate) && is_f32_cpu(&e.up) && is_f32_cpu(&e.down));
@@ -155,8 +157,8 @@ fn concatenated_weights(rows: &Tensor, counts: &[usize], experts: &[Ffn]) -> Res
     }
     // Concatenated rather than stacked: candle accumulates a gradient into a fresh zero
     // tensor at every level of the graph, and `stack` adds a reshape level per weight.
-    let gate_up = Tensor::cat(&experts.iter().flat_map(|e| [&e.gate, &e.up]).collect::<Vec<_>>(), 0)?;
-    let down = Tensor::cat(&experts.iter().map(|e| &e.down).collect::<Vec<_>>(), 0)?;
+    let gate_up = WeightParts::new(experts.iter().flat_map(|e| [e.gate.clone(), e.up.clone()]).collect());
+    let down = WeightParts::new(experts.iter().map(|e| e.down.clone()).collect());
     Ok(Some((gate_up, down)))
 }
 

@@ -17,15 +17,24 @@ use super::gemm::{Accumulate, GemmInput, GemmShape, Operand, gemm_serial, gemm_s
 use super::library::BlasLibrary;
 use super::{MatmulError, Precision, fully_written, to_bf16_bits};
 use crate::cpu::op_io::{f32_slice, with_f32};
+use crate::cpu::released_weights::{self, WeightParts};
 
 /// The op's name in errors.
 const OP: &str = "grouped linear";
 
 /// `x [N, in]` times the weights `w [E, out, in]` of `counts[e]` consecutive rows each
-/// (the counts sum to `N`) → `[N, out]`; f32 CPU tensors.
-pub(crate) fn grouped_linear(x: &Tensor, w: &Tensor, counts: &[usize], precision: Precision, library: Arc<BlasLibrary>) -> Result<Tensor> {
+/// (the counts sum to `N`) → `[N, out]`; f32 CPU tensors. With `parts` (what `w` was
+/// concatenated from), `w`'s values are released once the product is made and the
+/// backward concatenates the parts again ([`crate::cpu::released_weights`]).
+pub(crate) fn grouped_linear(x: &Tensor, w: &Tensor, counts: &[usize], precision: Precision, library: Arc<BlasLibrary>, parts: Option<WeightParts>) -> Result<Tensor> {
     let blocks = Blocks { counts: counts.to_vec(), precision, library };
-    x.contiguous()?.apply_op2(&w.contiguous()?, GroupedLinear { blocks, bf16_inputs: Bf16Inputs::default() })
+    let w = w.contiguous()?;
+    let release = parts.is_some();
+    let y = x.contiguous()?.apply_op2(&w, GroupedLinear { blocks, bf16_inputs: Bf16Inputs::default(), parts })?;
+    if release {
+        released_weights::release(&w)?;
+    }
+    Ok(y)
 }
 
 /// The row blocks and how to multiply them.
@@ -40,6 +49,8 @@ struct Blocks {
 struct GroupedLinear {
     blocks: Blocks,
     bf16_inputs: Bf16Inputs,
+    /// Where the backward gets released weights from.
+    parts: Option<WeightParts>,
 }
 
 /// An op's bf16 copies of its forward inputs, dropped by its backward.
@@ -129,6 +140,16 @@ impl Blocks {
     }
 }
 
+impl GroupedLinear {
+    /// Runs `f` on the weights: `w`'s values, or the parts' when the op released `w`.
+    fn with_weights<R>(&self, w: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+        match &self.parts {
+            Some(parts) => parts.with_values(OP, f),
+            None => with_f32(OP, "the weights", w, f),
+        }
+    }
+}
+
 impl CustomOp2 for GroupedLinear {
     fn name(&self) -> &'static str {
         "grouped-linear"
@@ -164,7 +185,7 @@ impl CustomOp2 for GroupedLinear {
         let output = w.dim(1)?;
         let b = &self.blocks;
         let (dx, dw) = with_f32(OP, "the rows", x, |x| {
-            with_f32(OP, "the weights", w, |w| {
+            self.with_weights(w, |w| {
                 with_f32(OP, "the gradient", dy, |dy| {
                     let mut dw = Vec::with_capacity(w.len());
                     // SAFETY: dx's rows are all overwritten by their blocks; each block's

@@ -152,7 +152,7 @@ pub fn active() -> ActiveMatmul {
 pub fn linear_on(path: &ActiveMatmul, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let f32_matrices = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.rank() == 2 && weight.rank() == 2;
     match (&path.blas, path.precision) {
-        (Some(lib), precision) if f32_matrices => grouped_linear(x, &weight.unsqueeze(0)?, &[x.dim(0)?], precision, lib.clone()),
+        (Some(lib), precision) if f32_matrices => grouped_linear(x, &weight.unsqueeze(0)?, &[x.dim(0)?], precision, lib.clone(), None),
         (_, Precision::Bf16) if x.dtype() == DType::F32 && weight.dtype() == DType::F32 => x.to_dtype(DType::BF16)?.matmul(&weight.to_dtype(DType::BF16)?.t()?)?.to_dtype(DType::F32),
         _ => x.matmul(&weight.t()?),
     }

@@ -74,6 +74,7 @@ impl AdamW {
             if step.apply_in_place(p, g, m, v)? {
                 continue;
             }
+            tracing::debug!(parameter = %name, gradient_contiguous = g.is_contiguous(), "AdamW composes candle's ops (not one in-place pass)");
             // Detached: a gradient that still carried a graph would chain the moments to
             // every step's graph.
             let g = (g.detach().to_dtype(DType::F32)? * grad_scale)?;

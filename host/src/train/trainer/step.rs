@@ -62,6 +62,16 @@ struct Accumulated {
     shadow_time: Duration,
 }
 
+/// Logs (at debug level, `-v`) the memory resident after a phase of step `step`: which
+/// phase raises a run's peak.
+fn log_rss(step: u64, phase: &str) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let mib = crate::memory::rss_bytes().map(|b| b / (1 << 20));
+        let (live, peak) = crate::memory::live_bytes();
+        tracing::debug!(step = step + 1, phase, rss_mib = ?mib, live_mib = live >> 20, peak_live_mib = peak >> 20, "resident memory");
+    }
+}
+
 fn fault(role: Role) -> impl FnOnce(PluginError) -> TrainError {
     move |source| TrainError::PluginFault { role, source }
 }
@@ -72,6 +82,7 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
         let started = Instant::now();
         let step = self.step;
+        log_rss(step, "start");
         let reload_time = self.apply_reloads()?;
         if let Some((index, start)) = self.stage_at(step)
             && self.stage != Some(index)
@@ -257,6 +268,7 @@ impl Trainer {
             let aux = aux.to_dtype(chunked.loss.dtype()).and_then(|a| a.to_dtype(DType::F32)).and_then(|a| a.to_scalar::<f32>()).map_err(tensor_err(step))?;
             acc.aux_total += aux as f64 / grad_accum as f64;
         }
+        log_rss(step, "forward and loss");
         let (moe_stats, scale) = (pass.moe_stats.clone(), 1.0 / grad_accum as f64);
         let scaled = (&chunked.loss * scale).map_err(tensor_err(step))?;
         // This micro-batch's gradients, summed where a parameter has two uses (tied
@@ -275,6 +287,7 @@ impl Trainer {
             }
             Ok(())
         })?;
+        log_rss(step, "backward");
         for (name, g) in grads {
             let sum = match acc.grads.remove(&name) {
                 Some(sum) => sum.add(&g).map_err(tensor_err(step))?,
@@ -350,6 +363,7 @@ impl Trainer {
         let groups: Vec<ParamGroup> = stage.map(|s| s.train.clone()).unwrap_or_default();
         let trains = |name: &str| groups.is_empty() || groups.iter().any(|g| g.contains(name));
         let grad_norm = self.job.grad_norm(&self.params, &acc.grads)?;
+        log_rss(step, "gradient norm");
         if let Err(bad) = self.check_health(StepHealth { step, lm_loss: acc.total_loss, aux_loss: acc.aux_total, grad_norm }) {
             return Err(self.stop_non_finite(bad));
         }
@@ -360,6 +374,7 @@ impl Trainer {
         let job = &self.job;
         let mine = |name: &str| trains(name) && job.updates(name);
         self.optimizer.step(&self.params, &acc.grads, lr, scale, &mine).map_err(tensor_err(step))?;
+        log_rss(step, "update");
         let gathered = self.job.gather_params(&self.params)?;
         Ok((lr, grad_norm, gathered))
     }
