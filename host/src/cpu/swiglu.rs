@@ -103,6 +103,41 @@ pub fn backward_slice(g: &[f32], u: &[f32], d: &[f32], dg: &mut [MaybeUninit<f32
     backward_body(g, u, d, dg, du)
 }
 
+/// Elements per parallel chunk of the packed gate.
+const PACKED_CHUNK: usize = 1 << 14;
+
+/// `[g | u]` rows (`2f` wide) → `silu(g) ⊙ u` rows (`f` wide), in parallel chunks of
+/// rows: the experts' gate, whose `g` and `u` come out of one product side by side.
+pub fn packed_forward(gu: &[f32], f: usize) -> Vec<f32> {
+    let two_f = 2 * f;
+    let rows = gu.len() / two_f.max(1);
+    let rows_per_chunk = (PACKED_CHUNK / f.max(1)).max(1);
+    written(rows * f, |out| {
+        out.par_chunks_mut(rows_per_chunk * f).zip(gu.par_chunks(rows_per_chunk * two_f)).for_each(|(o, gu)| {
+            for (o, gu) in o.chunks_exact_mut(f).zip(gu.chunks_exact(two_f)) {
+                let (g, u) = gu.split_at(f);
+                forward_slice(g, u, o);
+            }
+        });
+    })
+}
+
+/// The `[dg | du]` rows of [`packed_forward`] for the output gradient rows `grad`.
+pub fn packed_backward(gu: &[f32], grad: &[f32], f: usize) -> Vec<f32> {
+    let two_f = 2 * f;
+    let rows = gu.len() / two_f.max(1);
+    let rows_per_chunk = (PACKED_CHUNK / f.max(1)).max(1);
+    written(rows * two_f, |dgu| {
+        dgu.par_chunks_mut(rows_per_chunk * two_f).zip(gu.par_chunks(rows_per_chunk * two_f).zip(grad.par_chunks(rows_per_chunk * f))).for_each(|(dgu, (gu, grad))| {
+            for ((dgu, gu), d) in dgu.chunks_exact_mut(two_f).zip(gu.chunks_exact(two_f)).zip(grad.chunks_exact(f)) {
+                let (dg, du) = dgu.split_at_mut(f);
+                let (g, u) = gu.split_at(f);
+                backward_slice(g, u, d, dg, du);
+            }
+        });
+    })
+}
+
 /// A vector `fill` writes completely.
 fn written(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     // SAFETY: every caller's `fill` writes all `n` elements (element by element, in

@@ -18,19 +18,35 @@ use super::library::BlasLibrary;
 use super::{MatmulError, Precision, fully_written, to_bf16_bits};
 use crate::cpu::op_io::{f32_slice, with_f32};
 use crate::cpu::released_weights::{self, WeightParts};
+use crate::cpu::swiglu;
 
 /// The op's name in errors.
 const OP: &str = "grouped linear";
 
+/// What a grouped linear op multiplies: its input rows, or a function of them that it
+/// makes in the forward and again in the backward instead of keeping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowInput {
+    /// The rows as they are.
+    Plain,
+    /// `silu(g) ⊙ u` of `[g | u]` rows (twice the weights' input width): the experts'
+    /// gate in front of their down products.
+    PackedSwiGlu,
+}
+
 /// `x [N, in]` times the weights `w [E, out, in]` of `counts[e]` consecutive rows each
 /// (the counts sum to `N`) → `[N, out]`; f32 CPU tensors. With `parts` (what `w` was
 /// concatenated from), `w`'s values are released once the product is made and the
-/// backward concatenates the parts again ([`crate::cpu::released_weights`]).
-pub(crate) fn grouped_linear(x: &Tensor, w: &Tensor, counts: &[usize], precision: Precision, library: Arc<BlasLibrary>, parts: Option<WeightParts>) -> Result<Tensor> {
+/// backward concatenates the parts again ([`crate::cpu::released_weights`]); with
+/// [`RowInput::PackedSwiGlu`], `x` is `[N, 2·in]` and the op multiplies its gate.
+pub(crate) fn grouped_linear(x: &Tensor, w: &Tensor, counts: &[usize], precision: Precision, library: Arc<BlasLibrary>, parts: Option<WeightParts>, input: RowInput) -> Result<Tensor> {
+    if input == RowInput::PackedSwiGlu && precision != Precision::F32 {
+        candle_core::bail!("{OP}: the packed SwiGLU input is for f32 products");
+    }
     let blocks = Blocks { counts: counts.to_vec(), precision, library };
     let w = w.contiguous()?;
     let release = parts.is_some();
-    let y = x.contiguous()?.apply_op2(&w, GroupedLinear { blocks, bf16_inputs: Bf16Inputs::default(), parts })?;
+    let y = x.contiguous()?.apply_op2(&w, GroupedLinear { blocks, bf16_inputs: Bf16Inputs::default(), parts, input })?;
     if release {
         released_weights::release(&w)?;
     }
@@ -51,6 +67,8 @@ struct GroupedLinear {
     bf16_inputs: Bf16Inputs,
     /// Where the backward gets released weights from.
     parts: Option<WeightParts>,
+    /// What the rows are multiplied as.
+    input: RowInput,
 }
 
 /// An op's bf16 copies of its forward inputs, dropped by its backward.
@@ -141,6 +159,20 @@ impl Blocks {
 }
 
 impl GroupedLinear {
+    /// The width of the op's input rows for weights `input` wide.
+    fn row_width(&self, input: usize) -> usize {
+        match self.input {
+            RowInput::Plain => input,
+            RowInput::PackedSwiGlu => 2 * input,
+        }
+    }
+
+    /// What the op multiplies when it is not the rows themselves (the gate of
+    /// `[g | u]` rows, `input` wide).
+    fn gated(&self, rows: &[f32], input: usize) -> Option<Vec<f32>> {
+        (self.input == RowInput::PackedSwiGlu).then(|| swiglu::packed_forward(rows, input))
+    }
+
     /// Runs `f` on the weights: `w`'s values, or the parts' when the op released `w`.
     fn with_weights<R>(&self, w: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         match &self.parts {
@@ -156,11 +188,13 @@ impl CustomOp2 for GroupedLinear {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (&[rows, input], &[_, output, w_input]) = (l1.dims(), l2.dims()) else { candle_core::bail!("{OP}: shapes {:?} and {:?}", l1.dims(), l2.dims()) };
-        if w_input != input || self.blocks.counts.iter().sum::<usize>() != rows || l2.dims()[0] != self.blocks.counts.len() {
+        let (&[rows, row_width], &[_, output, input]) = (l1.dims(), l2.dims()) else { candle_core::bail!("{OP}: shapes {:?} and {:?}", l1.dims(), l2.dims()) };
+        if row_width != self.row_width(input) || self.blocks.counts.iter().sum::<usize>() != rows || l2.dims()[0] != self.blocks.counts.len() {
             candle_core::bail!("{OP}: rows {:?} of {:?} do not fit weights {:?}", self.blocks.counts, l1.dims(), l2.dims());
         }
-        let (x, w) = (f32_slice(OP, "the rows", s1, l1)?, f32_slice(OP, "the weights", s2, l2)?);
+        let (rows_in, w) = (f32_slice(OP, "the rows", s1, l1)?, f32_slice(OP, "the weights", s2, l2)?);
+        let gated = self.gated(rows_in, input);
+        let x = gated.as_deref().unwrap_or(rows_in);
         let b = &self.blocks;
         // SAFETY: the blocks cover every row (their counts sum to `rows`) and each block
         // overwrites its rows.
@@ -181,10 +215,12 @@ impl CustomOp2 for GroupedLinear {
     /// Gradients come back without a graph: a tracked one would chain the optimizer's
     /// moments to every earlier step's graph.
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (rows, input) = x.dims2()?;
-        let output = w.dim(1)?;
+        let (rows, row_width) = x.dims2()?;
+        let (output, input) = (w.dim(1)?, w.dim(2)?);
         let b = &self.blocks;
-        let (dx, dw) = with_f32(OP, "the rows", x, |x| {
+        let (dx, dw) = with_f32(OP, "the rows", x, |rows_in| {
+            let gated = self.gated(rows_in, input);
+            let x = gated.as_deref().unwrap_or(rows_in);
             self.with_weights(w, |w| {
                 with_f32(OP, "the gradient", dy, |dy| {
                     let mut dw = Vec::with_capacity(w.len());
@@ -207,8 +243,12 @@ impl CustomOp2 for GroupedLinear {
                     Ok((dx, dw))
                 })
             })
+            .map(|(dx, dw)| match self.input {
+                RowInput::Plain => (dx, dw),
+                RowInput::PackedSwiGlu => (swiglu::packed_backward(rows_in, &dx, input), dw),
+            })
         })?;
         let dev = x.device();
-        Ok((Some(Tensor::from_vec(dx, (rows, input), dev)?), Some(Tensor::from_vec(dw, w.shape(), dev)?)))
+        Ok((Some(Tensor::from_vec(dx, (rows, row_width), dev)?), Some(Tensor::from_vec(dw, w.shape(), dev)?)))
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use gemm::GemmShape;
 pub(crate) use gemm::{Accumulate, GemmInput, Operand, PackedB, as_uninit, gemm_serial, gemm_strided};
-pub(crate) use grouped::{grouped_linear, split_rows};
+pub(crate) use grouped::{RowInput, grouped_linear, split_rows};
 pub use library::{BLAS_ENV, BlasLibrary, bundled_mkl};
 
 /// The element type of the matrix products.
@@ -152,7 +152,7 @@ pub fn active() -> ActiveMatmul {
 pub fn linear_on(path: &ActiveMatmul, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let f32_matrices = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 && x.rank() == 2 && weight.rank() == 2;
     match (&path.blas, path.precision) {
-        (Some(lib), precision) if f32_matrices => grouped_linear(x, &weight.unsqueeze(0)?, &[x.dim(0)?], precision, lib.clone(), None),
+        (Some(lib), precision) if f32_matrices => grouped_linear(x, &weight.unsqueeze(0)?, &[x.dim(0)?], precision, lib.clone(), None, RowInput::Plain),
         (_, Precision::Bf16) if x.dtype() == DType::F32 && weight.dtype() == DType::F32 => x.to_dtype(DType::BF16)?.matmul(&weight.to_dtype(DType::BF16)?.t()?)?.to_dtype(DType::F32),
         _ => x.matmul(&weight.t()?),
     }
