@@ -77,6 +77,10 @@ unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Counted<A> {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay` (its option enum is not exported as constants):
+/// `recast` sets it to -1, so freed pages stay for reuse by the next step.
+pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 /// Bytes the process's allocations hold now, and the most they have held, when the
 /// binary's allocator is [`Counted`] (`recast` is); zero otherwise.
 pub fn live_bytes() -> (usize, usize) {
