@@ -22,12 +22,16 @@ pub(super) fn run(m: usize, k: usize, n: usize, repeats: usize) -> anyhow::Resul
     let mut results = Vec::new();
     for precision in [Precision::F32, Precision::Bf16] {
         let mut paths = vec![ActiveMatmul { precision, blas: None }];
-        if let Some(lib) = blas.as_ref().filter(|l| precision == Precision::F32 || l.has_bf16()) {
+        if let Some(lib) = blas.as_ref() {
             paths.push(ActiveMatmul { precision, blas: Some(lib.clone()) });
         }
         for path in paths {
             let gflops = flop / median_seconds(&path, &x, &w, repeats)? / 1e9;
-            println!("{:<10} {:<5} {gflops:>8.1} GFLOP/s", path.blas.as_ref().map_or("candle", |l| l.vendor), format!("{precision:?}").to_lowercase());
+            let kernel = match (&path.blas, precision) {
+                (Some(lib), Precision::Bf16) => format!("  ({})", matmul::bf16_choice(lib)),
+                _ => String::new(),
+            };
+            println!("{:<10} {:<5} {gflops:>8.1} GFLOP/s{kernel}", path.blas.as_ref().map_or("candle", |l| l.vendor), format!("{precision:?}").to_lowercase());
             results.push((path, gflops));
         }
     }
@@ -65,7 +69,7 @@ pub(super) fn peak(precision: Precision, size: usize, repeats: usize) -> anyhow:
     let w = Tensor::randn(0f32, 1.0, (size, size), &Device::Cpu)?;
     let flop = 2.0 * (size as f64).powi(3);
     let mut paths = vec![ActiveMatmul { precision, blas: None }];
-    if let Some(lib) = blas.filter(|l| precision == Precision::F32 || l.has_bf16()) {
+    if let Some(lib) = blas {
         paths.push(ActiveMatmul { precision, blas: Some(lib) });
     }
     let mut best = (0.0, String::new());

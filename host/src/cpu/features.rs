@@ -16,6 +16,8 @@ pub struct CpuFeatures {
     pub avx512f: bool,
     /// AVX-512 Byte and Word, which the bf16 conversion's 16-bit packing needs.
     pub avx512bw: bool,
+    /// AVX512-BF16 (`vdpbf16ps`), which Recast's own bf16 GEMM is built on.
+    pub avx512bf16: bool,
 }
 
 impl CpuFeatures {
@@ -23,7 +25,10 @@ impl CpuFeatures {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            CpuFeatures { avx2: is_x86_feature_detected!("avx2"), fma: is_x86_feature_detected!("fma"), avx512f: is_x86_feature_detected!("avx512f"), avx512bw: is_x86_feature_detected!("avx512bw") }
+            CpuFeatures {
+                avx2: is_x86_feature_detected!("avx2"), fma: is_x86_feature_detected!("fma"), avx512f: is_x86_feature_detected!("avx512f"), avx512bw: is_x86_feature_detected!("avx512bw"),
+                avx512bf16: is_x86_feature_detected!("avx512bf16"),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -41,6 +46,11 @@ impl CpuFeatures {
         self.avx512f && self.avx512bw
     }
 
+    /// AVX-512 F, BW and BF16: what Recast's own bf16 GEMM is compiled for.
+    pub fn avx512_bf16(&self) -> bool {
+        self.avx512_bw() && self.avx512bf16
+    }
+
     /// These features less those a [`FEATURES_VAR`] value switches off, so that a
     /// benchmark or a test on this CPU runs the kernels a CPU without them would
     /// (an AMD EPYC without AVX-512, say): `avx2` drops AVX-512, `portable` drops every
@@ -48,7 +58,7 @@ impl CpuFeatures {
     pub fn limited_by(self, setting: Option<&str>) -> Self {
         match setting.map(str::trim) {
             Some("portable") => CpuFeatures::default(),
-            Some("avx2") => CpuFeatures { avx512f: false, avx512bw: false, ..self },
+            Some("avx2") => CpuFeatures { avx512f: false, avx512bw: false, avx512bf16: false, ..self },
             _ => self,
         }
     }
@@ -77,14 +87,15 @@ mod tests {
         assert_eq!(f, CpuFeatures::detect().limited_by(std::env::var(FEATURES_VAR).ok().as_deref()));
         assert!(!f.avx2_fma() || f.avx2);
         assert!(!f.avx512_bw() || f.avx512f);
+        assert!(!f.avx512_bf16() || f.avx512_bw());
     }
 
     /// `avx2` switches off AVX-512 only, `portable` everything, and nothing else
     /// (unset, unknown) changes what was detected.
     #[test]
     fn a_setting_only_switches_features_off() {
-        let all = CpuFeatures { avx2: true, fma: true, avx512f: true, avx512bw: true };
-        assert_eq!(all.limited_by(Some("avx2")), CpuFeatures { avx512f: false, avx512bw: false, ..all });
+        let all = CpuFeatures { avx2: true, fma: true, avx512f: true, avx512bw: true, avx512bf16: true };
+        assert_eq!(all.limited_by(Some("avx2")), CpuFeatures { avx512f: false, avx512bw: false, avx512bf16: false, ..all });
         assert_eq!(all.limited_by(Some("portable")), CpuFeatures::default());
         assert_eq!(all.limited_by(None), all);
         assert_eq!(all.limited_by(Some("avx1024")), all);

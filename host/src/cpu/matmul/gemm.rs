@@ -76,10 +76,14 @@ impl GemmInput for f32 {
 /// bf16 values as their bit patterns (the upper half of an f32).
 impl GemmInput for u16 {
     fn gemm(lib: &BlasLibrary) -> Result<CblasGemm<u16>, MatmulError> {
-        lib.bf16_gemm.ok_or(MatmulError::NoBf16Gemm { vendor: lib.vendor })
+        Ok(super::bf16_kernel::bf16_gemm(lib))
     }
 
+    /// Only the library's kernel packs (Recast's own kernels pack inside each call).
     fn packed_b_bytes(lib: &BlasLibrary, m: usize, n: usize, k: usize) -> Option<usize> {
+        if lib.bf16_gemm.map(|f| f as usize) != Some(super::bf16_kernel::bf16_gemm(lib) as usize) {
+            return None;
+        }
         let packing = lib.bf16_packing.as_ref()?;
         // SAFETY: a pure size query.
         Some(unsafe { (packing.size)(B_MATRIX, m as c_int, n as c_int, k as c_int) })

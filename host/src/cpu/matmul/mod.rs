@@ -8,7 +8,9 @@
 //! commands' flags), because the model's ops carry no context; a process that never
 //! configures gets `auto` in f32.
 
+mod avx512_bf16;
 mod bf16;
+mod bf16_kernel;
 mod gemm;
 mod grouped;
 mod library;
@@ -18,6 +20,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+pub use bf16_kernel::{BF16_KERNEL_VAR, Bf16Choice, Bf16Kernel, choice as bf16_choice};
 pub use gemm::GemmShape;
 pub(crate) use gemm::{Accumulate, GemmInput, Operand, PackedB, as_uninit, gemm_serial, gemm_strided};
 pub(crate) use grouped::{RowInput, grouped_linear, split_rows};
@@ -99,7 +102,10 @@ impl std::fmt::Display for ActiveMatmul {
             Precision::Bf16 => "bf16 (mixed precision)",
         };
         match &self.blas {
-            Some(lib) => write!(f, "{} ({}) {precision}", lib.vendor, lib.path.display()),
+            Some(lib) => match bf16_kernel::chosen().filter(|c| self.precision == Precision::Bf16 || c.kernel == Bf16Kernel::F32) {
+                Some(choice) => write!(f, "{} ({}) {precision}, {choice}", lib.vendor, lib.path.display()),
+                None => write!(f, "{} ({}) {precision}", lib.vendor, lib.path.display()),
+            },
             None => write!(f, "candle {precision}"),
         }
     }
@@ -119,14 +125,16 @@ pub fn resolve(settings: ComputeSettings) -> std::result::Result<ActiveMatmul, M
     let blas = match settings.matmul {
         MatmulBackend::Candle => None,
         MatmulBackend::Blas => {
-            let lib = library()?.ok_or(MatmulError::NoLibrary)?;
-            if precision == Precision::Bf16 && !lib.has_bf16() {
-                return Err(MatmulError::NoBf16Gemm { vendor: lib.vendor });
-            }
-            Some(lib)
+            Some(library()?.ok_or(MatmulError::NoLibrary)?)
         }
-        MatmulBackend::Auto => library()?.filter(|lib| precision == Precision::F32 || lib.has_bf16()),
+        MatmulBackend::Auto => library()?,
     };
+    let mut precision = precision;
+    if let (Some(lib), Precision::Bf16, crate::model::compute_device::ComputeDevice::Cpu) = (&blas, precision, settings.device) {
+        if bf16_kernel::choice(lib).kernel == Bf16Kernel::F32 {
+            precision = Precision::F32;
+        }
+    }
     Ok(ActiveMatmul { precision, blas })
 }
 
@@ -137,6 +145,12 @@ pub fn configure(settings: ComputeSettings) -> std::result::Result<ActiveMatmul,
     let active = resolve(settings)?;
     *ACTIVE.write().unwrap_or_else(|e| e.into_inner()) = Some(active.clone());
     Ok(active)
+}
+
+/// The kernel the process's mixed-precision CPU products multiply with, once chosen
+/// (for the run's metrics; `None` where no bf16 CPU path was configured).
+pub fn active_bf16_kernel() -> Option<&'static Bf16Choice> {
+    bf16_kernel::chosen()
 }
 
 /// The process's matmul path (`auto`, f32 until configured).

@@ -60,10 +60,6 @@ fn blas_f32_matches_candle_forward_and_gradients() {
 #[test]
 fn blas_bf16_multiplies_rounded_inputs_with_f32_accumulation() {
     let Some(lib) = blas_or_skip() else { return };
-    if !lib.has_bf16() {
-        eprintln!("{} has no bf16 GEMM: skipped", lib.vendor);
-        return;
-    }
     let mut rng = SplitMix64(5);
     for (m, k, n) in SHAPES {
         let (x, w, r) = (randn(&mut rng, m, k), randn(&mut rng, n, k), randn(&mut rng, m, n));
