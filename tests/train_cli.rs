@@ -85,6 +85,35 @@ fn bf16_mixed_precision_loss_curve_stays_near_f32() {
     assert!(a != b, "bf16 and f32 runs are identical: the bf16 path did not run");
 }
 
+/// Without a forced kernel, a bf16 run measures its bf16 kernel at start and records
+/// the choice and every candidate's GFLOP/s in each `metrics.jsonl` record; where no
+/// bf16 kernel beats the f32 GEMM it says so and runs its products in f32, exactly as
+/// the f32 run does.
+#[test]
+fn the_measured_bf16_kernel_is_recorded_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "\n[compute]\nprecision = \"bf16\"");
+    let out = dir.path().join("run");
+    let o = recast().args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "2", "--threads", "2"]).env_remove("RECAST_BF16_KERNEL").env("RUST_LOG", "info").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();
+    assert_eq!(records.len(), 2);
+    let Some(choice) = records[0].get("bf16_kernel").filter(|c| !c.is_null()) else {
+        assert!(text(&o).contains("matmul: candle"), "no bf16_kernel recorded on a BLAS path: {}", records[0]);
+        return;
+    };
+    let kernel = choice["kernel"].as_str().unwrap();
+    assert!(["library", "avx512-bf16", "f32"].contains(&kernel), "{choice}");
+    let measured = choice["measured"].as_array().unwrap();
+    assert!(measured.iter().any(|m| m[0] == "f32") && measured.iter().all(|m| m[1].as_f64().unwrap() > 0.0), "{choice}");
+    if kernel == "f32" {
+        assert!(text(&o).contains("no bf16 kernel beats f32 here"), "{}", text(&o));
+    } else {
+        assert!(text(&o).contains(&format!("bf16 kernel {kernel}")), "{}", text(&o));
+    }
+}
+
 /// `[compute]` asks for a BLAS that does not load: the error names the section and the
 /// library.
 #[test]

@@ -16,6 +16,11 @@ pub fn repo() -> PathBuf {
 pub fn recast() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_recast"));
     cmd.current_dir(repo());
+    // Mixed precision runs its bf16 kernels on any machine (unmeasured, so a run and its
+    // resume multiply alike); a test of the measured choice removes this.
+    if std::env::var_os("RECAST_BF16_KERNEL").is_none() {
+        cmd.env("RECAST_BF16_KERNEL", "bf16");
+    }
     cmd
 }
 

@@ -41,10 +41,14 @@ impl Bf16Kernel {
     }
 }
 
-/// The environment variable that forces a kernel (`library`, `avx512-bf16`, `f32`)
-/// instead of measuring, for tests and for comparing them; one this CPU or library
-/// cannot run is ignored with a warning.
+/// The environment variable that forces a kernel (`library`, `avx512-bf16`, `f32`, or
+/// `bf16`: the first bf16 kernel this machine runs, never f32) instead of measuring, for
+/// tests (bit-exact resumes must not depend on a measurement) and for comparing them;
+/// one this CPU or library cannot run is ignored with a warning.
 pub const BF16_KERNEL_VAR: &str = "RECAST_BF16_KERNEL";
+
+/// The [`BF16_KERNEL_VAR`] value that asks for any bf16 kernel.
+const ANY_BF16: &str = "bf16";
 
 /// How much faster than the f32 GEMM a bf16 kernel must measure to be chosen: mixed
 /// precision also converts every operand to bf16, which the probe does not count.
@@ -101,7 +105,8 @@ pub fn choice(lib: &BlasLibrary) -> &'static Bf16Choice {
     CHOICE.get_or_init(|| {
         let available = candidates(lib);
         if let Some(name) = std::env::var(BF16_KERNEL_VAR).ok().filter(|v| !v.trim().is_empty()) {
-            match available.iter().find(|k| k.name() == name.trim()) {
+            let any_bf16 = name.trim() == ANY_BF16;
+            match available.iter().find(|k| k.name() == name.trim() || (any_bf16 && **k != Bf16Kernel::F32)) {
                 Some(&kernel) => return Bf16Choice { kernel, measured: Vec::new() },
                 None => tracing::warn!("{BF16_KERNEL_VAR}={name:?} is not one of the kernels this machine runs ({}); measuring instead", names(&available)),
             }
