@@ -94,7 +94,12 @@ fn the_measured_bf16_kernel_is_recorded_in_the_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "\n[compute]\nprecision = \"bf16\"");
     let out = dir.path().join("run");
-    let o = recast().args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "2", "--threads", "2"]).env_remove("RECAST_BF16_KERNEL").env("RUST_LOG", "info").output().unwrap();
+    let o = recast()
+        .args(["train", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "2", "--threads", "2"])
+        .env_remove("RECAST_BF16_KERNEL")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     let records: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("loss").is_some()).collect();

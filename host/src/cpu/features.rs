@@ -26,7 +26,10 @@ impl CpuFeatures {
         #[cfg(target_arch = "x86_64")]
         {
             CpuFeatures {
-                avx2: is_x86_feature_detected!("avx2"), fma: is_x86_feature_detected!("fma"), avx512f: is_x86_feature_detected!("avx512f"), avx512bw: is_x86_feature_detected!("avx512bw"),
+                avx2: is_x86_feature_detected!("avx2"),
+                fma: is_x86_feature_detected!("fma"),
+                avx512f: is_x86_feature_detected!("avx512f"),
+                avx512bw: is_x86_feature_detected!("avx512bw"),
                 avx512bf16: is_x86_feature_detected!("avx512bf16"),
             }
         }

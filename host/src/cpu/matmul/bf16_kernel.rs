@@ -149,11 +149,14 @@ pub(super) fn bf16_gemm(lib: &BlasLibrary) -> CblasGemm<u16> {
     [choice(lib).kernel, Bf16Kernel::Library, Bf16Kernel::Avx512Bf16].into_iter().find_map(|k| function(lib, k)).unwrap_or(widened_f32)
 }
 
+/// One run of the probe product into `C`.
+type ProbeRun = Box<dyn Fn(&mut [f32])>;
+
 /// The best of six timings of the probe product on `kernel`, in GFLOP/s.
 fn gflops(lib: &BlasLibrary, kernel: Bf16Kernel) -> f64 {
     let (m, k, n) = PROBE;
     let mut c = vec![0f32; m * n];
-    let run: Box<dyn Fn(&mut [f32])> = match function(lib, kernel) {
+    let run: ProbeRun = match function(lib, kernel) {
         Some(call) => {
             let a: Vec<u16> = (0..m * k).map(|i| 0x3f80 + (i % 97) as u16).collect();
             let b: Vec<u16> = (0..k * n).map(|i| 0xbf00 + (i % 89) as u16).collect();

@@ -124,16 +124,14 @@ pub fn resolve(settings: ComputeSettings) -> std::result::Result<ActiveMatmul, M
     let precision = settings.precision;
     let blas = match settings.matmul {
         MatmulBackend::Candle => None,
-        MatmulBackend::Blas => {
-            Some(library()?.ok_or(MatmulError::NoLibrary)?)
-        }
+        MatmulBackend::Blas => Some(library()?.ok_or(MatmulError::NoLibrary)?),
         MatmulBackend::Auto => library()?,
     };
     let mut precision = precision;
-    if let (Some(lib), Precision::Bf16, crate::model::compute_device::ComputeDevice::Cpu) = (&blas, precision, settings.device) {
-        if bf16_kernel::choice(lib).kernel == Bf16Kernel::F32 {
-            precision = Precision::F32;
-        }
+    if let (Some(lib), Precision::Bf16, crate::model::compute_device::ComputeDevice::Cpu) = (&blas, precision, settings.device)
+        && bf16_kernel::choice(lib).kernel == Bf16Kernel::F32
+    {
+        precision = Precision::F32;
     }
     Ok(ActiveMatmul { precision, blas })
 }
