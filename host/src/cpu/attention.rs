@@ -1,14 +1,15 @@
 //! `softmax(q kᵀ / √d + causal mask) v` for every batch row and head as one candle op
-//! on the BLAS, with grouped-query heads read in place and a backward that reuses the
-//! forward's probabilities.
+//! on the BLAS, with grouped-query heads read in place and a backward that computes each
+//! head's probabilities again (one `s × s × d` product and a softmax) instead of keeping
+//! them: kept, they were `[batch, heads, seq, seq]`, 9.4 MB a layer of a real-shape
+//! model, the largest activation of its attention.
 //!
 //! candle's composition made a tensor of `[batch, heads, seq, seq]` for each of the
 //! scale, the mask, the softmax's five steps and their backward, copied the repeated
 //! key/value heads and the transposed keys, and multiplied with its own small-matrix
 //! GEMM: a fifth of a small model's training step.
 
-use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -40,16 +41,15 @@ pub fn causal_attention_on(library: Arc<BlasLibrary>, q: &Tensor, k: &Tensor, v:
     if kv_heads == 0 || heads % kv_heads != 0 || k.dims() != v.dims() || k.dim(3)? != d || k.dim(2)? != q.dim(2)? {
         return Ok(None);
     }
-    let op = AttentionCore { window, scale: 1.0 / (d as f32).sqrt(), library, probs: Mutex::new(None) };
+    let op = AttentionCore { window, scale: 1.0 / (d as f32).sqrt(), library };
     Ok(Some(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?))
 }
 
-/// The op; `probs` keeps the forward's softmax for the backward.
+/// The op.
 struct AttentionCore {
     window: Option<usize>,
     scale: f32,
     library: Arc<BlasLibrary>,
-    probs: Mutex<Option<Vec<f32>>>,
 }
 
 /// Sizes of one call.
@@ -73,34 +73,23 @@ fn err(e: matmul::MatmulError) -> candle_core::Error {
 }
 
 impl AttentionCore {
-    /// The softmax of one head's scaled, masked scores, `probs` `[s, s]` (written).
-    fn head_probs(&self, dims: Dims, q: &[f32], k: &[f32], probs: &mut [MaybeUninit<f32>]) -> Result<()> {
+    /// The softmax of one head's scaled, masked scores, `[s, s]`, in `buffer` (reused
+    /// across the heads a task handles).
+    fn head_probs<'b>(&self, dims: Dims, q: &[f32], k: &[f32], buffer: &'b mut Vec<f32>) -> Result<&'b [f32]> {
         let (s, d) = (dims.seq, dims.d);
+        buffer.clear();
+        buffer.reserve(s * s);
         let shape = GemmShape { m: s, n: s, k: d, transpose_a: false, transpose_b: true };
-        gemm_serial(&self.library, shape, Operand { data: q, ld: d }, Operand { data: k, ld: d }, Accumulate::Overwrite, probs, s).map_err(err)?;
-        for (i, row) in probs.chunks_exact_mut(s).enumerate() {
-            // SAFETY: the GEMM above wrote every element.
-            let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        gemm_serial(&self.library, shape, Operand { data: q, ld: d }, Operand { data: k, ld: d }, Accumulate::Overwrite, &mut buffer.spare_capacity_mut()[..s * s], s).map_err(err)?;
+        // SAFETY: the GEMM above wrote all `s · s` elements.
+        unsafe { buffer.set_len(s * s) };
+        for (i, row) in buffer.chunks_exact_mut(s).enumerate() {
             let first = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
             softmax_visible(&mut row[first..=i], self.scale);
             row[..first].fill(0.0);
             row[i + 1..].fill(0.0);
         }
-        Ok(())
-    }
-
-    fn probs(&self, dims: Dims, q: &[f32], k: &[f32]) -> Result<Vec<f32>> {
-        let Dims { batch, heads, kv_heads, seq: s, d } = dims;
-        // SAFETY: every head's block is written by `head_probs`.
-        unsafe {
-            fully_written(batch * heads * s * s, |p| {
-                p.par_chunks_mut(s * s).enumerate().try_for_each(|(bh, p)| {
-                    let (b, h) = (bh / heads, bh % heads);
-                    let kv = b * kv_heads + h / dims.group();
-                    self.head_probs(dims, &q[bh * s * d..(bh + 1) * s * d], &k[kv * s * d..(kv + 1) * s * d], p)
-                })
-            })
-        }
+        Ok(buffer)
     }
 }
 
@@ -174,27 +163,20 @@ impl CustomOp3 for AttentionCore {
         let dims = dims_of(l1, l2)?;
         let Dims { batch, heads, kv_heads, seq: s, d } = dims;
         let (q, k, v) = (f32_slice(OP, "queries", s1, l1)?, f32_slice(OP, "keys", s2, l2)?, f32_slice(OP, "values", s3, l3)?);
-        let probs = self.probs(dims, q, k)?;
         // SAFETY: every head's output block is overwritten by its GEMM.
         let out = unsafe {
             fully_written(batch * heads * s * d, |out| {
-                out.par_chunks_mut(s * d).enumerate().try_for_each(|(bh, out)| {
-                    let kv = (bh / heads) * kv_heads + (bh % heads) / dims.group();
-                    let shape = GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false };
-                    gemm_serial(
-                        &self.library,
-                        shape,
-                        Operand { data: &probs[bh * s * s..(bh + 1) * s * s], ld: s },
-                        Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d },
-                        Accumulate::Overwrite,
-                        out,
-                        d,
-                    )
-                    .map_err(err)
-                })
+                out.par_chunks_mut(s * d).enumerate().try_for_each_init(
+                    || Vec::with_capacity(s * s),
+                    |probs: &mut Vec<f32>, (bh, out)| {
+                        let kv = (bh / heads) * kv_heads + (bh % heads) / dims.group();
+                        let probs = self.head_probs(dims, &q[bh * s * d..(bh + 1) * s * d], &k[kv * s * d..(kv + 1) * s * d], probs)?;
+                        let shape = GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false };
+                        gemm_serial(&self.library, shape, Operand { data: probs, ld: s }, Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d }, Accumulate::Overwrite, out, d).map_err(err)
+                    },
+                )
             })?
         };
-        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -202,15 +184,10 @@ impl CustomOp3 for AttentionCore {
         let dims = dims_of(q.layout(), k.layout())?;
         let Dims { batch, heads, kv_heads, seq: s, d } = dims;
         let group = dims.group();
-        let kept = self.probs.lock().unwrap_or_else(|e| e.into_inner()).take();
         let (dq, dk, dv) = with_f32(OP, "queries", q, |q| {
             with_f32(OP, "keys", k, |k| {
                 with_f32(OP, "values", v, |v| {
                     with_f32(OP, "the gradient", grad, |grad| {
-                        let probs = match kept {
-                            Some(p) => p,
-                            None => self.probs(dims, q, k)?,
-                        };
                         let (mut dk, mut dv) = (Vec::with_capacity(batch * kv_heads * s * d), Vec::with_capacity(batch * kv_heads * s * d));
                         // SAFETY: each (batch, kv head) task overwrites its query heads' dq
                         // blocks, and its dk and dv blocks (first head overwrites, the rest
@@ -220,12 +197,12 @@ impl CustomOp3 for AttentionCore {
                                 let dk = &mut dk.spare_capacity_mut()[..batch * kv_heads * s * d];
                                 let dv = &mut dv.spare_capacity_mut()[..batch * kv_heads * s * d];
                                 dq.par_chunks_mut(group * s * d).zip(dk.par_chunks_mut(s * d).zip(dv.par_chunks_mut(s * d))).enumerate().try_for_each(|(bkv, (dq, (dk, dv)))| {
-                                    let mut ds = vec![0f32; s * s];
+                                    let (mut ds, mut probs) = (vec![0f32; s * s], Vec::with_capacity(s * s));
                                     let kv_rows = bkv * s * d..(bkv + 1) * s * d;
                                     for g in 0..group {
                                         let bh = (bkv / kv_heads) * heads + (bkv % kv_heads) * group + g;
                                         let rows = bh * s * d..(bh + 1) * s * d;
-                                        let p = &probs[bh * s * s..(bh + 1) * s * s];
+                                        let p = self.head_probs(dims, &q[rows.clone()], &k[kv_rows.clone()], &mut probs)?;
                                         let go = Operand { data: &grad[rows.clone()], ld: d };
                                         let accumulate = if g == 0 { Accumulate::Overwrite } else { Accumulate::Add };
                                         let lib = &self.library;
