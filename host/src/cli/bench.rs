@@ -109,6 +109,7 @@ fn random_logits(tokens: u32, experts: u32) -> TokenLogits {
 
 /// Median wall time of `repeats` runs of `f`, after one warm-up run.
 pub(super) fn median(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    crate::memory::enter_steady_state();
     f()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {

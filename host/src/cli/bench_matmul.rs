@@ -46,6 +46,7 @@ pub(super) fn run(m: usize, k: usize, n: usize, repeats: usize) -> anyhow::Resul
 
 /// The median time of `x Wᵀ` on `path` after two warm-ups.
 fn median_seconds(path: &ActiveMatmul, x: &Tensor, w: &Tensor, repeats: usize) -> anyhow::Result<f64> {
+    crate::memory::enter_steady_state();
     for _ in 0..2 {
         matmul::linear_on(path, x, w)?;
     }

@@ -138,6 +138,7 @@ pub(super) fn model_step(model: &Path, batch: usize, seq: usize, repeats: usize)
 /// Two warm-up runs, then the median of `repeats` timed runs, in milliseconds. The
 /// closure returns whether the gradient it needed was produced.
 fn median_ms(repeats: usize, mut run: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<f64> {
+    crate::memory::enter_steady_state();
     for _ in 0..2 {
         if !run()? {
             bail!("the backward pass produced no gradient for the input");

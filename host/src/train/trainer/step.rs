@@ -82,6 +82,7 @@ impl Trainer {
     pub fn train_step(&mut self) -> Result<StepReport, TrainError> {
         let started = Instant::now();
         let step = self.step;
+        crate::memory::enter_steady_state();
         log_rss(step, "start");
         let reload_time = self.apply_reloads()?;
         if let Some((index, start)) = self.stage_at(step)
