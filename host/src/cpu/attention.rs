@@ -21,8 +21,9 @@ use super::op_io::{f32_slice, with_f32};
 /// The op's name in errors.
 const OP: &str = "attention";
 
-/// The attention output `[b, heads, s, d]` for `q [b, heads, s, d]` and `k`, `v`
-/// `[b, kv_heads, s, d]` (each kv head serves `heads / kv_heads` query heads), or `None`
+/// The attention output as token rows `[b · s, heads · d]` (what the output projection
+/// multiplies, so no transposed copy of it is made or kept) for `q [b, heads, s, d]` and
+/// `k`, `v` `[b, kv_heads, s, d]` (each kv head serves `heads / kv_heads` query heads), or `None`
 /// when the BLAS path does not apply (no BLAS, not f32 on the CPU): the caller then
 /// composes candle's ops. `window`: a query sees only that many most recent positions.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Result<Option<Tensor>> {
@@ -163,21 +164,28 @@ impl CustomOp3 for AttentionCore {
         let dims = dims_of(l1, l2)?;
         let Dims { batch, heads, kv_heads, seq: s, d } = dims;
         let (q, k, v) = (f32_slice(OP, "queries", s1, l1)?, f32_slice(OP, "keys", s2, l2)?, f32_slice(OP, "values", s3, l3)?);
-        // SAFETY: every head's output block is overwritten by its GEMM.
-        let out = unsafe {
-            fully_written(batch * heads * s * d, |out| {
-                out.par_chunks_mut(s * d).enumerate().try_for_each_init(
-                    || Vec::with_capacity(s * s),
-                    |probs: &mut Vec<f32>, (bh, out)| {
-                        let kv = (bh / heads) * kv_heads + (bh % heads) / dims.group();
-                        let probs = self.head_probs(dims, &q[bh * s * d..(bh + 1) * s * d], &k[kv * s * d..(kv + 1) * s * d], probs)?;
-                        let shape = GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false };
-                        gemm_serial(&self.library, shape, Operand { data: probs, ld: s }, Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d }, Accumulate::Overwrite, out, d).map_err(err)
-                    },
-                )
-            })?
-        };
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let mut out = Vec::<f32>::with_capacity(batch * s * heads * d);
+        // The tasks write disjoint parts of the capacity through this address.
+        let rows = out.as_mut_ptr() as usize;
+        (0..batch * heads).into_par_iter().try_for_each_init(
+            || (Vec::with_capacity(s * s), vec![0f32; s * d]),
+            |(probs, block): &mut (Vec<f32>, Vec<f32>), bh| {
+                let kv = (bh / heads) * kv_heads + (bh % heads) / dims.group();
+                let probs = self.head_probs(dims, &q[bh * s * d..(bh + 1) * s * d], &k[kv * s * d..(kv + 1) * s * d], probs)?;
+                let shape = GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false };
+                gemm_serial(&self.library, shape, Operand { data: probs, ld: s }, Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d }, Accumulate::Overwrite, matmul::as_uninit(block), d).map_err(err)?;
+                let (b, head) = (bh / heads, bh % heads);
+                for (p, row) in block.chunks_exact(d).enumerate() {
+                    // SAFETY: token row `b·s + p`, head `head`'s `d` columns: inside the
+                    // buffer's capacity, and written by this task alone.
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), (rows as *mut f32).add(((b * s + p) * heads + head) * d), d) };
+                }
+                Ok::<(), candle_core::Error>(())
+            },
+        )?;
+        // SAFETY: the (batch, head) tasks above wrote every token row's every head.
+        unsafe { out.set_len(batch * s * heads * d) };
+        Ok((CpuStorage::F32(out), Shape::from((batch * s, heads * d))))
     }
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -203,7 +211,8 @@ impl CustomOp3 for AttentionCore {
                                         let bh = (bkv / kv_heads) * heads + (bkv % kv_heads) * group + g;
                                         let rows = bh * s * d..(bh + 1) * s * d;
                                         let p = self.head_probs(dims, &q[rows.clone()], &k[kv_rows.clone()], &mut probs)?;
-                                        let go = Operand { data: &grad[rows.clone()], ld: d };
+                                        let (b, head) = (bh / heads, bh % heads);
+                                        let go = Operand { data: &grad[(b * s * heads + head) * d..], ld: heads * d };
                                         let accumulate = if g == 0 { Accumulate::Overwrite } else { Accumulate::Add };
                                         let lib = &self.library;
                                         // dV += Pᵀ dO.
@@ -279,7 +288,7 @@ mod tests {
         let (b, h, kvh, s, d) = (2, 4, 2, 9, 8);
         for window in [None, Some(3)] {
             let mut rng = SplitMix64(21);
-            let (q, k, v, r) = (randn_var(&mut rng, &[b, h, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b, h, s, d], 1.0));
+            let (q, k, v, r) = (randn_var(&mut rng, &[b, h, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b * s, h * d], 1.0));
             let run = |out: Tensor| {
                 let grads = (out.clone() * r.as_tensor()).expect("mul").sum_all().expect("sum").backward().expect("backward");
                 let g = |v: &Var| grads.get(v).expect("grad").clone();
@@ -290,7 +299,7 @@ mod tests {
             let repeat = |t: &Tensor| t.unsqueeze(2).expect("u").broadcast_as((b, kvh, h / kvh, s, d)).expect("b").contiguous().expect("c").reshape((b, h, s, d)).expect("r");
             let mask = causal_mask(s, window, DType::F32, &Device::Cpu).expect("mask");
             let scores = (q.as_tensor().matmul(&repeat(k.as_tensor()).t().expect("t")).expect("qk") * (1.0 / (d as f64).sqrt())).expect("scale").broadcast_add(&mask).expect("mask");
-            let reference = run(softmax_last_dim(&scores).expect("softmax").matmul(&repeat(v.as_tensor())).expect("pv"));
+            let reference = run(softmax_last_dim(&scores).expect("softmax").matmul(&repeat(v.as_tensor())).expect("pv").transpose(1, 2).expect("t").reshape((b * s, h * d)).expect("rows"));
             for (i, (a, e)) in fused.iter().zip(&reference).enumerate() {
                 let g = relative_gap(a, e);
                 assert!(g < 1e-5, "window {window:?}: output {i} (0 = out, then dq, dk, dv) is {g} from candle's");

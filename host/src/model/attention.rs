@@ -43,20 +43,17 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, batch: usize, seq: usize, rope: &RopeTables, mask: &Tensor) -> Result<Tensor> {
         let (h, kvh, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor, n: usize| -> Result<Tensor> { t.reshape((batch, seq, n, hd))?.transpose(1, 2)?.contiguous() };
-        let q = heads(linear(x, &self.q, self.q_bias.as_ref())?, h)?;
-        let k = heads(linear(x, &self.k, self.k_bias.as_ref())?, kvh)?;
+        let q = rope.apply_to_heads(&linear(x, &self.q, self.q_bias.as_ref())?, batch, seq, h)?;
+        let k = rope.apply_to_heads(&linear(x, &self.k, self.k_bias.as_ref())?, batch, seq, kvh)?;
         let v = heads(linear(x, &self.v, self.v_bias.as_ref())?, kvh)?;
-        let q = rope.apply(&q)?;
-        let k = rope.apply(&k)?;
-        let core = match causal_attention(&q, &k, &v, self.window)? {
-            Some(fused) => fused,
+        let out = match causal_attention(&q, &k, &v, self.window)? {
+            Some(token_rows) => token_rows,
             None => {
                 let (k, v) = (repeat_kv(&k, h / kvh)?, repeat_kv(&v, h / kvh)?);
                 let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(mask)?;
-                softmax_last_dim(&scores)?.matmul(&v)?
+                softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.reshape((batch * seq, h * hd))?
             }
         };
-        let out = core.transpose(1, 2)?.reshape((batch * seq, h * hd))?;
         linear(&out, &self.o, self.o_bias.as_ref())
     }
 }

@@ -77,6 +77,19 @@ impl RopeTables {
         }
     }
 
+    /// Rotate a projection's output `x` `[batch · seq, heads · head_dim]` into heads
+    /// `[batch, heads, seq, head_dim]` (one fused op in f32 on the CPU, which makes no
+    /// transposed copy first).
+    pub fn apply_to_heads(&self, x: &Tensor, batch: usize, seq: usize, heads: usize) -> Result<Tensor> {
+        match crate::cpu::rope::rope_to_heads(x, (batch, seq, heads), &self.cos, &self.sin)? {
+            Some(rotated) => Ok(rotated),
+            None => {
+                let d = x.dim(1)? / heads.max(1);
+                self.apply(&x.reshape((batch, seq, heads, d))?.transpose(1, 2)?.contiguous()?)
+            }
+        }
+    }
+
     /// [`RopeTables::apply`] as candle ops (any dtype or device).
     pub fn apply_composed(&self, x: &Tensor) -> Result<Tensor> {
         let seq = x.dim(2)?;
