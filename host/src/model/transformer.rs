@@ -193,7 +193,7 @@ impl Transformer {
     pub(crate) fn attention_residual(&self, l: usize, h: &Tensor, pass: &PassContext) -> Result<Tensor, ModelError> {
         let block = &self.blocks[l];
         let a = block.attention.forward(&rms_norm(h, &block.input_norm, self.config.rms_norm_eps)?, pass.batch, pass.seq, &pass.rope, pass.masks.for_layer(l))?;
-        Ok(h.add(&a)?)
+        Ok(residual_sum(h, &a)?)
     }
 
     /// Layer `l`'s second half: `h + mlp(norm(h))`, and what an MoE layer reports
@@ -202,7 +202,7 @@ impl Transformer {
         let block = &self.blocks[l];
         let x = rms_norm(h, &block.post_attention_norm, self.config.rms_norm_eps)?;
         match &block.mlp {
-            Mlp::Dense(ffn) => Ok((h.add(&ffn.forward(&x)?)?, None)),
+            Mlp::Dense(ffn) => Ok((residual_sum(h, &ffn.forward(&x)?)?, None)),
             Mlp::Moe(moe) => {
                 let backend = self.moe_backend.get_or_init(|| {
                     let chosen = MoeBackend::select(x.device(), x.dtype(), &matmul::active());
@@ -210,7 +210,7 @@ impl Transformer {
                 });
                 let control = RouteControl { route, record: capture.record, replay: capture.replay.iter().find(|r| r.layer == l) };
                 let out = moe.forward_controlled(backend, &x, control)?;
-                Ok((h.add(&out.output)?, Some(out)))
+                Ok((residual_sum(h, &out.output)?, Some(out)))
             }
         }
     }
@@ -307,6 +307,19 @@ impl Masks {
         // Every layer's window was added in `new`.
         &self.by_window.iter().find(|(x, _)| *x == w).expect("mask for every window").1
     }
+}
+
+/// `h + out` for a block's output `out`, whose values are then freed (f32 on the CPU):
+/// no backward reads an attention's or an MLP's output (the sum passes its gradient on
+/// unchanged, the products' backwards read their inputs, the combine of expert rows its
+/// gates and rows), but the graph would keep it until the backward ends: 4.7 MB a layer
+/// at a real model's shape. The node keeps its shape and its place in the graph.
+fn residual_sum(h: &Tensor, out: &Tensor) -> candle_core::Result<Tensor> {
+    let sum = h.add(out)?;
+    if out.device().is_cpu() && out.dtype() == DType::F32 {
+        crate::cpu::released_weights::release(out)?;
+    }
+    Ok(sum)
 }
 
 fn block(config: &ModelConfig, l: usize, r: &mut impl ParamSource) -> Result<Block, ModelError> {
