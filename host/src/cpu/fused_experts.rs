@@ -31,8 +31,10 @@ const OP: &str = "fused experts";
 /// rows each, in order): `gate_up` holds each expert's gate and up weights one above
 /// the other (`[E·2f, d]`), `down` the down weights (`[E·d, f]`); f32 tensors on the
 /// CPU, multiplied as bf16 with f32 accumulation. The weights come as their parts, as
-/// in [`super::grouped_experts::grouped_experts`]: the op keeps its bf16 copies for the
-/// backward, so the f32 concatenations are released once the forward has run.
+/// in [`super::grouped_experts::grouped_experts`]: the f32 concatenations are released
+/// once the forward has run, and the backward rounds the parts to bf16 again rather
+/// than keep the forward's bf16 copies (21 MB a layer at a real model's shape, 0.6 GiB
+/// of its step).
 pub fn fused_experts(library: Arc<BlasLibrary>, routed: &Tensor, counts: &[usize], gate_up: WeightParts, down: WeightParts) -> Result<Tensor> {
     let (gate_up_cat, down_cat) = (gate_up.concatenated()?, down.concatenated()?);
     let y = routed.contiguous()?.apply_op3(&gate_up_cat, &down_cat, FusedExperts::new(counts, library, gate_up, down))?;
@@ -102,10 +104,10 @@ struct Chunk {
     rows: usize,
 }
 
-/// What the forward keeps for the backward: the bf16 copies of the rows and both
-/// weights, and per row `[g | u]` and `h` in bf16.
+/// What the forward keeps for the backward: the bf16 copy of the rows, and per row
+/// `[g | u]` and `h` in bf16.
 struct Saved {
-    inputs: [Vec<u16>; 3],
+    x: Vec<u16>,
     gate_up: Vec<u16>,
     hidden: Vec<u16>,
 }
@@ -195,9 +197,10 @@ impl FusedExperts {
 
     /// The backward on the bf16 inputs and activations: writes `dx [N, d]`, `dw_gu [E·2f, d]` and
     /// `dw_down [E·d, f]`.
-    fn backward(&self, dims: Dims, saved: &Saved, dy: &[u16], dx: &mut [MaybeUninit<f32>], dw_gu: &mut [MaybeUninit<f32>], dw_down: &mut [MaybeUninit<f32>]) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn backward(&self, dims: Dims, saved: &Saved, [w_gu, w_down]: [&[u16]; 2], dy: &[u16], dx: &mut [MaybeUninit<f32>], dw_gu: &mut [MaybeUninit<f32>], dw_down: &mut [MaybeUninit<f32>]) -> Result<()> {
         let Dims { rows, d, f } = dims;
-        let [x, w_gu, w_down] = &saved.inputs;
+        let x = &saved.x;
         let chunks = self.chunks();
         let sizes: Vec<usize> = chunks.iter().map(|c| c.rows).collect();
         let mut d_gate_up: Vec<u16> = Vec::with_capacity(rows * 2 * f);
@@ -262,13 +265,13 @@ impl FusedExperts {
         if in_parallel { per_expert.into_par_iter().try_for_each(weight_grads) } else { per_expert.into_iter().try_for_each(weight_grads) }
     }
 
-    /// Runs the forward on f32 inputs (rounded to bf16); returns `y` and the state for
-    /// the backward.
-    fn run_forward(&self, dims: Dims, x: &[f32], w_gu: &[f32], w_down: &[f32]) -> Result<(Vec<f32>, Saved)> {
+    /// Runs the forward on f32 rows (rounded to bf16) and bf16 weights; returns `y` and
+    /// the state for the backward.
+    fn run_forward(&self, dims: Dims, x: &[f32], w_gu: &[u16], w_down: &[u16]) -> Result<(Vec<f32>, Saved)> {
         let mut y = Vec::with_capacity(dims.rows * dims.d);
-        let inputs = [to_bf16_bits(x), to_bf16_bits(w_gu), to_bf16_bits(w_down)];
-        let (gate_up, hidden) = self.forward(dims, &inputs[0], &inputs[1], &inputs[2], &mut y.spare_capacity_mut()[..dims.rows * dims.d])?;
-        let saved = Saved { inputs, gate_up, hidden };
+        let x = to_bf16_bits(x);
+        let (gate_up, hidden) = self.forward(dims, &x, w_gu, w_down, &mut y.spare_capacity_mut()[..dims.rows * dims.d])?;
+        let saved = Saved { x, gate_up, hidden };
         // SAFETY: the chunks cover every row of `y`; each chunk's down product overwrote its rows.
         unsafe { y.set_len(dims.rows * dims.d) };
         Ok((y, saved))
@@ -293,7 +296,7 @@ impl CustomOp3 for FusedExperts {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = self.dims(l1.dims(), l2.dims(), l3.dims())?;
         let (x, w_gu, w_down) = (f32_slice(OP, "the rows", s1, l1)?, f32_slice(OP, "the gate-up weights", s2, l2)?, f32_slice(OP, "the down weights", s3, l3)?);
-        let (y, saved) = self.run_forward(dims, x, w_gu, w_down)?;
+        let (y, saved) = self.run_forward(dims, x, &to_bf16_bits(w_gu), &to_bf16_bits(w_down))?;
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
         Ok((CpuStorage::F32(y), Shape::from((dims.rows, dims.d))))
     }
@@ -304,17 +307,18 @@ impl CustomOp3 for FusedExperts {
         let dims = self.dims(x.dims(), w_gu.dims(), w_down.dims())?;
         let Dims { rows, d, f } = dims;
         let experts = self.counts.len();
+        // The weights in bf16 again, from their parts (the concatenations were released).
+        let weights = [self.parts[0].bf16_values(OP)?, self.parts[1].bf16_values(OP)?];
         let kept = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take();
         let saved = match kept {
             Some(saved) => saved,
-            // The forward's copies were used already: made again, from the weights'
-            // parts (the concatenations were released).
-            None => with_f32(OP, "the rows", x, |x| self.parts[0].with_values(OP, |w_gu| self.parts[1].with_values(OP, |w_down| self.run_forward(dims, x, w_gu, w_down))))?.1,
+            // The forward's activations were used already: made again.
+            None => with_f32(OP, "the rows", x, |x| self.run_forward(dims, x, &weights[0], &weights[1]))?.1,
         };
         let (dx, dw_gu, dw_down) = with_f32(OP, "the gradient", dy, |dy| {
             let (mut dx, mut dw_gu, mut dw_down) = (Vec::with_capacity(rows * d), Vec::with_capacity(experts * 2 * f * d), Vec::with_capacity(experts * d * f));
             let outs = (&mut dx.spare_capacity_mut()[..rows * d], &mut dw_gu.spare_capacity_mut()[..experts * 2 * f * d], &mut dw_down.spare_capacity_mut()[..experts * d * f]);
-            self.backward(dims, &saved, &to_bf16_bits(dy), outs.0, outs.1, outs.2)?;
+            self.backward(dims, &saved, [&weights[0], &weights[1]], &to_bf16_bits(dy), outs.0, outs.1, outs.2)?;
             // SAFETY: `backward` overwrote every row of dx and every expert's weight
             // gradients (zeros for experts without rows).
             unsafe {

@@ -30,6 +30,19 @@ impl WeightParts {
         Tensor::cat(&self.parts, 0)
     }
 
+    /// The concatenated values rounded to bf16, converted part by part (no f32
+    /// concatenation is made).
+    pub fn bf16_values(&self, op: &str) -> Result<Vec<u16>> {
+        let mut values = Vec::new();
+        for part in &self.parts {
+            with_f32(op, "an expert's weights", part, |v| {
+                values.extend_from_slice(&super::matmul::to_bf16_bits(v));
+                Ok(())
+            })?;
+        }
+        Ok(values)
+    }
+
     /// Runs `f` on the concatenated values, built again from the parts.
     pub fn with_values<R>(&self, op: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         let mut values = Vec::new();
