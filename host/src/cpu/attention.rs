@@ -173,7 +173,8 @@ impl CustomOp3 for AttentionCore {
                 let kv = (bh / heads) * kv_heads + (bh % heads) / dims.group();
                 let probs = self.head_probs(dims, &q[bh * s * d..(bh + 1) * s * d], &k[kv * s * d..(kv + 1) * s * d], probs)?;
                 let shape = GemmShape { m: s, n: d, k: s, transpose_a: false, transpose_b: false };
-                gemm_serial(&self.library, shape, Operand { data: probs, ld: s }, Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d }, Accumulate::Overwrite, matmul::as_uninit(block), d).map_err(err)?;
+                gemm_serial(&self.library, shape, Operand { data: probs, ld: s }, Operand { data: &v[kv * s * d..(kv + 1) * s * d], ld: d }, Accumulate::Overwrite, matmul::as_uninit(block), d)
+                    .map_err(err)?;
                 let (b, head) = (bh / heads, bh % heads);
                 for (p, row) in block.chunks_exact(d).enumerate() {
                     // SAFETY: token row `b·s + p`, head `head`'s `d` columns: inside the
@@ -288,7 +289,8 @@ mod tests {
         let (b, h, kvh, s, d) = (2, 4, 2, 9, 8);
         for window in [None, Some(3)] {
             let mut rng = SplitMix64(21);
-            let (q, k, v, r) = (randn_var(&mut rng, &[b, h, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b * s, h * d], 1.0));
+            let (q, k, v, r) =
+                (randn_var(&mut rng, &[b, h, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b, kvh, s, d], 1.0), randn_var(&mut rng, &[b * s, h * d], 1.0));
             let run = |out: Tensor| {
                 let grads = (out.clone() * r.as_tensor()).expect("mul").sum_all().expect("sum").backward().expect("backward");
                 let g = |v: &Var| grads.get(v).expect("grad").clone();

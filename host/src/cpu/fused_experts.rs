@@ -198,7 +198,16 @@ impl FusedExperts {
     /// The backward on the bf16 inputs and activations: writes `dx [N, d]`, `dw_gu [E·2f, d]` and
     /// `dw_down [E·d, f]`.
     #[allow(clippy::too_many_arguments)]
-    fn backward(&self, dims: Dims, saved: &Saved, [w_gu, w_down]: [&[u16]; 2], dy: &[u16], dx: &mut [MaybeUninit<f32>], dw_gu: &mut [MaybeUninit<f32>], dw_down: &mut [MaybeUninit<f32>]) -> Result<()> {
+    fn backward(
+        &self,
+        dims: Dims,
+        saved: &Saved,
+        [w_gu, w_down]: [&[u16]; 2],
+        dy: &[u16],
+        dx: &mut [MaybeUninit<f32>],
+        dw_gu: &mut [MaybeUninit<f32>],
+        dw_down: &mut [MaybeUninit<f32>],
+    ) -> Result<()> {
         let Dims { rows, d, f } = dims;
         let x = &saved.x;
         let chunks = self.chunks();

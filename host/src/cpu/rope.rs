@@ -35,7 +35,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
 /// without a transposed copy being made (and kept for the backward) first. `None` where
 /// [`rope`] would be.
 pub fn rope_to_heads(x: &Tensor, (batch, seq, heads): (usize, usize, usize), cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
-    if !(is_f32_cpu(x) && is_f32_cpu(cos) && is_f32_cpu(sin)) || x.rank() != 2 || heads == 0 || x.dim(0)? != batch * seq || x.dim(1)? % heads != 0 {
+    if !(is_f32_cpu(x) && is_f32_cpu(cos) && is_f32_cpu(sin)) || x.rank() != 2 || heads == 0 || x.dim(0)? != batch * seq || !x.dim(1)?.is_multiple_of(heads) {
         return Ok(None);
     }
     let d = x.dim(1)? / heads;
@@ -45,7 +45,7 @@ pub fn rope_to_heads(x: &Tensor, (batch, seq, heads): (usize, usize, usize), cos
 
 /// The first `s` rows of the tables, flat, when they fit heads of width `d`.
 fn tables(cos: &Tensor, sin: &Tensor, s: usize, d: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    if d % 2 != 0 || cos.dims2()? != sin.dims2()? || cos.dim(0)? < s || cos.dim(1)? != d {
+    if !d.is_multiple_of(2) || cos.dims2()? != sin.dims2()? || cos.dim(0)? < s || cos.dim(1)? != d {
         return Ok(None);
     }
     let flat = |t: &Tensor| -> Result<Vec<f32>> { t.narrow(0, 0, s)?.contiguous()?.flatten_all()?.to_vec1::<f32>() };
