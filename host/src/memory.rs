@@ -79,7 +79,7 @@ unsafe impl<A: std::alloc::GlobalAlloc> std::alloc::GlobalAlloc for Counted<A> {
 
 /// mimalloc's `mi_option_purge_delay` (its option enum is not exported as constants):
 /// [`enter_steady_state`] sets it to -1, so freed pages stay for reuse by the next step.
-pub const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Where a process's work turns into repeated steps (the first training step, a
 /// benchmark's timed loop): hands back to the operating system the pages setup freed

@@ -101,7 +101,6 @@ fn candidates(lib: &BlasLibrary) -> Vec<Bf16Kernel> {
 
 /// The process's kernel: measured (or forced) on the first call.
 pub fn choice(lib: &BlasLibrary) -> &'static Bf16Choice {
-    let _ = WIDEN_SGEMM.set(lib.sgemm);
     CHOICE.get_or_init(|| {
         let available = candidates(lib);
         if let Some(name) = std::env::var(BF16_KERNEL_VAR).ok().filter(|v| !v.trim().is_empty()) {
@@ -122,7 +121,8 @@ pub fn choice(lib: &BlasLibrary) -> &'static Bf16Choice {
     })
 }
 
-/// The process's kernel if [`choice`] has made it.
+/// The process's kernel if [`choice`] has made it (for the run's metrics: `None` where
+/// no bf16 CPU path was configured).
 pub fn chosen() -> Option<&'static Bf16Choice> {
     CHOICE.get()
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use bf16_kernel::{BF16_KERNEL_VAR, Bf16Choice, Bf16Kernel, choice as bf16_choice};
+pub use bf16_kernel::{BF16_KERNEL_VAR, Bf16Choice, Bf16Kernel, choice as bf16_choice, chosen as bf16_chosen};
 pub use gemm::GemmShape;
 pub(crate) use gemm::{Accumulate, GemmInput, Operand, PackedB, as_uninit, gemm_serial, gemm_strided};
 pub(crate) use grouped::{RowInput, grouped_linear, split_rows};
@@ -143,12 +143,6 @@ pub fn configure(settings: ComputeSettings) -> std::result::Result<ActiveMatmul,
     let active = resolve(settings)?;
     *ACTIVE.write().unwrap_or_else(|e| e.into_inner()) = Some(active.clone());
     Ok(active)
-}
-
-/// The kernel the process's mixed-precision CPU products multiply with, once chosen
-/// (for the run's metrics; `None` where no bf16 CPU path was configured).
-pub fn active_bf16_kernel() -> Option<&'static Bf16Choice> {
-    bf16_kernel::chosen()
 }
 
 /// The process's matmul path (`auto`, f32 until configured).

@@ -452,7 +452,7 @@ impl Trainer {
             "optimizer_state_elements": super::data_parallel::Job::moment_elements(&self.optimizer),
             "parameter_elements": self.params.iter().map(|(_, p)| p.elem_count()).sum::<usize>(),
             "peak_rss_mib": crate::memory::peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64), "minor_faults": crate::memory::minor_faults(),
-            "bf16_kernel": crate::cpu::matmul::active_bf16_kernel(),
+            "bf16_kernel": crate::cpu::matmul::bf16_chosen(),
             "unix_ms": unix_ms, "layers": layers,
         });
         let mut record = record;
