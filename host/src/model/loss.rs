@@ -4,6 +4,7 @@ use candle_core::{D, DType, Result, Tensor};
 
 use super::ops::logsumexp_last_dim;
 use crate::cpu::matmul;
+use crate::cpu::op_io::is_f32_cpu;
 
 /// Logit elements computed at once by [`chunked_next_token_loss`]: a few such buffers
 /// (16 MiB each) are all the head's memory, whatever the vocabulary and batch.
@@ -25,12 +26,23 @@ pub struct ChunkedLoss {
 }
 
 /// [`next_token_loss`] of `linear(hidden, head)` for `batch` sequences of `tokens`, with
-/// the logits made in chunks and never kept (see [`ChunkedLoss`]).
+/// the logits made in chunks and never kept (see [`ChunkedLoss`]). On the CPU with a
+/// BLAS this is one fused op ([`crate::cpu::lm_head_loss`]); elsewhere candle's ops.
 pub fn chunked_next_token_loss(hidden: &Tensor, head: &Tensor, tokens: &[u32], batch: usize) -> Result<ChunkedLoss> {
     let (rows, targets) = next_token_pairs(tokens, batch);
     let n = targets.len();
     let device = hidden.device();
     let h = hidden.index_select(&Tensor::from_vec(rows, n, device)?, 0)?;
+    let path = matmul::active();
+    if let Some(library) = path.blas.clone()
+        && is_f32_cpu(&h)
+        && is_f32_cpu(head)
+        && h.rank() == 2
+        && head.rank() == 2
+    {
+        let fused = crate::cpu::lm_head_loss::head_loss(&h, head, &targets, path.precision, library)?;
+        return Ok(ChunkedLoss { loss: fused.loss, value: fused.value, nll: fused.nll });
+    }
     let (h_const, w_const) = (h.detach(), head.detach());
     let w_t = w_const.t()?.contiguous()?;
     let vocab = head.dim(0)?;

@@ -14,6 +14,8 @@ use std::ffi::c_int;
 
 use super::library::{ROW_MAJOR, TRANS};
 
+mod pack;
+
 /// Rows of a micro-tile: 12 rows × 2 vectors = 24 accumulator registers of the 32.
 const MR: usize = 12;
 /// Columns of a micro-tile: two vectors of 16 f32.
@@ -79,49 +81,49 @@ impl View {
 }
 
 /// Packs rows `rows` (with `k` from `k0`, `kc` long) of `op(A)` into panels of `MR`
-/// rows: `[panel][pair][MR]`, zero-padded.
+/// rows: `[panel][pair][MR]`, zero-padded. Returns the packed length (`out` may be
+/// longer: it is kept between calls and every lane up to the length is written).
 ///
 /// # Safety
-/// The rows and `k0 + kc` lie inside `op(A)`.
-unsafe fn pack_a(a: View, rows: std::ops::Range<usize>, k0: usize, kc: usize, out: &mut Vec<u32>) {
+/// The rows and `k0 + kc` lie inside `op(A)`; the CPU has AVX-512 F and BW.
+unsafe fn pack_a(a: View, rows: std::ops::Range<usize>, k0: usize, kc: usize, out: &mut Vec<u32>) -> usize {
     let pairs = kc.div_ceil(2);
     let panels = rows.len().div_ceil(MR);
-    out.clear();
-    out.resize(panels * pairs * MR, 0);
+    let len = panels * pairs * MR;
+    if out.len() < len {
+        out.resize(len, 0);
+    }
     let shifted = View { data: if a.transposed { a.data.wrapping_add(k0 * a.ld) } else { a.data.wrapping_add(k0) }, ..a };
-    for (panel, chunk) in out.chunks_exact_mut(pairs * MR).enumerate() {
+    for (panel, chunk) in out[..len].chunks_exact_mut(pairs * MR).enumerate() {
         let first = rows.start + panel * MR;
         let height = MR.min(rows.end - first);
-        for r in 0..height {
-            for p in 0..pairs {
-                // SAFETY: row `first + r` and pair `p` lie inside (caller).
-                chunk[p * MR + r] = unsafe { shifted.pair_along_row(first + r, p, kc) };
-            }
-        }
+        // SAFETY: the panel's rows and pairs lie inside (caller), as does the CPU's support.
+        unsafe { pack::panel(shifted, pack::Side::A, first, height, MR, kc, chunk) };
     }
+    len
 }
 
 /// Packs columns `cols` (with `k` from `k0`, `kc` long) of `op(B)` into panels of `NR`
-/// columns: `[panel][pair][NR]`, zero-padded.
+/// columns: `[panel][pair][NR]`, zero-padded. Returns the packed length, as
+/// [`pack_a`].
 ///
 /// # Safety
-/// The columns and `k0 + kc` lie inside `op(B)`.
-unsafe fn pack_b(b: View, cols: std::ops::Range<usize>, k0: usize, kc: usize, out: &mut Vec<u32>) {
+/// The columns and `k0 + kc` lie inside `op(B)`; the CPU has AVX-512 F and BW.
+unsafe fn pack_b(b: View, cols: std::ops::Range<usize>, k0: usize, kc: usize, out: &mut Vec<u32>) -> usize {
     let pairs = kc.div_ceil(2);
     let panels = cols.len().div_ceil(NR);
-    out.clear();
-    out.resize(panels * pairs * NR, 0);
+    let len = panels * pairs * NR;
+    if out.len() < len {
+        out.resize(len, 0);
+    }
     let shifted = View { data: if b.transposed { b.data.wrapping_add(k0) } else { b.data.wrapping_add(k0 * b.ld) }, ..b };
-    for (panel, chunk) in out.chunks_exact_mut(pairs * NR).enumerate() {
+    for (panel, chunk) in out[..len].chunks_exact_mut(pairs * NR).enumerate() {
         let first = cols.start + panel * NR;
         let width = NR.min(cols.end - first);
-        for c in 0..width {
-            for p in 0..pairs {
-                // SAFETY: column `first + c` and pair `p` lie inside (caller).
-                chunk[p * NR + c] = unsafe { shifted.pair_along_col(p, first + c, kc) };
-            }
-        }
+        // SAFETY: as above.
+        unsafe { pack::panel(shifted, pack::Side::B, first, width, NR, kc, chunk) };
     }
+    len
 }
 
 /// One `MR × NR` tile: `C (+)= alpha · A_panel · B_panel` over `pairs` pairs of `k`,
@@ -218,15 +220,16 @@ pub(crate) unsafe extern "C" fn gemm(
                 let kc = KC.min(k - k0);
                 let pairs = kc.div_ceil(2);
                 let add = beta != 0.0 || k0 > 0;
-                // SAFETY: the block lies inside op(B) (caller's shape).
-                unsafe { pack_b(b, j0..j0 + nc, k0, kc, b_pack) };
+                // SAFETY: the block lies inside op(B) (caller's shape); the CPU has
+                // AVX-512 (caller).
+                let b_len = unsafe { pack_b(b, j0..j0 + nc, k0, kc, b_pack) };
                 for i0 in (0..m).step_by(MC) {
                     let mc = MC.min(m - i0);
                     // SAFETY: the block lies inside op(A).
-                    unsafe { pack_a(a, i0..i0 + mc, k0, kc, a_pack) };
-                    for (jp, b_panel) in b_pack.chunks_exact(pairs * NR).enumerate() {
+                    let a_len = unsafe { pack_a(a, i0..i0 + mc, k0, kc, a_pack) };
+                    for (jp, b_panel) in b_pack[..b_len].chunks_exact(pairs * NR).enumerate() {
                         let cols = NR.min(nc - jp * NR);
-                        for (ip, a_panel) in a_pack.chunks_exact(pairs * MR).enumerate() {
+                        for (ip, a_panel) in a_pack[..a_len].chunks_exact(pairs * MR).enumerate() {
                             let rows = MR.min(mc - ip * MR);
                             // SAFETY: the tile lies inside C; the panels hold `pairs`
                             // pairs; the CPU has the features (caller).
