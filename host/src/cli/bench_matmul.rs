@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 
-use crate::cpu::matmul::{self, ActiveMatmul, Precision};
+use crate::cpu::matmul::{self, ActiveMatmul, Bf16Kernel, Precision};
 
 pub(super) fn run(m: usize, k: usize, n: usize, repeats: usize) -> anyhow::Result<()> {
     let blas = matmul::library()?;
@@ -77,10 +77,23 @@ pub(super) fn peak(precision: Precision, size: usize, repeats: usize) -> anyhow:
     for path in paths {
         let gflops = flop / median_seconds(&path, &x, &w, repeats)? / 1e9;
         if gflops > best.0 {
-            best = (gflops, path.blas.as_ref().map_or("candle", |l| l.vendor).to_string());
+            best = (gflops, path_name(&path));
         }
     }
     Ok(best)
+}
+
+/// What multiplied on `path`: the library, and in bf16 the kernel measured the fastest
+/// (Recast's own AVX512-BF16 GEMM may stand in for the library's).
+fn path_name(path: &ActiveMatmul) -> String {
+    match (&path.blas, path.precision) {
+        (None, _) => "candle".to_string(),
+        (Some(lib), Precision::F32) => lib.vendor.to_string(),
+        (Some(lib), Precision::Bf16) => match matmul::bf16_choice(lib).kernel {
+            Bf16Kernel::F32 => format!("{}, products in f32", lib.vendor),
+            kernel => format!("{}, bf16 kernel {}", lib.vendor, kernel.name()),
+        },
+    }
 }
 
 /// `recast bench peak`: the f32 and bf16 GEMM peak of this CPU.

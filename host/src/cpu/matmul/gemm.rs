@@ -2,12 +2,13 @@
 //! runs one thread per call, each on its own block of the output.
 
 use std::ffi::c_int;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::MatmulError;
 use super::library::{B_MATRIX, BlasLibrary, CblasGemm, NO_TRANS, PACKED, ROW_MAJOR, TRANS};
+use super::{MatmulError, avx512_bf16};
 
 /// Output rows (or columns) below which a block is not split further.
 const MIN_BLOCK: usize = 64;
@@ -79,9 +80,14 @@ impl GemmInput for u16 {
         Ok(super::bf16_kernel::bf16_gemm(lib))
     }
 
-    /// Only the library's kernel packs (Recast's own kernels pack inside each call).
+    /// The library's kernel and Recast's AVX512-BF16 kernel pack (the widened-f32
+    /// fallback does not).
     fn packed_b_bytes(lib: &BlasLibrary, m: usize, n: usize, k: usize) -> Option<usize> {
-        if lib.bf16_gemm.map(|f| f as usize) != Some(super::bf16_kernel::bf16_gemm(lib) as usize) {
+        let chosen = super::bf16_kernel::bf16_gemm(lib) as usize;
+        if chosen == own_bf16_gemm() {
+            return Some(4 * avx512_bf16::whole_b_lanes(n, k));
+        }
+        if lib.bf16_gemm.map(|f| f as usize) != Some(chosen) {
             return None;
         }
         let packing = lib.bf16_packing.as_ref()?;
@@ -90,30 +96,50 @@ impl GemmInput for u16 {
     }
 
     unsafe fn pack_b(lib: &BlasLibrary, trans: c_int, m: c_int, n: c_int, k: c_int, src: *const u16, ld: c_int, dest: *mut u16) {
-        if let Some(packing) = &lib.bf16_packing {
+        let (n, k) = (n.max(0) as usize, k.max(0) as usize);
+        if super::bf16_kernel::bf16_gemm(lib) as usize == own_bf16_gemm() {
+            // SAFETY: `dest` holds the lanes `packed_b_bytes` asked for, 8-byte aligned
+            // and zeroed ([`PackedB::new`]); the rest is forwarded from the caller.
+            unsafe { avx512_bf16::pack_whole_b(trans, n, k, src, ld.max(0) as usize, std::slice::from_raw_parts_mut(dest.cast::<u32>(), avx512_bf16::whole_b_lanes(n, k))) };
+        } else if let Some(packing) = &lib.bf16_packing {
             // SAFETY: forwarded from the caller.
-            unsafe { (packing.pack)(ROW_MAJOR, B_MATRIX, trans, m, n, k, src, ld, dest) }
+            unsafe { (packing.pack)(ROW_MAJOR, B_MATRIX, trans, m, n as c_int, k as c_int, src, ld, dest) }
         }
     }
 
     unsafe fn gemm_packed_b(lib: &BlasLibrary, trans_a: c_int, m: c_int, n: c_int, k: c_int, a: *const u16, lda: c_int, b: *const u16, c: *mut f32, ldc: c_int) {
-        if let Some(packing) = &lib.bf16_packing {
+        let (mu, nu, ku) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
+        if super::bf16_kernel::bf16_gemm(lib) as usize == own_bf16_gemm() {
+            // SAFETY: `b` was packed by `pack_b` for these n, k (caller), in 8-byte
+            // aligned lanes; the rest is forwarded.
+            unsafe {
+                let packed = std::slice::from_raw_parts(b.cast::<u32>(), avx512_bf16::whole_b_lanes(nu, ku));
+                avx512_bf16::gemm_prepacked(trans_a, mu, nu, ku, a, lda.max(0) as usize, packed, c, ldc.max(0) as usize)
+            }
+        } else if let Some(packing) = &lib.bf16_packing {
             // SAFETY: forwarded from the caller.
             unsafe { (packing.compute)(ROW_MAJOR, trans_a, PACKED, m, n, k, 1.0, a, lda, b, 0, 0.0, c, ldc) }
         }
     }
 }
 
-/// A `B` operand packed once in the library's own layout, for many products
+/// Recast's AVX512-BF16 GEMM as an address, to tell whether it is the bf16 kernel in use.
+fn own_bf16_gemm() -> usize {
+    avx512_bf16::gemm as CblasGemm<u16> as usize
+}
+
+/// A `B` operand packed once in the kernel's own layout, for many products
 /// `op(A) · op(B)` that share it (an expert's weight, for every chunk of its rows).
 /// MKL packs `B` inside every plain GEMM call, in blocks, more than once per call when
 /// `m` is large: measured here, packing it explicitly made a `[2816 × 1024] ·
 /// [1024 × 512]` bf16 product 1.4× faster, and repeated packing of one weight across
 /// chunks of 256 rows cost a third of their time.
 pub(crate) struct PackedB<T> {
-    buffer: Vec<T>,
+    /// The packing as `T`s, in 8-byte words: Recast's kernel reads it as 32-bit lanes.
+    buffer: Vec<u64>,
     n: usize,
     k: usize,
+    element: PhantomData<T>,
 }
 
 impl<T: GemmInput> PackedB<T> {
@@ -128,12 +154,12 @@ impl<T: GemmInput> PackedB<T> {
             return Err(MatmulError::Shape(format!("packing B ({k} × {n}): a dimension exceeds the BLAS's 32-bit sizes")));
         }
         let Some(bytes) = T::packed_b_bytes(lib, rows.max(1), n, k) else { return Ok(None) };
-        let mut buffer: Vec<T> = Vec::with_capacity(bytes.div_ceil(std::mem::size_of::<T>()));
+        let mut buffer = vec![0u64; bytes.div_ceil(8)];
         let trans = if transpose_b { TRANS } else { NO_TRANS };
-        // SAFETY: B's span was checked above; the buffer has the bytes the library asked
-        // for; the library can pack (`packed_b_bytes` answered).
-        unsafe { T::pack_b(lib, trans, rows.max(1) as c_int, n as c_int, k as c_int, b.data.as_ptr(), b.ld as c_int, buffer.as_mut_ptr()) };
-        Ok(Some(Self { buffer, n, k }))
+        // SAFETY: B's span was checked above; the buffer has the bytes the kernel asked
+        // for; the kernel can pack (`packed_b_bytes` answered).
+        unsafe { T::pack_b(lib, trans, rows.max(1) as c_int, n as c_int, k as c_int, b.data.as_ptr(), b.ld as c_int, buffer.as_mut_ptr().cast::<T>()) };
+        Ok(Some(Self { buffer, n, k, element: PhantomData }))
     }
 
     /// `C = op(A) · op(B)` on the calling thread, `op(A)` being `m × k`.
@@ -148,7 +174,7 @@ impl<T: GemmInput> PackedB<T> {
         }
         let trans_a = if transpose_a { TRANS } else { NO_TRANS };
         // SAFETY: spans checked above; `buffer` was packed by `pack_b` for these n, k.
-        unsafe { T::gemm_packed_b(lib, trans_a, m as c_int, n as c_int, k as c_int, a.data.as_ptr(), a.ld as c_int, self.buffer.as_ptr(), c.as_mut_ptr().cast::<f32>(), ldc as c_int) };
+        unsafe { T::gemm_packed_b(lib, trans_a, m as c_int, n as c_int, k as c_int, a.data.as_ptr(), a.ld as c_int, self.buffer.as_ptr().cast::<T>(), c.as_mut_ptr().cast::<f32>(), ldc as c_int) };
         Ok(())
     }
 }
