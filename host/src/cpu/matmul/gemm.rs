@@ -98,9 +98,15 @@ impl GemmInput for u16 {
     unsafe fn pack_b(lib: &BlasLibrary, trans: c_int, m: c_int, n: c_int, k: c_int, src: *const u16, ld: c_int, dest: *mut u16) {
         let (n, k) = (n.max(0) as usize, k.max(0) as usize);
         if super::bf16_kernel::bf16_gemm(lib) as usize == own_bf16_gemm() {
+            let lanes = avx512_bf16::whole_b_lanes(n, k);
             // SAFETY: `dest` holds the lanes `packed_b_bytes` asked for, 8-byte aligned
-            // and zeroed ([`PackedB::new`]); the rest is forwarded from the caller.
-            unsafe { avx512_bf16::pack_whole_b(trans, n, k, src, ld.max(0) as usize, std::slice::from_raw_parts_mut(dest.cast::<u32>(), avx512_bf16::whole_b_lanes(n, k))) };
+            // ([`PackedB::new`]), initialised here before they are viewed as a slice; the
+            // rest is forwarded from the caller.
+            unsafe {
+                let dest = dest.cast::<u32>();
+                std::ptr::write_bytes(dest, 0, lanes);
+                avx512_bf16::pack_whole_b(trans, n, k, src, ld.max(0) as usize, std::slice::from_raw_parts_mut(dest, lanes))
+            };
         } else if let Some(packing) = &lib.bf16_packing {
             // SAFETY: forwarded from the caller.
             unsafe { (packing.pack)(ROW_MAJOR, B_MATRIX, trans, m, n as c_int, k as c_int, src, ld, dest) }
@@ -135,7 +141,8 @@ fn own_bf16_gemm() -> usize {
 /// [1024 × 512]` bf16 product 1.4× faster, and repeated packing of one weight across
 /// chunks of 256 rows cost a third of their time.
 pub(crate) struct PackedB<T> {
-    /// The packing as `T`s, in 8-byte words: Recast's kernel reads it as 32-bit lanes.
+    /// The packing as `T`s, in 8-byte words (Recast's kernel reads it as 32-bit lanes),
+    /// written through its spare capacity.
     buffer: Vec<u64>,
     n: usize,
     k: usize,
@@ -154,7 +161,9 @@ impl<T: GemmInput> PackedB<T> {
             return Err(MatmulError::Shape(format!("packing B ({k} × {n}): a dimension exceeds the BLAS's 32-bit sizes")));
         }
         let Some(bytes) = T::packed_b_bytes(lib, rows.max(1), n, k) else { return Ok(None) };
-        let mut buffer = vec![0u64; bytes.div_ceil(8)];
+        // Not `vec![0; …]`: a zeroed allocation of this size takes fresh pages from the
+        // OS instead of reusing freed ones (page faults and resident memory every step).
+        let mut buffer: Vec<u64> = Vec::with_capacity(bytes.div_ceil(8));
         let trans = if transpose_b { TRANS } else { NO_TRANS };
         // SAFETY: B's span was checked above; the buffer has the bytes the kernel asked
         // for; the kernel can pack (`packed_b_bytes` answered).
