@@ -325,3 +325,44 @@ pub(crate) unsafe extern "C" fn gemm(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::library::{NO_TRANS, ROW_MAJOR, TRANS};
+    use super::{available, gemm, gemm_prepacked, pack_whole_b, whole_b_lanes};
+
+    /// A `B` packed once gives the same products, bit for bit, as packing it inside
+    /// each call: every transpose, shapes spanning several `k` and column blocks with
+    /// edge panels and an odd `k`, and rows in chunks as the fused experts use it.
+    #[test]
+    fn a_prepacked_b_gives_the_same_products() {
+        if !available() {
+            eprintln!("no AVX512-BF16: skipped");
+            return;
+        }
+        for (m, n, k) in [(37, 1100, 777), (5, 33, 2), (260, 64, 385)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a: Vec<u16> = (0..m * k).map(|i| 0x3f00 + (i * 7 % 251) as u16).collect();
+                let b: Vec<u16> = (0..k * n).map(|i| 0xbe80 + (i * 13 % 241) as u16).collect();
+                let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
+                let (trans_a, trans_b) = (if ta { TRANS } else { NO_TRANS }, if tb { TRANS } else { NO_TRANS });
+                let mut plain = vec![f32::NAN; m * n];
+                // SAFETY: the buffers span the row-major shapes given; the CPU has the
+                // instruction (checked above).
+                unsafe { gemm(ROW_MAJOR, trans_a, trans_b, m as i32, n as i32, k as i32, 1.0, a.as_ptr(), lda as i32, b.as_ptr(), ldb as i32, 0.0, plain.as_mut_ptr(), n as i32) };
+                let mut packed = vec![u32::MAX; whole_b_lanes(n, k)];
+                // SAFETY: as above; `packed` has the lanes asked for.
+                unsafe { pack_whole_b(trans_b, n, k, b.as_ptr(), ldb, &mut packed) };
+                let mut chunked = vec![f32::NAN; m * n];
+                for start in (0..m).step_by(16) {
+                    let rows = 16.min(m - start);
+                    let a_rows = if ta { a[start..].as_ptr() } else { a[start * k..].as_ptr() };
+                    // SAFETY: rows `start..start + rows` of op(A) and of C.
+                    unsafe { gemm_prepacked(trans_a, rows, n, k, a_rows, lda, &packed, chunked[start * n..].as_mut_ptr(), n) };
+                }
+                assert!(plain.iter().zip(&chunked).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{n}x{k} ta {ta} tb {tb}");
+                assert!(plain.iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}
