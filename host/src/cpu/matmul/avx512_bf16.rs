@@ -158,6 +158,7 @@ pub(crate) unsafe fn pack_whole_b(trans_b: c_int, n: usize, k: usize, b: *const 
 ///
 /// # Safety
 /// As for [`gemm`] with `alpha = 1`, `beta = 0`; `packed` is the packing of `op(B)`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_prepacked(trans_a: c_int, m: usize, n: usize, k: usize, a: *const u16, lda: usize, packed: &[u32], c: *mut f32, ldc: usize) {
     if m == 0 || n == 0 {
         return;
