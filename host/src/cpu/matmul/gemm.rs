@@ -83,11 +83,10 @@ impl GemmInput for u16 {
     /// The library's kernel and Recast's AVX512-BF16 kernel pack (the widened-f32
     /// fallback does not).
     fn packed_b_bytes(lib: &BlasLibrary, m: usize, n: usize, k: usize) -> Option<usize> {
-        let chosen = super::bf16_kernel::bf16_gemm(lib) as usize;
-        if chosen == own_bf16_gemm() {
+        if own_kernel_in_use(lib) {
             return Some(4 * avx512_bf16::whole_b_lanes(n, k));
         }
-        if lib.bf16_gemm.map(|f| f as usize) != Some(chosen) {
+        if lib.bf16_gemm.map(|f| f as usize) != Some(super::bf16_kernel::bf16_gemm(lib) as usize) {
             return None;
         }
         let packing = lib.bf16_packing.as_ref()?;
@@ -97,7 +96,7 @@ impl GemmInput for u16 {
 
     unsafe fn pack_b(lib: &BlasLibrary, trans: c_int, m: c_int, n: c_int, k: c_int, src: *const u16, ld: c_int, dest: *mut u16) {
         let (n, k) = (n.max(0) as usize, k.max(0) as usize);
-        if super::bf16_kernel::bf16_gemm(lib) as usize == own_bf16_gemm() {
+        if own_kernel_in_use(lib) {
             let lanes = avx512_bf16::whole_b_lanes(n, k);
             // SAFETY: `dest` holds the lanes `packed_b_bytes` asked for, 8-byte aligned
             // ([`PackedB::new`]), initialised here before they are viewed as a slice; the
@@ -115,7 +114,7 @@ impl GemmInput for u16 {
 
     unsafe fn gemm_packed_b(lib: &BlasLibrary, trans_a: c_int, m: c_int, n: c_int, k: c_int, a: *const u16, lda: c_int, b: *const u16, c: *mut f32, ldc: c_int) {
         let (mu, nu, ku) = (m.max(0) as usize, n.max(0) as usize, k.max(0) as usize);
-        if super::bf16_kernel::bf16_gemm(lib) as usize == own_bf16_gemm() {
+        if own_kernel_in_use(lib) {
             // SAFETY: `b` was packed by `pack_b` for these n, k (caller), in 8-byte
             // aligned lanes; the rest is forwarded.
             unsafe {
@@ -129,9 +128,10 @@ impl GemmInput for u16 {
     }
 }
 
-/// Recast's AVX512-BF16 GEMM as an address, to tell whether it is the bf16 kernel in use.
-fn own_bf16_gemm() -> usize {
-    avx512_bf16::gemm as CblasGemm<u16> as usize
+/// Whether bf16 operands are multiplied by Recast's AVX512-BF16 GEMM (which packs in
+/// its own layout) rather than the library's or the widened-f32 fallback.
+fn own_kernel_in_use(lib: &BlasLibrary) -> bool {
+    super::bf16_kernel::bf16_gemm(lib) as usize == avx512_bf16::gemm as CblasGemm<u16> as usize
 }
 
 /// A `B` operand packed once in the kernel's own layout, for many products

@@ -41,6 +41,12 @@ pub(super) unsafe fn panel(view: View, side: Side, first: usize, count: usize, l
     }
 }
 
+/// The first `n` of 16 lanes (all 16 from `n = 16` on).
+#[cfg(target_arch = "x86_64")]
+fn mask16(n: usize) -> __mmask16 {
+    if n >= 16 { u16::MAX } else { (1u16 << n) - 1 }
+}
+
 /// Element by element, from pair `from_pair` on: the fallback, and the last pair of an
 /// odd `kc` (whose second element lies outside the block, maybe outside the matrix).
 ///
@@ -72,7 +78,7 @@ unsafe fn scalar(view: View, side: Side, first: usize, count: usize, lanes: usiz
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn interleaved(view: View, first: usize, count: usize, lanes: usize, kc: usize, out: &mut [u32]) {
     let load_mask: __mmask32 = if count >= 32 { u32::MAX } else { (1u32 << count) - 1 };
-    let low_lanes: __mmask16 = if lanes >= 16 { u16::MAX } else { (1u16 << lanes) - 1 };
+    let low_lanes = mask16(lanes);
     // Output u16 `2i` takes row 0's element `i`, `2i + 1` row 1's (index 32 + i).
     let order = |offset: i16| -> __m512i {
         let mut idx = [0i16; 32];
@@ -95,8 +101,7 @@ unsafe fn interleaved(view: View, first: usize, count: usize, lanes: usize, kc: 
             let dest = out.as_mut_ptr().add(p * lanes);
             _mm512_mask_storeu_epi32(dest.cast(), low_lanes, _mm512_permutex2var_epi16(r0, low, r1));
             if lanes > 16 {
-                let high_lanes: __mmask16 = if lanes >= 32 { u16::MAX } else { (1u16 << (lanes - 16)) - 1 };
-                _mm512_mask_storeu_epi32(dest.add(16).cast(), high_lanes, _mm512_permutex2var_epi16(r0, high, r1));
+                _mm512_mask_storeu_epi32(dest.add(16).cast(), mask16(lanes - 16), _mm512_permutex2var_epi16(r0, high, r1));
             }
         }
     }
@@ -110,10 +115,9 @@ unsafe fn interleaved(view: View, first: usize, count: usize, lanes: usize, kc: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn transposed(view: View, side: Side, first: usize, count: usize, lanes: usize, kc: usize, out: &mut [u32]) {
-    let mask_of = |n: usize| -> __mmask16 { if n >= 16 { u16::MAX } else { (1u16 << n) - 1 } };
     let full_pairs = kc / 2;
     for group in 0..lanes.div_ceil(16) {
-        let store = mask_of(lanes - 16 * group);
+        let store = mask16(lanes - 16 * group);
         let lines = count.saturating_sub(16 * group).min(16);
         let line = |i: usize| view.data.wrapping_add((first + 16 * group + i) * view.ld);
         for p0 in (0..full_pairs).step_by(16) {
@@ -122,7 +126,7 @@ unsafe fn transposed(view: View, side: Side, first: usize, count: usize, lanes: 
             for (i, row) in block.iter_mut().enumerate().take(lines) {
                 // SAFETY: the masked load reads `pairs` full pairs (inside `kc`) of a
                 // line inside the operand (caller); any alignment is fine.
-                *row = unsafe { _mm512_maskz_loadu_epi32(mask_of(pairs), line(i).add(2 * p0).cast()) };
+                *row = unsafe { _mm512_maskz_loadu_epi32(mask16(pairs), line(i).add(2 * p0).cast()) };
             }
             let columns = transpose_16x16(block);
             for (j, column) in columns.iter().enumerate().take(pairs) {
